@@ -1,0 +1,40 @@
+//! Shoal's protocol core: the encrypted content format, blob ids and verified streaming,
+//! share links and wire messages. Pure: bytes in, bytes out — no IO, no clocks, no OS
+//! randomness, no async runtime.
+//!
+//! - [`format`]: keys, the sealed header record, segment seal/open, blob layout.
+//! - [`blob`]: [`BlobId`], the outboard, and the sans-IO range encoder/decoder.
+//! - [`link`]: share links `shoal:<id>?<hints>#<key>`.
+//! - [`wire`]: `/shoal/blob/1` request and response headers.
+//!
+//! The normative specification is `docs/protocol.md`; `docs/test-vectors/` holds byte-exact
+//! vectors that this crate's tests check in both directions.
+//!
+//! # Example
+//!
+//! ```
+//! use shoal_protocol::{format::{ContentKey, Metadata, Sealer, Opener}, blob::{BlobId, BlockIndex}};
+//!
+//! let key = ContentKey::random_from([42; 32]); // use OS randomness in real code
+//! let file = b"hello, swarm";
+//! let meta = Metadata { name: "hello.txt".into(), file_len: file.len() as u64, media_type: "text/plain".into() };
+//! let sealer = Sealer::new(&key, 0, meta).unwrap();
+//! let mut segment = Vec::new();
+//! sealer.seal_segment(0, file, &mut segment); // a one-segment blob
+//! let id = BlobId::of(&segment);
+//!
+//! let (opener, body) = Opener::new(&key, segment.len() as u64, &mut segment).unwrap();
+//! assert_eq!(&segment[body], file);
+//! assert_eq!(opener.header().metadata.name, "hello.txt");
+//! # let _ = id;
+//! ```
+#![deny(missing_docs)]
+
+pub mod blob;
+pub mod format;
+pub mod link;
+pub mod wire;
+
+pub use blob::{BlobId, BlockIndex};
+pub use format::ContentKey;
+pub use link::Link;
