@@ -646,6 +646,28 @@ impl Opener {
         Ok((Self { cipher, layout, header }, HEADER_LEN..end))
     }
 
+    /// Rebuilds an opener from a header record saved by an earlier run (a resumed download
+    /// that already holds segment 0), re-checking the key commitment and the size.
+    ///
+    /// # Errors
+    /// As [`Opener::new`], except that a wrong key shows as
+    /// [`HeaderError::CommitmentMismatch`].
+    pub fn from_header(key: &ContentKey, blob_len: u64, header: &[u8; HEADER_LEN]) -> Result<Self, OpenBlobError> {
+        let layout = Layout::for_blob(blob_len)?;
+        let header = Header::decode(header, key)?;
+        if header.metadata.file_len != layout.file_len() {
+            return Err(OpenBlobError::LengthMismatch {
+                header: header.metadata.file_len,
+                layout: layout.file_len(),
+            });
+        }
+        Ok(Self {
+            cipher: SegmentCipher::new(key),
+            layout,
+            header,
+        })
+    }
+
     /// The decoded header.
     pub const fn header(&self) -> &Header {
         &self.header

@@ -1,0 +1,781 @@
+//! Downloading a blob from peers: verified, decrypted as it arrives, resumable, crash-safe.
+//!
+//! Files in the output directory while a download runs:
+//! - `.shoal-<blob id>.part`: the plaintext being assembled, written at final offsets;
+//! - `.shoal-<blob id>.state`: which blocks are verified *and durably written* (the
+//!   have-map) plus the decrypted header record. Never the key.
+//!
+//! Order of writes: block bytes → `fdatasync(part)` → state file written atomically. So the
+//! state never claims a block that is not on disk; after a crash, at most the blocks since
+//! the last checkpoint ([`CHECKPOINT_BLOCKS`] blocks or [`CHECKPOINT_INTERVAL`]) are fetched
+//! again. The part file is renamed to its final name only when every block is in.
+
+use std::{
+    collections::VecDeque,
+    fs::{self, File, OpenOptions},
+    io,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use futures::{AsyncReadExt, AsyncWriteExt, future::join_all};
+use libp2p::{Multiaddr, PeerId, Stream};
+use shoal_protocol::{
+    BlobId, Link,
+    blob::{BlockIndex, Need, PARENT_LEN, RangeDecoder, VerifyError, block_count},
+    format::{HEADER_LEN, Layout, Metadata, OpenBlobError, Opener},
+    wire::{BlobRequest, ResponseHeader},
+};
+use tokio::sync::{Notify, mpsc, watch};
+use tracing::{debug, info, warn};
+
+use crate::{
+    node::{DialError, Node, blob_protocol},
+    store::{write_all_at, write_atomic},
+};
+
+/// Blocks written between durable checkpoints of the have-map.
+pub const CHECKPOINT_BLOCKS: u64 = 256;
+/// Longest time between checkpoints while blocks arrive.
+pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
+/// Verified blocks queued for the writer (64 KiB each): bounds memory.
+const WRITE_QUEUE: usize = 32;
+const STATE_MAGIC: &[u8; 8] = b"SHOALDL1";
+/// Attempts per peer after transient failures (timeouts, resets, busy) before giving up on it.
+const PEER_RETRIES: u32 = 3;
+
+/// Where the file goes.
+#[derive(Clone, Debug)]
+pub enum Output {
+    /// Exactly this path.
+    File(PathBuf),
+    /// This directory, under the name in the blob's header.
+    Dir(PathBuf),
+}
+
+/// How to fetch.
+#[derive(Clone, Debug)]
+pub struct FetchOptions {
+    /// Where the file goes.
+    pub output: Output,
+    /// Peers to try besides the link's `peer` hints.
+    pub peers: Vec<Multiaddr>,
+    /// Parallel requests per peer. Default 4.
+    pub requests_per_peer: usize,
+    /// Blocks (64 KiB) per request. Default 16 (1 MiB).
+    pub blocks_per_request: u32,
+    /// Replace an existing output file.
+    pub overwrite: bool,
+}
+
+impl FetchOptions {
+    /// Defaults writing to `output`.
+    pub const fn new(output: Output) -> Self {
+        Self {
+            output,
+            peers: Vec::new(),
+            requests_per_peer: 4,
+            blocks_per_request: 16,
+            overwrite: false,
+        }
+    }
+}
+
+/// Progress of a fetch, published on a watch channel.
+#[derive(Clone, Debug, Default)]
+pub struct Progress {
+    /// File name from the header, once known.
+    pub name: Option<String>,
+    /// File length in bytes, once known.
+    pub file_len: Option<u64>,
+    /// Blocks in the blob, once known.
+    pub total_blocks: u64,
+    /// Blocks verified and written.
+    pub done_blocks: u64,
+    /// Blocks found already done when the fetch started (resume).
+    pub resumed_blocks: u64,
+    /// Peers connected.
+    pub peers: usize,
+}
+
+/// What a finished fetch did.
+#[derive(Debug)]
+pub struct Fetched {
+    /// Final path of the file.
+    pub path: PathBuf,
+    /// The header metadata.
+    pub metadata: Metadata,
+    /// Blocks downloaded in this run.
+    pub fetched_blocks: u64,
+    /// Blocks reused from an interrupted run.
+    pub resumed_blocks: u64,
+    /// Wall time of this run.
+    pub elapsed: Duration,
+    /// Peers dropped for sending bad data, with the reason.
+    pub banned: Vec<(PeerId, String)>,
+}
+
+/// Why a fetch failed. Blocks verified before the failure are kept for the next run.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FetchError {
+    /// The link names no peer and none was given.
+    #[error("the link names no peer to fetch from; pass one with --peer ADDR")]
+    NoPeersGiven,
+    /// No peer could be reached.
+    #[error("no peer could be reached; tried:\n{}", list(.tried))]
+    Unreachable {
+        /// Each address and why it failed.
+        tried: Vec<String>,
+    },
+    /// Peers were reached but none could deliver the missing blocks.
+    #[error("no reachable peer could deliver the blob ({done} of {total} blocks done; run again to resume); peers:\n{}", list(.why))]
+    Exhausted {
+        /// Blocks done.
+        done: u64,
+        /// Blocks in the blob.
+        total: u64,
+        /// Each peer and why it was given up.
+        why: Vec<String>,
+    },
+    /// The key in the link does not open the blob.
+    #[error("the key in the link does not open blob {id}: the link is wrong or was altered")]
+    WrongKey {
+        /// The blob.
+        id: BlobId,
+    },
+    /// The blob verified against its id but is not a valid Shoal blob under this key.
+    #[error("blob {id} is not a valid Shoal blob for this link")]
+    BadBlob {
+        /// The blob.
+        id: BlobId,
+        /// Cause.
+        #[source]
+        source: OpenBlobError,
+    },
+    /// A verified segment failed to decrypt: the publisher produced a broken blob.
+    #[error("segment {block} of blob {id} does not decrypt although it matches the blob id; the publisher's blob is broken")]
+    Undecryptable {
+        /// The blob.
+        id: BlobId,
+        /// The segment.
+        block: BlockIndex,
+    },
+    /// The output file exists.
+    #[error("{0} already exists; choose another -o path or pass --force to replace it")]
+    OutputExists(PathBuf),
+    /// Writing locally failed (disk full, permissions). Verified blocks are kept.
+    #[error("cannot write {path}; fix the cause (e.g. free disk space) and run again to resume")]
+    Disk {
+        /// The file.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn list(items: &[String]) -> String {
+    items.iter().map(|s| format!("  - {s}")).collect::<Vec<_>>().join("\n")
+}
+
+/// One request's failure, classified: a lying peer is banned; a local or transient failure
+/// never bans.
+#[derive(Debug, thiserror::Error)]
+enum RequestError {
+    #[error("sent data that does not match the blob id ({0})")]
+    Lied(String),
+    #[error("answered {0:?}")]
+    Status(ResponseHeader),
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    #[error("timed out")]
+    Timeout,
+    #[error("stopped")]
+    Stopped,
+}
+
+struct Verified {
+    index: BlockIndex,
+    data: Vec<u8>,
+}
+
+/// Persistent have-map and header of a download.
+struct State {
+    path: PathBuf,
+    id: BlobId,
+    blob_len: u64,
+    header: Option<[u8; HEADER_LEN]>,
+    have: Vec<u8>,
+}
+
+impl State {
+    fn new(path: PathBuf, id: BlobId, blob_len: u64) -> Self {
+        let blocks = block_count(blob_len);
+        Self {
+            path,
+            id,
+            blob_len,
+            header: None,
+            have: vec![0; usize::try_from(blocks.div_ceil(8)).expect("fits")],
+        }
+    }
+
+    /// Loads a state file if it belongs to this blob; anything else means "start over".
+    fn load(path: PathBuf, id: BlobId, blob_len: Option<u64>) -> Option<Self> {
+        let bytes = fs::read(&path).ok()?;
+        if bytes.len() < 8 + 32 + 8 + 1 + HEADER_LEN || &bytes[..8] != STATE_MAGIC || bytes[8..40] != id.as_bytes()[..] {
+            return None;
+        }
+        let len = u64::from_le_bytes(bytes[40..48].try_into().ok()?);
+        if blob_len.is_some_and(|l| l != len) || Layout::for_blob(len).is_err() {
+            return None;
+        }
+        let header: Option<[u8; HEADER_LEN]> = (bytes[48] == 1).then(|| bytes[49..49 + HEADER_LEN].try_into().expect("length checked"));
+        let mut state = Self::new(path, id, len);
+        state.header = header;
+        let bits = &bytes[49 + HEADER_LEN..];
+        if bits.len() != state.have.len() {
+            return None;
+        }
+        state.have.copy_from_slice(bits);
+        Some(state)
+    }
+
+    fn save(&self) -> io::Result<()> {
+        let mut out = Vec::with_capacity(49 + HEADER_LEN + self.have.len());
+        out.extend_from_slice(STATE_MAGIC);
+        out.extend_from_slice(self.id.as_bytes());
+        out.extend_from_slice(&self.blob_len.to_le_bytes());
+        out.push(u8::from(self.header.is_some()));
+        out.extend_from_slice(&self.header.unwrap_or([0; HEADER_LEN]));
+        out.extend_from_slice(&self.have);
+        write_atomic(&self.path, &out, true)
+    }
+
+    fn has(&self, i: u64) -> bool {
+        let i = usize::try_from(i).expect("fits");
+        self.have[i / 8] & (1 << (i % 8)) != 0
+    }
+
+    fn set(&mut self, i: u64) {
+        let i = usize::try_from(i).expect("fits");
+        self.have[i / 8] |= 1 << (i % 8);
+    }
+
+    fn count(&self) -> u64 {
+        self.have.iter().map(|b| u64::from(b.count_ones())).sum()
+    }
+}
+
+struct Queue {
+    missing: VecDeque<u32>,
+    in_flight: usize,
+}
+
+struct Shared {
+    node: Node,
+    id: BlobId,
+    blob_len: u64,
+    queue: Mutex<Queue>,
+    changed: Notify,
+    writer: mpsc::Sender<Verified>,
+    opts: FetchOptions,
+}
+
+/// Fetches the blob of `link` into `opts.output`, publishing progress on `progress`.
+/// Cancel-safe in the sense that matters: dropping the future loses no verified block that
+/// reached a checkpoint, and never leaves a partial file under the final name.
+///
+/// # Errors
+/// See [`FetchError`]; every variant says what to do next.
+pub async fn fetch(node: &Node, link: &Link, opts: FetchOptions, progress: watch::Sender<Progress>) -> Result<Fetched, FetchError> {
+    let started = Instant::now();
+    let id = link.id;
+    let (dir, fixed_name) = match &opts.output {
+        Output::File(p) => (
+            p.parent().filter(|d| !d.as_os_str().is_empty()).map_or_else(|| PathBuf::from("."), Path::to_path_buf),
+            Some(p.clone()),
+        ),
+        Output::Dir(d) => (d.clone(), None),
+    };
+    if let Some(p) = &fixed_name
+        && p.exists()
+        && !opts.overwrite
+    {
+        return Err(FetchError::OutputExists(p.clone()));
+    }
+    let part_path = dir.join(format!(".shoal-{id}.part"));
+    let state_path = dir.join(format!(".shoal-{id}.state"));
+    let disk = |path: &Path| {
+        let path = path.to_owned();
+        move |source| FetchError::Disk { path, source }
+    };
+
+    // Connect to every known peer at once.
+    let mut addrs: Vec<Multiaddr> = opts.peers.clone();
+    let mut tried = Vec::new();
+    for p in &link.peers {
+        match p.parse::<Multiaddr>() {
+            Ok(a) if !addrs.contains(&a) => addrs.push(a),
+            Ok(_) => {}
+            Err(e) => tried.push(format!("{p}: not a valid multiaddr ({e})")),
+        }
+    }
+    if addrs.is_empty() && tried.is_empty() {
+        return Err(FetchError::NoPeersGiven);
+    }
+    let timeout = node.config().dial_timeout;
+    let dials = join_all(addrs.iter().map(|a| node.dial(a.clone(), timeout))).await;
+    let mut peers: Vec<PeerId> = Vec::new();
+    for r in dials {
+        match r {
+            Ok(p) if !peers.contains(&p) => peers.push(p),
+            Ok(_) => {}
+            Err(DialError { addr, why }) => tried.push(format!("{addr}: {why}")),
+        }
+    }
+    if peers.is_empty() {
+        return Err(FetchError::Unreachable { tried });
+    }
+    progress.send_modify(|p| p.peers = peers.len());
+    info!(blob = %id, peers = peers.len(), "connected");
+
+    let mut state = State::load(state_path.clone(), id, link.blob_len);
+    let resumed = state.as_ref().map_or(0, State::count);
+    let mut banned: Vec<(PeerId, String)> = Vec::new();
+    let mut why: Vec<String> = Vec::new();
+
+    // Bootstrap: learn and authenticate the size, and open segment 0 (proves the key)
+    // before fetching the body.
+    let mut first_block: Option<Vec<u8>> = None;
+    if state.as_ref().is_none_or(|s| s.header.is_none()) {
+        let mut got = None;
+        for &peer in &peers {
+            match bootstrap(node, peer, id, link.blob_len.or(state.as_ref().map(|s| s.blob_len))).await {
+                Ok(x) => {
+                    got = Some(x);
+                    break;
+                }
+                Err(RequestError::Lied(w)) => {
+                    warn!(peer = %peer, blob = %id, why = %w, "peer sent bad data; dropped");
+                    banned.push((peer, w));
+                }
+                Err(e) => why.push(format!("{peer}: {e}")),
+            }
+        }
+        let Some((blob_len, block0)) = got else {
+            why.extend(banned.iter().map(|(p, w)| format!("{p}: {w}")));
+            return Err(FetchError::Exhausted {
+                done: 0,
+                total: link.blob_len.map_or(0, block_count),
+                why,
+            });
+        };
+        if state.as_ref().is_none_or(|s| s.blob_len != blob_len) {
+            state = Some(State::new(state_path.clone(), id, blob_len));
+        }
+        first_block = Some(block0);
+    }
+    // A peer caught lying is never asked again for this blob.
+    peers.retain(|p| !banned.iter().any(|(b, _)| b == p));
+    let mut state = state.expect("set above");
+    let blob_len = state.blob_len;
+    let total = block_count(blob_len);
+
+    // Open segment 0 (fresh) or rebuild the opener from the saved header (resume).
+    let (opener, seg0_body) = match first_block.take() {
+        Some(mut block0) => {
+            let (opener, body) = Opener::new(&link.key, blob_len, &mut block0).map_err(|e| match e {
+                OpenBlobError::WrongKey => FetchError::WrongKey { id },
+                source => FetchError::BadBlob { id, source },
+            })?;
+            let mut header = [0u8; HEADER_LEN];
+            header.copy_from_slice(&block0[..HEADER_LEN]);
+            state.header = Some(header);
+            (opener, Some(block0[body].to_vec()))
+        }
+        None => {
+            let header = state.header.expect("resume requires a saved header");
+            let opener = Opener::from_header(&link.key, blob_len, &header).map_err(|e| match e {
+                OpenBlobError::Header(shoal_protocol::format::HeaderError::CommitmentMismatch) => FetchError::WrongKey { id },
+                source => FetchError::BadBlob { id, source },
+            })?;
+            (opener, None)
+        }
+    };
+    let metadata = opener.header().metadata.clone();
+    let final_path = fixed_name.unwrap_or_else(|| dir.join(default_name(&metadata, id)));
+    if final_path.exists() && !opts.overwrite {
+        return Err(FetchError::OutputExists(final_path));
+    }
+    progress.send_modify(|p| {
+        p.name = Some(metadata.name.clone());
+        p.file_len = Some(metadata.file_len);
+        p.total_blocks = total;
+        p.resumed_blocks = resumed;
+        p.done_blocks = resumed;
+    });
+
+    let part = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&part_path)
+        .map_err(disk(&part_path))?;
+    if part.metadata().map_err(disk(&part_path))?.len() != metadata.file_len {
+        part.set_len(metadata.file_len).map_err(disk(&part_path))?;
+    }
+    if let Some(body) = seg0_body
+        && !state.has(0)
+    {
+        write_all_at(&part, &body, 0).map_err(disk(&part_path))?;
+        part.sync_data().map_err(disk(&part_path))?;
+        state.set(0);
+    }
+    state.save().map_err(disk(&state_path))?;
+    progress.send_modify(|p| p.done_blocks = state.count());
+
+    let missing: VecDeque<u32> = (0..total)
+        .filter(|&i| !state.has(i))
+        .map(|i| u32::try_from(i).expect("MAX_FILE_LEN keeps indices in u32"))
+        .collect();
+    let fetched_blocks = missing.len() as u64;
+    let overwrite = opts.overwrite;
+    let (writer_tx, writer_rx) = mpsc::channel(WRITE_QUEUE);
+    let writer = {
+        let part_path = part_path.clone();
+        let state_path = state_path.clone();
+        let progress = progress.clone();
+        tokio::task::spawn_blocking(move || write_blocks(writer_rx, &opener, &part, &part_path, &state_path, state, &progress))
+    };
+    let shared = Arc::new(Shared {
+        node: node.clone(),
+        id,
+        blob_len,
+        queue: Mutex::new(Queue { missing, in_flight: 0 }),
+        changed: Notify::new(),
+        writer: writer_tx,
+        opts,
+    });
+    let peer_results = join_all(peers.iter().map(|&peer| run_peer(shared.clone(), peer))).await;
+    drop(shared);
+    let state = writer.await.map_err(|e| FetchError::Disk {
+        path: part_path.clone(),
+        source: io::Error::other(e),
+    })??;
+    for (peer, result) in peers.iter().zip(peer_results) {
+        match result {
+            PeerEnd::Done => {}
+            PeerEnd::Lied(w) => {
+                warn!(peer = %peer, blob = %id, why = %w, "peer sent bad data; dropped");
+                banned.push((*peer, w));
+            }
+            PeerEnd::GaveUp(w) => why.push(format!("{peer}: {w}")),
+        }
+    }
+    let done = state.count();
+    if done < total {
+        why.extend(banned.iter().map(|(p, w)| format!("{p}: sent bad data ({w})")));
+        return Err(FetchError::Exhausted { done, total, why });
+    }
+    // Complete: every block verified, decrypted and synced. Publish under the final name.
+    if final_path.exists() && !overwrite {
+        return Err(FetchError::OutputExists(final_path));
+    }
+    fs::rename(&part_path, &final_path).map_err(disk(&final_path))?;
+    if let Ok(d) = File::open(&dir) {
+        let _ = d.sync_all();
+    }
+    let _ = fs::remove_file(&state_path);
+    info!(blob = %id, blocks = total, "fetch complete");
+    Ok(Fetched {
+        path: final_path,
+        metadata,
+        fetched_blocks,
+        resumed_blocks: resumed,
+        elapsed: started.elapsed(),
+        banned,
+    })
+}
+
+fn default_name(meta: &Metadata, id: BlobId) -> String {
+    // The protocol already rejects separators, control characters, "." and "..".
+    if meta.name.is_empty() || meta.name.starts_with('.') {
+        format!("{id}.bin")
+    } else {
+        meta.name.clone()
+    }
+}
+
+/// Fetches block 0 (and the last block when the size is not yet trusted) from `peer`.
+/// Returns the authenticated blob size and sealed block 0.
+async fn bootstrap(node: &Node, peer: PeerId, id: BlobId, trusted_len: Option<u64>) -> Result<(u64, Vec<u8>), RequestError> {
+    let timeout = node.config().request_timeout;
+    let mut control = node.control();
+    let blob_len = match trusted_len {
+        Some(l) => l,
+        None => {
+            // Learn the claimed size, then prove it by verifying the last block.
+            let req = BlobRequest::new(id, [0]).expect("one range");
+            let mut stream = open(&mut control, peer, &req, timeout).await?;
+            let claimed = read_status(&mut stream, None, timeout).await?;
+            let _ = stream.close().await;
+            Layout::for_blob(claimed).map_err(|e| RequestError::Lied(e.to_string()))?;
+            claimed
+        }
+    };
+    let last = u32::try_from(block_count(blob_len) - 1).map_err(|_| RequestError::Lied("size out of range".into()))?;
+    let req = BlobRequest::new(id, [0, last]).expect("at most two ranges");
+    let mut block0 = None;
+    request(node, peer, &req, blob_len, |v| {
+        if v.index.0 == 0 {
+            block0 = Some(v.data);
+        }
+        async { Ok(()) }
+    })
+    .await?;
+    Ok((blob_len, block0.expect("block 0 was requested and verified")))
+}
+
+async fn open(control: &mut libp2p_stream::Control, peer: PeerId, req: &BlobRequest, timeout: Duration) -> Result<Stream, RequestError> {
+    let mut stream = tokio::time::timeout(timeout, control.open_stream(peer, blob_protocol()))
+        .await
+        .map_err(|_| RequestError::Timeout)?
+        .map_err(|e| RequestError::Io(io::Error::other(e.to_string())))?;
+    tokio::time::timeout(timeout, stream.write_all(&req.encode()))
+        .await
+        .map_err(|_| RequestError::Timeout)??;
+    Ok(stream)
+}
+
+async fn read_exact_timeout(stream: &mut Stream, buf: &mut [u8], timeout: Duration) -> Result<(), RequestError> {
+    tokio::time::timeout(timeout, stream.read_exact(buf))
+        .await
+        .map_err(|_| RequestError::Timeout)?
+        .map_err(RequestError::Io)
+}
+
+/// Reads the response status; returns the blob size on `Ok`.
+async fn read_status(stream: &mut Stream, expected_len: Option<u64>, timeout: Duration) -> Result<u64, RequestError> {
+    let mut status = [0u8; 1];
+    read_exact_timeout(stream, &mut status, timeout).await?;
+    match ResponseHeader::decode_status(status[0]) {
+        Err(e) => Err(RequestError::Lied(e.to_string())),
+        Ok(Some(other)) => Err(RequestError::Status(other)),
+        Ok(None) => {
+            let mut len = [0u8; 8];
+            read_exact_timeout(stream, &mut len, timeout).await?;
+            let ResponseHeader::Ok { blob_len } = ResponseHeader::ok_with_len(len) else {
+                unreachable!("ok_with_len returns Ok")
+            };
+            if expected_len.is_some_and(|l| l != blob_len) {
+                return Err(RequestError::Lied(format!("claimed size {blob_len}, link says {}", expected_len.unwrap_or(0))));
+            }
+            Ok(blob_len)
+        }
+    }
+}
+
+/// Sends one request and verifies the answer block by block, handing each verified block to
+/// `on_block` before reading the next.
+async fn request<F, Fut>(node: &Node, peer: PeerId, req: &BlobRequest, blob_len: u64, mut on_block: F) -> Result<(), RequestError>
+where
+    F: FnMut(Verified) -> Fut,
+    Fut: Future<Output = Result<(), RequestError>>,
+{
+    let timeout = node.config().request_timeout;
+    let mut control = node.control();
+    let mut stream = open(&mut control, peer, req, timeout).await?;
+    read_status(&mut stream, Some(blob_len), timeout).await?;
+    let mut decoder = RangeDecoder::new(req.id, blob_len, &req.ranges);
+    loop {
+        match decoder.need() {
+            Need::Done => break,
+            Need::Parent => {
+                let mut pair = [0u8; PARENT_LEN];
+                read_exact_timeout(&mut stream, &mut pair, timeout).await?;
+                decoder.parent(&pair).map_err(lied)?;
+            }
+            Need::Block { len, .. } => {
+                let mut data = vec![0u8; len];
+                read_exact_timeout(&mut stream, &mut data, timeout).await?;
+                let index = decoder.block(&data).map_err(lied)?;
+                on_block(Verified { index, data }).await?;
+            }
+        }
+    }
+    let _ = stream.close().await;
+    Ok(())
+}
+
+fn lied(e: VerifyError) -> RequestError {
+    RequestError::Lied(e.to_string())
+}
+
+enum PeerEnd {
+    Done,
+    Lied(String),
+    GaveUp(String),
+}
+
+/// Runs `requests_per_peer` request loops against one peer until nothing is missing, the peer
+/// lies (banned at once, for this blob), or it fails [`PEER_RETRIES`] times.
+async fn run_peer(shared: Arc<Shared>, peer: PeerId) -> PeerEnd {
+    let stop = Arc::new(Mutex::new(None::<PeerEnd>));
+    let n = shared.opts.requests_per_peer.max(1);
+    join_all((0..n).map(|_| peer_worker(shared.clone(), peer, stop.clone()))).await;
+    let end = stop.lock().expect("poisoned").take();
+    end.unwrap_or(PeerEnd::Done)
+}
+
+async fn peer_worker(shared: Arc<Shared>, peer: PeerId, stop: Arc<Mutex<Option<PeerEnd>>>) {
+    let mut failures = 0u32;
+    loop {
+        if stop.lock().expect("poisoned").is_some() {
+            return;
+        }
+        let Some(batch) = take_batch(&shared).await else { return };
+        let req = BlobRequest::new(shared.id, batch.iter().copied()).expect("batch is within MAX_RANGES");
+        let mut received: Vec<u32> = Vec::new();
+        let writer = shared.writer.clone();
+        let result = request(&shared.node, peer, &req, shared.blob_len, |v| {
+            received.push(v.index.0);
+            let writer = writer.clone();
+            async move { writer.send(v).await.map_err(|_| RequestError::Stopped) }
+        })
+        .await;
+        let leftover: Vec<u32> = batch.into_iter().filter(|b| !received.contains(b)).collect();
+        give_back(&shared, received.len(), leftover);
+        match result {
+            Ok(()) => failures = 0,
+            Err(RequestError::Stopped) => return,
+            Err(RequestError::Lied(w)) => {
+                *stop.lock().expect("poisoned") = Some(PeerEnd::Lied(w));
+                shared.changed.notify_waiters();
+                return;
+            }
+            Err(RequestError::Status(ResponseHeader::Busy)) if failures < PEER_RETRIES => {
+                failures += 1;
+                tokio::time::sleep(Duration::from_millis(250) * failures).await;
+            }
+            Err(e) => {
+                failures += 1;
+                debug!(peer = %peer, error = %e, failures, "request failed");
+                if failures > PEER_RETRIES || matches!(e, RequestError::Status(_)) {
+                    *stop.lock().expect("poisoned") = Some(PeerEnd::GaveUp(e.to_string()));
+                    shared.changed.notify_waiters();
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Takes the next run of missing blocks, or waits while others are in flight (they may come
+/// back). `None` when nothing is missing or in flight.
+async fn take_batch(shared: &Shared) -> Option<Vec<u32>> {
+    loop {
+        let notified = shared.changed.notified();
+        {
+            let mut q = shared.queue.lock().expect("poisoned");
+            if !q.missing.is_empty() {
+                let n = q.missing.len().min(shared.opts.blocks_per_request as usize);
+                let batch: Vec<u32> = q.missing.drain(..n).collect();
+                q.in_flight += batch.len();
+                return Some(batch);
+            }
+            if q.in_flight == 0 {
+                return None;
+            }
+        }
+        notified.await;
+    }
+}
+
+fn give_back(shared: &Shared, received: usize, leftover: Vec<u32>) {
+    let mut q = shared.queue.lock().expect("poisoned");
+    q.in_flight -= received + leftover.len();
+    for b in leftover.into_iter().rev() {
+        q.missing.push_front(b);
+    }
+    drop(q);
+    shared.changed.notify_waiters();
+}
+
+/// The writer: decrypts verified blocks, writes them at their file offsets, and checkpoints
+/// (sync data, then save the have-map). Runs on a blocking thread.
+fn write_blocks(
+    mut rx: mpsc::Receiver<Verified>,
+    opener: &Opener,
+    part: &File,
+    part_path: &Path,
+    state_path: &Path,
+    mut state: State,
+    progress: &watch::Sender<Progress>,
+) -> Result<State, FetchError> {
+    let disk = |path: &Path| {
+        let path = path.to_owned();
+        move |source| FetchError::Disk { path, source }
+    };
+    let mut unsynced = 0u64;
+    let mut last_checkpoint = Instant::now();
+    let checkpoint = |state: &State| -> Result<(), FetchError> {
+        part.sync_data().map_err(disk(part_path))?;
+        state.save().map_err(disk(state_path))
+    };
+    let mut pending: Vec<u64> = Vec::new();
+    while let Some(Verified { index, mut data }) = rx.blocking_recv() {
+        let i = u64::from(index.0);
+        if state.has(i) || pending.contains(&i) {
+            continue;
+        }
+        let range = opener.open_segment(i, &mut data).map_err(|_| FetchError::Undecryptable { id: state.id, block: index })?;
+        let (file_off, _) = opener.layout().file_offset(i);
+        write_all_at(part, &data[range], file_off).map_err(disk(part_path))?;
+        pending.push(i);
+        unsynced += 1;
+        if unsynced >= CHECKPOINT_BLOCKS || last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL {
+            part.sync_data().map_err(disk(part_path))?;
+            for p in pending.drain(..) {
+                state.set(p);
+            }
+            state.save().map_err(disk(state_path))?;
+            unsynced = 0;
+            last_checkpoint = Instant::now();
+        }
+        progress.send_modify(|p| p.done_blocks += 1);
+    }
+    for p in pending.drain(..) {
+        state.set(p);
+    }
+    checkpoint(&state)?;
+    Ok(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_round_trips_and_rejects_other_blobs() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = BlobId::from_bytes([1; 32]);
+        let len = Layout::for_file(1_000_000).unwrap().blob_len();
+        let path = dir.path().join("s");
+        let mut s = State::new(path.clone(), id, len);
+        s.header = Some([7; HEADER_LEN]);
+        s.set(0);
+        s.set(9);
+        s.save().unwrap();
+        let l = State::load(path.clone(), id, Some(len)).unwrap();
+        assert_eq!((l.count(), l.has(9), l.has(8)), (2, true, false));
+        assert_eq!(l.header, Some([7; HEADER_LEN]));
+        assert!(State::load(path.clone(), BlobId::from_bytes([2; 32]), None).is_none());
+        assert!(State::load(path.clone(), id, Some(len + 16)).is_none());
+        fs::write(&path, b"SHOALDL1 truncated").unwrap();
+        assert!(State::load(path, id, None).is_none());
+    }
+}

@@ -1,0 +1,70 @@
+//! The node's persistent ed25519 identity, kept in the data directory.
+
+use std::{fs, io, path::Path};
+
+use libp2p::identity::Keypair;
+
+/// File name of the identity inside the data directory.
+pub const IDENTITY_FILE: &str = "identity.key";
+
+/// Why the identity could not be loaded or created.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum IdentityError {
+    /// Reading or writing the file failed.
+    #[error("accessing the node identity {path}")]
+    Io {
+        /// The file.
+        path: String,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The file exists but is not a valid key.
+    #[error("node identity {path} is corrupt; move it away to create a new identity")]
+    Corrupt {
+        /// The file.
+        path: String,
+    },
+}
+
+/// Loads the identity from `data_dir`, creating it (mode 0600) on first use.
+///
+/// # Errors
+/// If the file cannot be read or written, or is corrupt.
+pub fn load_or_create(data_dir: &Path) -> Result<Keypair, IdentityError> {
+    let path = data_dir.join(IDENTITY_FILE);
+    let io_err = |source| IdentityError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    match fs::read(&path) {
+        Ok(bytes) => Keypair::from_protobuf_encoding(&bytes).map_err(|_| IdentityError::Corrupt {
+            path: path.display().to_string(),
+        }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            fs::create_dir_all(data_dir).map_err(io_err)?;
+            let key = Keypair::generate_ed25519();
+            let bytes = key.to_protobuf_encoding().expect("ed25519 keys encode");
+            crate::store::write_atomic(&path, &bytes, true).map_err(io_err)?;
+            Ok(key)
+        }
+        Err(e) => Err(io_err(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_persists_and_corruption_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = load_or_create(dir.path()).unwrap();
+        let b = load_or_create(dir.path()).unwrap();
+        assert_eq!(a.public(), b.public());
+        fs::write(dir.path().join(IDENTITY_FILE), b"junk").unwrap();
+        let err = load_or_create(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("corrupt"), "{err}");
+    }
+}

@@ -1,0 +1,427 @@
+//! The libp2p node: one event loop owns the `Swarm`; everyone else holds a [`Node`] handle
+//! (commands on a bounded channel, replies on oneshots). Bulk data runs over raw
+//! `libp2p-stream` streams: one `/shoal/blob/1` request per stream.
+
+use std::{
+    collections::HashMap,
+    fs::File,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use libp2p::{
+    Multiaddr, PeerId, Stream, StreamProtocol, Swarm,
+    identify, identity::Keypair, noise, ping,
+    swarm::{ConnectionId, NetworkBehaviour, SwarmEvent, dial_opts::DialOpts},
+    tcp, yamux,
+};
+use shoal_protocol::{
+    blob::{EncodeItem, RangeEncoder, block_count},
+    wire::{BLOB_PROTOCOL, BlobRequest, ResponseHeader},
+};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::{
+    config::Config,
+    rate::RateLimiter,
+    store::{Source, Store},
+};
+
+/// Bound of the command queue into the event loop.
+const COMMAND_QUEUE: usize = 64;
+/// Encoded chunks buffered between the blocking block reader and the stream writer.
+const SERVE_PIPELINE: usize = 4;
+
+pub(crate) fn blob_protocol() -> StreamProtocol {
+    StreamProtocol::new(BLOB_PROTOCOL)
+}
+
+#[derive(NetworkBehaviour)]
+struct Behaviour {
+    stream: libp2p_stream::Behaviour,
+    identify: identify::Behaviour,
+    ping: ping::Behaviour,
+}
+
+/// Live counters of a node, readable at any time.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Blob bytes sent to peers (headers and parents included).
+    pub uploaded_bytes: AtomicU64,
+    /// Peers currently connected.
+    pub connected_peers: AtomicU64,
+    /// Requests served to completion.
+    pub requests_served: AtomicU64,
+}
+
+enum Command {
+    Dial {
+        addr: Multiaddr,
+        reply: oneshot::Sender<Result<PeerId, String>>,
+    },
+}
+
+/// Why the node could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// Building the transport failed.
+    #[error("building the libp2p transport")]
+    Transport(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// Listening on an address failed (in use, not local, bad multiaddr).
+    #[error("cannot listen on {addr}")]
+    Listen {
+        /// The address.
+        addr: Multiaddr,
+        /// Cause.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+/// Why connecting to a peer failed.
+#[derive(Debug, thiserror::Error, Clone)]
+#[error("{addr}: {why}")]
+pub struct DialError {
+    /// The address tried.
+    pub addr: Multiaddr,
+    /// What went wrong.
+    pub why: String,
+}
+
+/// A running node. Cheap to clone; the node stops when [`Node::shutdown`] is called or the
+/// cancellation token it was started with is cancelled.
+#[derive(Clone)]
+pub struct Node {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    peer_id: PeerId,
+    commands: mpsc::Sender<Command>,
+    control: libp2p_stream::Control,
+    listen: watch::Receiver<Vec<Multiaddr>>,
+    stats: Arc<Stats>,
+    store: Arc<Store>,
+    shutdown: CancellationToken,
+    config: Config,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node").field("peer_id", &self.inner.peer_id).finish_non_exhaustive()
+    }
+}
+
+impl Node {
+    /// Starts a node with identity `keypair`, serving the blobs in `store`. Must be called
+    /// within a tokio runtime.
+    ///
+    /// # Errors
+    /// If the transport cannot be built or a listen address cannot be bound.
+    pub fn start(config: Config, keypair: Keypair, store: Arc<Store>, shutdown: CancellationToken) -> Result<Self, StartError> {
+        let idle = config.idle_timeout;
+        let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
+            .with_tokio()
+            .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
+            .map_err(|e| StartError::Transport(e.into()))?
+            .with_quic()
+            .with_behaviour(|key| Behaviour {
+                stream: libp2p_stream::Behaviour::new(),
+                identify: identify::Behaviour::new(identify::Config::new("/shoal/id/1".into(), key.public())),
+                ping: ping::Behaviour::default(),
+            })
+            .map_err(|e| StartError::Transport(e.into()))?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
+            .build();
+        for addr in &config.listen {
+            swarm.listen_on(addr.clone()).map_err(|e| StartError::Listen {
+                addr: addr.clone(),
+                source: e.into(),
+            })?;
+        }
+        let peer_id = *swarm.local_peer_id();
+        let mut control = swarm.behaviour().stream.new_control();
+        let incoming = control
+            .accept(blob_protocol())
+            .expect("the blob protocol is registered once, here");
+        let (commands, command_rx) = mpsc::channel(COMMAND_QUEUE);
+        let (listen_tx, listen) = watch::channel(Vec::new());
+        let stats = Arc::new(Stats::default());
+        let inner = Arc::new(Inner {
+            peer_id,
+            commands,
+            control,
+            listen,
+            stats: stats.clone(),
+            store,
+            shutdown: shutdown.clone(),
+            config,
+        });
+        tokio::spawn(event_loop(swarm, command_rx, listen_tx, stats, shutdown.clone()));
+        tokio::spawn(serve_loop(inner.clone(), incoming));
+        info!(peer = %peer_id, "node started");
+        Ok(Self { inner })
+    }
+
+    /// This node's peer id.
+    pub fn peer_id(&self) -> PeerId {
+        self.inner.peer_id
+    }
+
+    /// Live counters.
+    pub fn stats(&self) -> &Stats {
+        &self.inner.stats
+    }
+
+    /// The store this node serves from.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.inner.store
+    }
+
+    /// The node's configuration.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    pub(crate) fn control(&self) -> libp2p_stream::Control {
+        self.inner.control.clone()
+    }
+
+    /// The addresses the node listens on, waiting up to `timeout` for at least one.
+    /// Cancel-safe.
+    pub async fn listen_addrs(&self, timeout: Duration) -> Vec<Multiaddr> {
+        let mut rx = self.inner.listen.clone();
+        let _ = tokio::time::timeout(timeout, rx.wait_for(|a| !a.is_empty())).await;
+        let addrs = rx.borrow().clone();
+        addrs
+    }
+
+    /// Connects to `addr` (which may end in `/p2p/<peer id>`) and returns the peer's id.
+    /// Cancel-safe (an abandoned dial completes in the background).
+    ///
+    /// # Errors
+    /// If the connection fails or does not complete within `timeout`.
+    pub async fn dial(&self, addr: Multiaddr, timeout: Duration) -> Result<PeerId, DialError> {
+        let (reply, rx) = oneshot::channel();
+        let err = |why: String| DialError { addr: addr.clone(), why };
+        self.inner
+            .commands
+            .send(Command::Dial { addr: addr.clone(), reply })
+            .await
+            .map_err(|_| err("node is shut down".into()))?;
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(result)) => result.map_err(err),
+            Ok(Err(_)) => Err(err("node is shut down".into())),
+            Err(_) => Err(err(format!("no connection within {timeout:?}"))),
+        }
+    }
+
+    /// Stops the node's tasks.
+    pub fn shutdown(&self) {
+        self.inner.shutdown.cancel();
+    }
+}
+
+async fn event_loop(
+    mut swarm: Swarm<Behaviour>,
+    mut commands: mpsc::Receiver<Command>,
+    listen: watch::Sender<Vec<Multiaddr>>,
+    stats: Arc<Stats>,
+    shutdown: CancellationToken,
+) {
+    let mut dials: HashMap<ConnectionId, (Multiaddr, oneshot::Sender<Result<PeerId, String>>)> = HashMap::new();
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            cmd = commands.recv() => match cmd {
+                None => break,
+                Some(Command::Dial { addr, reply }) => {
+                    let opts = dial_opts(&addr);
+                    let id = opts.connection_id();
+                    match swarm.dial(opts) {
+                        Ok(()) => { dials.insert(id, (addr, reply)); }
+                        Err(e) => { let _ = reply.send(Err(e.to_string())); }
+                    }
+                }
+            },
+            event = swarm.select_next_some() => match event {
+                SwarmEvent::NewListenAddr { address, .. } => {
+                    info!(%address, "listening");
+                    listen.send_modify(|a| a.push(address));
+                }
+                SwarmEvent::ConnectionEstablished { peer_id, connection_id, num_established, .. } => {
+                    debug!(peer = %peer_id, "connected");
+                    if num_established.get() == 1 {
+                        stats.connected_peers.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if let Some((_, reply)) = dials.remove(&connection_id) {
+                        let _ = reply.send(Ok(peer_id));
+                    }
+                }
+                SwarmEvent::ConnectionClosed { peer_id, num_established, .. } => {
+                    debug!(peer = %peer_id, "disconnected");
+                    if num_established == 0 {
+                        stats.connected_peers.fetch_sub(1, Ordering::Relaxed);
+                    }
+                }
+                SwarmEvent::OutgoingConnectionError { connection_id, error, .. } => {
+                    if let Some((addr, reply)) = dials.remove(&connection_id) {
+                        debug!(%addr, %error, "dial failed");
+                        let _ = reply.send(Err(error.to_string()));
+                    }
+                }
+                _ => {}
+            },
+        }
+    }
+    debug!("event loop stopped");
+}
+
+fn dial_opts(addr: &Multiaddr) -> DialOpts {
+    let mut bare = addr.clone();
+    match bare.pop() {
+        Some(libp2p::multiaddr::Protocol::P2p(peer)) => DialOpts::peer_id(peer).addresses(vec![bare]).build(),
+        _ => DialOpts::unknown_peer_id().address(addr.clone()).build(),
+    }
+}
+
+async fn serve_loop(inner: Arc<Inner>, mut incoming: libp2p_stream::IncomingStreams) {
+    let slots = Arc::new(Semaphore::new(inner.config.max_upload_streams));
+    let limiter = inner.config.upload_limit_bytes_per_sec.map(|r| Arc::new(RateLimiter::new(r)));
+    loop {
+        let next = tokio::select! {
+            () = inner.shutdown.cancelled() => break,
+            next = incoming.next() => next,
+        };
+        let Some((peer, mut stream)) = next else { break };
+        let inner = inner.clone();
+        let limiter = limiter.clone();
+        match slots.clone().try_acquire_owned() {
+            Ok(permit) => {
+                tokio::spawn(async move {
+                    let res = tokio::select! {
+                        () = inner.shutdown.cancelled() => Ok(()),
+                        res = serve(&inner, limiter.as_deref(), &mut stream) => res,
+                    };
+                    if let Err(e) = res {
+                        debug!(peer = %peer, error = %e, "request ended early");
+                    }
+                    drop(permit);
+                });
+            }
+            Err(_) => {
+                // All upload slots busy: say so at once so the peer goes elsewhere.
+                tokio::spawn(async move {
+                    let _ = tokio::time::timeout(inner.config.request_timeout, async {
+                        stream.write_all(&ResponseHeader::Busy.encode()).await?;
+                        stream.close().await
+                    })
+                    .await;
+                });
+            }
+        }
+    }
+}
+
+async fn serve(inner: &Inner, limiter: Option<&RateLimiter>, stream: &mut Stream) -> std::io::Result<()> {
+    let timeout = inner.config.request_timeout;
+    let req = tokio::time::timeout(timeout, read_request(stream))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "request not received in time"))??;
+    let Ok(req) = req else {
+        stream.write_all(&ResponseHeader::BadRequest.encode()).await?;
+        return stream.close().await;
+    };
+    let Some(source) = inner.store.get(&req.id) else {
+        stream.write_all(&ResponseHeader::NotFound.encode()).await?;
+        return stream.close().await;
+    };
+    let blob_len = source.outboard().blob_len();
+    let blocks = block_count(blob_len);
+    if req.ranges.iter().any(|r| u64::from(r.end) > blocks) {
+        stream.write_all(&ResponseHeader::BadRequest.encode()).await?;
+        return stream.close().await;
+    }
+    debug!(blob = %req.id, blocks = req.block_count(), "serving");
+    let (tx, mut rx) = mpsc::channel::<std::io::Result<Vec<u8>>>(SERVE_PIPELINE);
+    #[cfg(feature = "test-utils")]
+    let corrupt = inner.config.corrupt_uploads;
+    #[cfg(not(feature = "test-utils"))]
+    let corrupt = false;
+    let producer = tokio::task::spawn_blocking(move || produce(&source, &req, corrupt, &tx));
+    let mut header = ResponseHeader::Ok { blob_len }.encode();
+    let mut first = true;
+    while let Some(chunk) = rx.recv().await {
+        let mut chunk = chunk?;
+        if first {
+            // Send the status with the first chunk: one frame instead of two.
+            header.append(&mut chunk);
+            chunk = std::mem::take(&mut header);
+            first = false;
+        }
+        if let Some(l) = limiter {
+            l.acquire(chunk.len() as u64).await;
+        }
+        stream.write_all(&chunk).await?;
+        inner.stats.uploaded_bytes.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+    }
+    producer.await.map_err(std::io::Error::other)?;
+    inner.stats.requests_served.fetch_add(1, Ordering::Relaxed);
+    stream.close().await
+}
+
+/// Reads the blocks of a request from storage on a blocking thread, encoded for the wire.
+fn produce(source: &Source, req: &BlobRequest, corrupt: bool, tx: &mpsc::Sender<std::io::Result<Vec<u8>>>) {
+    let file = match File::open(source.path()) {
+        Ok(f) => f,
+        Err(e) => {
+            warn!(path = %source.path().display(), error = %e, "cannot open shared file");
+            let _ = tx.blocking_send(Err(e));
+            return;
+        }
+    };
+    let mut pending = Vec::new();
+    let mut block = Vec::new();
+    for item in RangeEncoder::new(source.outboard(), &req.ranges) {
+        match item {
+            EncodeItem::Parent(pair) => pending.extend_from_slice(pair),
+            EncodeItem::Block { index, .. } => {
+                if let Err(e) = source.read_block(&file, index, &mut block) {
+                    // Logged once here (an operator must act); the peer just sees the
+                    // stream end and goes elsewhere.
+                    warn!(blob = %source.id(), block = %index, error = %e, "cannot serve block");
+                    let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+                    return;
+                }
+                if corrupt {
+                    let mid = block.len() / 2;
+                    block[mid] ^= 0x01;
+                }
+                pending.extend_from_slice(&block);
+                if tx.blocking_send(Ok(std::mem::take(&mut pending))).is_err() {
+                    return; // the requester went away
+                }
+            }
+        }
+    }
+}
+
+async fn read_request(stream: &mut Stream) -> std::io::Result<Result<BlobRequest, shoal_protocol::wire::DecodeRequestError>> {
+    let mut prefix = [0u8; 35];
+    stream.read_exact(&mut prefix).await?;
+    let len = match BlobRequest::encoded_len(&prefix) {
+        Ok(len) => len,
+        Err(e) => return Ok(Err(e)),
+    };
+    let mut buf = prefix.to_vec();
+    buf.resize(len, 0);
+    stream.read_exact(&mut buf[35..]).await?;
+    Ok(BlobRequest::decode(&buf))
+}

@@ -1,0 +1,464 @@
+//! The node's store: the blobs it can serve and where their bytes come from.
+//!
+//! A link holder serves from the **plaintext file + key**: each requested segment is
+//! re-sealed on demand (encryption is deterministic given the key and index) and checked
+//! against the outboard before it is sent, so a file edited after sharing is never served
+//! as the old blob. A node without the key serves from a **ciphertext file**.
+//!
+//! Shares are remembered in the data directory (`shares/<blob id>/`: `record.json`,
+//! `outboard`, and `key`, mode 0600, on the link holder's own machine only), so sharing the
+//! same unchanged file again gives the same link without re-reading it.
+
+use std::{
+    collections::HashMap,
+    fs::{self, File},
+    io,
+    path::{Path, PathBuf},
+    sync::{Arc, RwLock},
+    time::UNIX_EPOCH,
+};
+
+use serde::{Deserialize, Serialize};
+use shoal_protocol::{
+    BlobId, ContentKey, Link,
+    blob::{BlockIndex, Outboard, block_hash, block_len, block_count},
+    format::{Metadata, Sealer},
+};
+
+use crate::seal::{KeyMode, ProgressFn, SealError, seal_file};
+
+/// Where a served blob's bytes come from.
+#[derive(Debug)]
+enum Origin {
+    /// Plaintext file re-sealed on demand.
+    Plain { path: PathBuf, sealer: Sealer },
+    /// Ciphertext blob file.
+    Cipher { path: PathBuf },
+}
+
+/// One blob this node can serve in full.
+#[derive(Debug)]
+pub struct Source {
+    outboard: Outboard,
+    origin: Origin,
+}
+
+/// Why a block could not be produced for serving. Never the requester's fault.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReadBlockError {
+    /// Reading the backing file failed.
+    #[error("reading {path}")]
+    Io {
+        /// The backing file.
+        path: String,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The backing file no longer produces the blob (edited or truncated after sharing).
+    #[error("{path} changed since it was shared: block {block} no longer matches blob {blob}")]
+    Changed {
+        /// The backing file.
+        path: String,
+        /// The blob.
+        blob: BlobId,
+        /// The block that did not match.
+        block: BlockIndex,
+    },
+    /// The block is past the end of the blob.
+    #[error("block {0} is out of range")]
+    OutOfRange(BlockIndex),
+}
+
+impl Source {
+    /// A source serving from a plaintext file with its key.
+    ///
+    /// # Errors
+    /// If the metadata is invalid.
+    pub fn plain(path: PathBuf, key: &ContentKey, flags: u16, meta: Metadata, outboard: Outboard) -> Result<Self, shoal_protocol::format::MetadataError> {
+        Ok(Self {
+            outboard,
+            origin: Origin::Plain {
+                path,
+                sealer: Sealer::new(key, flags, meta)?,
+            },
+        })
+    }
+
+    /// A source serving from a ciphertext blob file.
+    pub const fn cipher(path: PathBuf, outboard: Outboard) -> Self {
+        Self {
+            outboard,
+            origin: Origin::Cipher { path },
+        }
+    }
+
+    /// The blob id.
+    pub const fn id(&self) -> BlobId {
+        self.outboard.id()
+    }
+
+    /// The outboard.
+    pub const fn outboard(&self) -> &Outboard {
+        &self.outboard
+    }
+
+    /// Produces block `index` into `out` (cleared first), verified against the outboard.
+    /// Blocking: call from a blocking thread.
+    ///
+    /// # Errors
+    /// If the backing file cannot be read or no longer matches the blob.
+    pub fn read_block(&self, file: &File, index: BlockIndex, out: &mut Vec<u8>) -> Result<(), ReadBlockError> {
+        let blob_len = self.outboard.blob_len();
+        let len = block_len(blob_len, index);
+        if len == 0 {
+            return Err(ReadBlockError::OutOfRange(index));
+        }
+        let path = self.path();
+        let io_err = |source| ReadBlockError::Io {
+            path: path.display().to_string(),
+            source,
+        };
+        match &self.origin {
+            Origin::Cipher { .. } => {
+                out.resize(len, 0);
+                read_exact_at(file, out, index.offset()).map_err(io_err)?;
+            }
+            Origin::Plain { sealer, .. } => {
+                let seg = u64::from(index.0);
+                let (file_off, _) = sealer.layout().file_offset(seg);
+                let mut plain = vec![0u8; sealer.file_bytes_in(seg)];
+                read_exact_at(file, &mut plain, file_off).map_err(|e| {
+                    if e.kind() == io::ErrorKind::UnexpectedEof {
+                        self.changed(index)
+                    } else {
+                        io_err(e)
+                    }
+                })?;
+                sealer.seal_segment(seg, &plain, out);
+            }
+        }
+        let single = block_count(blob_len) == 1;
+        if self.outboard.expected_block_hash(index) != Some(block_hash(index, out, single)) {
+            return Err(self.changed(index));
+        }
+        Ok(())
+    }
+
+    fn changed(&self, block: BlockIndex) -> ReadBlockError {
+        ReadBlockError::Changed {
+            path: self.path().display().to_string(),
+            blob: self.id(),
+            block,
+        }
+    }
+
+    /// The backing file.
+    pub fn path(&self) -> &Path {
+        match &self.origin {
+            Origin::Plain { path, .. } | Origin::Cipher { path } => path,
+        }
+    }
+}
+
+/// Reads exactly `buf.len()` bytes at `offset` without moving a cursor.
+///
+/// # Errors
+/// `UnexpectedEof` if the file is shorter; other IO errors as they come.
+pub(crate) fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<()> {
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)
+    }
+    #[cfg(windows)]
+    {
+        let mut done = 0;
+        while done < buf.len() {
+            match std::os::windows::fs::FileExt::seek_read(file, &mut buf[done..], offset + done as u64)? {
+                0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+                n => done += n,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Writes all of `buf` at `offset` without moving a cursor.
+///
+/// # Errors
+/// IO errors as they come (e.g. `StorageFull`).
+pub(crate) fn write_all_at(file: &File, buf: &[u8], offset: u64) -> io::Result<()> {
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::FileExt::write_all_at(file, buf, offset)
+    }
+    #[cfg(windows)]
+    {
+        let mut done = 0;
+        while done < buf.len() {
+            done += std::os::windows::fs::FileExt::seek_write(file, &buf[done..], offset + done as u64)?;
+        }
+        Ok(())
+    }
+}
+
+/// The blobs a node serves, shared between its serving tasks.
+#[derive(Debug, Default)]
+pub struct Store {
+    data_dir: Option<PathBuf>,
+    sources: RwLock<HashMap<BlobId, Arc<Source>>>,
+}
+
+/// What a share produced.
+#[derive(Debug)]
+pub struct Shared {
+    /// The link (secret: it carries the key).
+    pub link: Link,
+    /// The metadata in the header.
+    pub metadata: Metadata,
+    /// True if an earlier identical share was reused without re-reading the file.
+    pub reused: bool,
+}
+
+/// Why sharing failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ShareError {
+    /// The path is not a readable regular file.
+    #[error("{path} is not a readable file")]
+    NotAFile {
+        /// The path.
+        path: String,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// Sealing failed.
+    #[error(transparent)]
+    Seal(#[from] SealError),
+    /// Persisting the share record in the data directory failed.
+    #[error("saving the share in {dir}")]
+    Persist {
+        /// The directory.
+        dir: String,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+}
+
+#[derive(Serialize, Deserialize)]
+struct Record {
+    path: PathBuf,
+    file_len: u64,
+    mtime_ns: u128,
+    flags: u16,
+    name: String,
+    media_type: String,
+    blob_len: u64,
+}
+
+impl Store {
+    /// A store that remembers shares under `data_dir`.
+    pub fn open(data_dir: &Path) -> Self {
+        Self {
+            data_dir: Some(data_dir.to_owned()),
+            sources: RwLock::default(),
+        }
+    }
+
+    /// A store that remembers nothing (tests, demo).
+    pub fn in_memory() -> Self {
+        Self::default()
+    }
+
+    /// The source for `id`, if this node serves it.
+    pub fn get(&self, id: &BlobId) -> Option<Arc<Source>> {
+        self.sources.read().expect("store lock poisoned").get(id).cloned()
+    }
+
+    /// Adds a source.
+    pub fn insert(&self, source: Source) -> Arc<Source> {
+        let source = Arc::new(source);
+        self.sources
+            .write()
+            .expect("store lock poisoned")
+            .insert(source.id(), source.clone());
+        source
+    }
+
+    /// Number of blobs served.
+    pub fn len(&self) -> usize {
+        self.sources.read().expect("store lock poisoned").len()
+    }
+
+    /// Whether the store serves nothing.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Shares a plaintext file: seals it (or reuses an identical earlier share of the same
+    /// unchanged file), starts serving it, and returns its link. Blocking.
+    ///
+    /// # Errors
+    /// If the file cannot be read, its name cannot be represented, or the share cannot be
+    /// saved.
+    pub fn share_file(&self, path: &Path, media_type: &str, mode: &KeyMode, os_random: [u8; 32], progress: ProgressFn<'_>) -> Result<Shared, ShareError> {
+        let not_file = |source| ShareError::NotAFile {
+            path: path.display().to_string(),
+            source,
+        };
+        let path = fs::canonicalize(path).map_err(not_file)?;
+        let md = fs::metadata(&path).map_err(not_file)?;
+        if !md.is_file() {
+            return Err(not_file(io::Error::other("not a regular file")));
+        }
+        let mtime_ns = md
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos());
+        let metadata = Metadata {
+            name: path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+            file_len: md.len(),
+            media_type: media_type.to_owned(),
+        };
+        if matches!(mode, KeyMode::Random)
+            && let Some(found) = self.find_share(&path, md.len(), mtime_ns, &metadata)
+        {
+            return Ok(found);
+        }
+        let sealed = seal_file(&path, metadata.clone(), mode, os_random, None, progress)?;
+        let source = Source::plain(path.clone(), &sealed.key, sealed.flags, metadata.clone(), sealed.outboard.clone())
+            .map_err(SealError::from)?;
+        let mut link = Link::new(source.id(), sealed.key.clone());
+        link.blob_len = Some(sealed.outboard.blob_len());
+        if let Some(dir) = &self.data_dir {
+            let record = Record {
+                path,
+                file_len: metadata.file_len,
+                mtime_ns,
+                flags: sealed.flags,
+                name: metadata.name.clone(),
+                media_type: metadata.media_type.clone(),
+                blob_len: sealed.outboard.blob_len(),
+            };
+            save_share(dir, &record, &sealed.key, &sealed.outboard).map_err(|source| ShareError::Persist {
+                dir: dir.display().to_string(),
+                source,
+            })?;
+        }
+        self.insert(source);
+        Ok(Shared {
+            link,
+            metadata,
+            reused: false,
+        })
+    }
+
+    fn find_share(&self, path: &Path, len: u64, mtime_ns: u128, meta: &Metadata) -> Option<Shared> {
+        let dir = self.data_dir.as_ref()?.join("shares");
+        for entry in fs::read_dir(dir).ok()?.flatten() {
+            let d = entry.path();
+            let Ok(record) = fs::read(d.join("record.json")) else { continue };
+            let Ok(record) = serde_json::from_slice::<Record>(&record) else { continue };
+            if record.path != path || record.file_len != len || record.mtime_ns != mtime_ns || record.media_type != meta.media_type {
+                continue;
+            }
+            let Ok(id) = entry.file_name().to_string_lossy().parse::<BlobId>() else { continue };
+            let Ok(key) = fs::read(d.join("key")) else { continue };
+            let Ok(key) = <[u8; 32]>::try_from(key.as_slice()) else { continue };
+            let key = ContentKey::from_bytes(key);
+            let Ok(pairs) = fs::read(d.join("outboard")) else { continue };
+            let Ok(outboard) = Outboard::from_parts(id, record.blob_len, pairs) else { continue };
+            let Ok(source) = Source::plain(path.to_owned(), &key, record.flags, meta.clone(), outboard) else { continue };
+            // The outboard is checked against the id block by block when serving; a stale
+            // record (file edited within the same mtime) is caught there.
+            let mut link = Link::new(id, key);
+            link.blob_len = Some(record.blob_len);
+            self.insert(source);
+            return Some(Shared {
+                link,
+                metadata: meta.clone(),
+                reused: true,
+            });
+        }
+        None
+    }
+}
+
+fn save_share(data_dir: &Path, record: &Record, key: &ContentKey, outboard: &Outboard) -> io::Result<()> {
+    let dir = data_dir.join("shares").join(outboard.id().to_string());
+    fs::create_dir_all(&dir)?;
+    write_atomic(&dir.join("outboard"), outboard.as_bytes(), false)?;
+    write_atomic(&dir.join("key"), key.as_bytes(), true)?;
+    let json = serde_json::to_vec_pretty(record).map_err(io::Error::other)?;
+    // The record goes last: it is what makes the share visible to `find_share`.
+    write_atomic(&dir.join("record.json"), &json, false)
+}
+
+/// Writes `bytes` to `path` via a temporary file, fsync and rename, so a crash leaves either
+/// the old or the new content. `private` files get mode 0600 on Unix.
+///
+/// # Errors
+/// IO errors as they come.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8], private: bool) -> io::Result<()> {
+    use io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut opts = fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    if private {
+        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    }
+    #[cfg(not(unix))]
+    let _ = private;
+    let mut f = opts.open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    drop(f);
+    fs::rename(&tmp, path)?;
+    if let Some(parent) = path.parent()
+        && let Ok(d) = File::open(parent)
+    {
+        // Make the rename durable; not supported on every platform, so best effort.
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_source_serves_verified_blocks_and_detects_edits() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("movie.bin");
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        fs::write(&path, &data).unwrap();
+        let store = Store::open(&dir.path().join("data"));
+        let shared = store.share_file(&path, "", &KeyMode::Random, [3; 32], &|_| {}).unwrap();
+        assert!(!shared.reused);
+        let src = store.get(&shared.link.id).unwrap();
+        let f = File::open(&path).unwrap();
+        let mut out = Vec::new();
+        for i in 0..block_count(src.outboard().blob_len()) as u32 {
+            src.read_block(&f, BlockIndex(i), &mut out).unwrap();
+        }
+        // Same file, unchanged: the share (and link) is reused without re-sealing.
+        let again = Store::open(&dir.path().join("data"));
+        let shared2 = again.share_file(&path, "", &KeyMode::Random, [4; 32], &|_| {}).unwrap();
+        assert!(shared2.reused);
+        assert_eq!(shared2.link, shared.link);
+        // Edit the file in place: serving refuses the changed block.
+        let mut edited = data.clone();
+        edited[100_000] ^= 1;
+        fs::write(&path, &edited).unwrap();
+        let f = File::open(&path).unwrap();
+        let err = src.read_block(&f, BlockIndex(1), &mut out).unwrap_err();
+        assert!(matches!(err, ReadBlockError::Changed { .. }), "{err}");
+        src.read_block(&f, BlockIndex(0), &mut out).unwrap();
+    }
+}

@@ -1,0 +1,245 @@
+//! Real libp2p nodes on 127.0.0.1 (port 0): share, fetch, and every failure path the
+//! foundation issue names. Every wait has a timeout; nothing sleeps to synchronise.
+
+use std::{path::Path, sync::Arc, time::Duration};
+
+use shoal_node::{
+    CancellationToken, Config, Store,
+    fetch::{FetchError, FetchOptions, Output, Progress, fetch},
+    seal::KeyMode,
+    testing,
+};
+use shoal_protocol::{ContentKey, Link, format::SEGMENT_PLAINTEXT_LEN};
+use tokio::{sync::watch, time::timeout};
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+struct Seeder {
+    node: shoal_node::Node,
+    link: Link,
+    data: Vec<u8>,
+}
+
+async fn seeder(dir: &Path, len: usize, config: Config, stop: &CancellationToken) -> Seeder {
+    let path = dir.join("source.bin");
+    let data = testing::write_file(&path, len, len as u64 + 1);
+    let store = Arc::new(Store::in_memory());
+    let shared = store
+        .share_file(&path, "application/octet-stream", &KeyMode::Random, rand::random(), &|_| {})
+        .unwrap();
+    let node = testing::node(config, store, stop);
+    Seeder {
+        node,
+        link: shared.link,
+        data,
+    }
+}
+
+fn progress() -> watch::Sender<Progress> {
+    watch::channel(Progress::default()).0
+}
+
+async fn get(link: &Link, out: &Path) -> Result<shoal_node::fetch::Fetched, FetchError> {
+    let stop = CancellationToken::new();
+    let getter = testing::node(Config::loopback(), Arc::new(Store::in_memory()), &stop);
+    let r = timeout(LIMIT, fetch(&getter, link, FetchOptions::new(Output::File(out.to_owned())), progress()))
+        .await
+        .expect("fetch finishes in time");
+    stop.cancel();
+    r
+}
+
+fn leftovers(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| {
+            let n = e.unwrap().file_name().to_string_lossy().into_owned();
+            n.starts_with(".shoal-").then_some(n)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_size_over_tcp_and_quic() {
+    let first = SEGMENT_PLAINTEXT_LEN - 1024; // file bytes in segment 0
+    let sizes = [0, 1, first - 1, first, first + 1, SEGMENT_PLAINTEXT_LEN + 1, 3 * 1024 * 1024 + 17];
+    for (i, &len) in sizes.iter().enumerate() {
+        let kind = if i % 2 == 0 { "tcp" } else { "quic-v1" };
+        let dir = tempfile::tempdir().unwrap();
+        let stop = CancellationToken::new();
+        let s = seeder(dir.path(), len, Config::loopback(), &stop).await;
+        let mut link = s.link.clone();
+        link.peers = vec![testing::addr(&s.node, kind).await.to_string()];
+        let out = dir.path().join("got.bin");
+        let done = get(&link, &out).await.unwrap_or_else(|e| panic!("len {len} over {kind}: {e:#}"));
+        assert_eq!(std::fs::read(&out).unwrap(), s.data, "len {len} over {kind}");
+        assert_eq!(done.metadata.name, "source.bin");
+        assert_eq!(done.metadata.media_type, "application/octet-stream");
+        assert!(leftovers(dir.path()).is_empty(), "{:?}", leftovers(dir.path()));
+        stop.cancel();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lying_peer_is_dropped_and_download_completes_from_the_honest_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let stop = CancellationToken::new();
+    let honest = seeder(dir.path(), 2_000_000, Config::loopback(), &stop).await;
+    // The liar serves the same file and key but flips a byte in every block.
+    let liar_store = Arc::new(Store::in_memory());
+    let liar_dir = dir.path().join("liar");
+    std::fs::create_dir(&liar_dir).unwrap();
+    std::fs::write(liar_dir.join("source.bin"), &honest.data).unwrap();
+    let mut liar_config = Config::loopback();
+    liar_config.corrupt_uploads = true;
+    let liar = testing::node(liar_config, liar_store.clone(), &stop);
+    // Register the honest blob with the liar: same outboard, served from its copy.
+    let src = honest.node.store().get(&honest.link.id).unwrap();
+    liar_store.insert(
+        shoal_node::Source::plain(
+            liar_dir.join("source.bin"),
+            &honest.link.key,
+            0,
+            shoal_protocol::format::Metadata {
+                name: "source.bin".into(),
+                file_len: honest.data.len() as u64,
+                media_type: "application/octet-stream".into(),
+            },
+            src.outboard().clone(),
+        )
+        .unwrap(),
+    );
+    let mut link = honest.link.clone();
+    link.peers = vec![testing::addr(&liar, "tcp").await.to_string(), testing::addr(&honest.node, "tcp").await.to_string()];
+    let out = dir.path().join("got.bin");
+    let done = get(&link, &out).await.unwrap();
+    assert_eq!(std::fs::read(&out).unwrap(), honest.data);
+    assert_eq!(done.banned.len(), 1, "{:?}", done.banned);
+    assert_eq!(done.banned[0].0, liar.peer_id());
+    assert!(done.banned[0].1.contains("does not match"), "{}", done.banned[0].1);
+
+    // With only the liar, the fetch fails, says why, and leaves no output file.
+    link.peers.truncate(1);
+    let out2 = dir.path().join("got2.bin");
+    let err = get(&link, &out2).await.unwrap_err().to_string();
+    assert!(err.contains("bad data") || err.contains("does not match"), "{err}");
+    assert!(!out2.exists());
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_key_is_detected_before_the_body_is_downloaded() {
+    let dir = tempfile::tempdir().unwrap();
+    let stop = CancellationToken::new();
+    let s = seeder(dir.path(), 5_000_000, Config::loopback(), &stop).await;
+    let mut link = s.link.clone();
+    link.key = ContentKey::from_bytes([0x42; 32]);
+    link.peers = vec![testing::addr(&s.node, "tcp").await.to_string()];
+    let out = dir.path().join("got.bin");
+    let err = get(&link, &out).await.unwrap_err();
+    assert!(matches!(err, FetchError::WrongKey { .. }), "{err}");
+    assert!(err.to_string().contains("does not open"), "{err}");
+    // Only block 0 and the last block went over the wire, not the 5 MB body.
+    let sent = s.node.stats().uploaded_bytes.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(sent < 3 * 65_536, "seeder sent {sent} bytes");
+    assert!(!out.exists());
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_and_unknown_blob_errors_list_what_was_tried() {
+    let dir = tempfile::tempdir().unwrap();
+    let stop = CancellationToken::new();
+    let s = seeder(dir.path(), 1000, Config::loopback(), &stop).await;
+    // A port nobody listens on (bind, learn the port, close).
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut link = s.link.clone();
+    link.peers = vec![format!("/ip4/127.0.0.1/tcp/{port}/p2p/{}", s.node.peer_id())];
+    let err = get(&link, &dir.path().join("a")).await.unwrap_err();
+    assert!(matches!(err, FetchError::Unreachable { .. }), "{err}");
+    assert!(err.to_string().contains(&format!("tcp/{port}")), "{err}");
+
+    // A reachable peer that does not have the blob.
+    let other = testing::node(Config::loopback(), Arc::new(Store::in_memory()), &stop);
+    link.peers = vec![testing::addr(&other, "tcp").await.to_string()];
+    let err = get(&link, &dir.path().join("b")).await.unwrap_err().to_string();
+    assert!(err.contains("NotFound") && err.contains(&other.peer_id().to_string()), "{err}");
+
+    // No peer at all.
+    link.peers.clear();
+    let err = get(&link, &dir.path().join("c")).await.unwrap_err();
+    assert!(matches!(err, FetchError::NoPeersGiven), "{err}");
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interrupted_fetch_resumes_without_refetching_and_keeps_output_absent() {
+    let dir = tempfile::tempdir().unwrap();
+    let stop = CancellationToken::new();
+    // 8 MB at 4 MB/s: about two seconds, so there is time to interrupt.
+    let s = seeder(dir.path(), 8_000_000, Config::loopback().with_upload_limit(Some(4_000_000)), &stop).await;
+    let mut link = s.link.clone();
+    link.peers = vec![testing::addr(&s.node, "tcp").await.to_string()];
+    let out = dir.path().join("got.bin");
+
+    let getter_stop = CancellationToken::new();
+    let getter = testing::node(Config::loopback(), Arc::new(Store::in_memory()), &getter_stop);
+    let (tx, mut rx) = watch::channel(Progress::default());
+    let run = tokio::spawn({
+        let link = link.clone();
+        let out = out.clone();
+        async move { fetch(&getter, &link, FetchOptions::new(Output::File(out)), tx).await }
+    });
+    // Interrupt once a good part is verified (two checkpoints' worth of wall time).
+    timeout(LIMIT, rx.wait_for(|p| p.done_blocks >= 40)).await.unwrap().unwrap();
+    run.abort();
+    let _ = run.await;
+    getter_stop.cancel();
+    assert!(!out.exists(), "a partial file must never appear under the final name");
+
+    // Wait for the aborted run's writer to release the state (it checkpoints on exit).
+    let state = dir.path().join(format!(".shoal-{}.state", link.id));
+    timeout(LIMIT, async {
+        while !state.exists() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .unwrap();
+    let done = get(&link, &out).await.unwrap();
+    assert!(done.resumed_blocks >= 1, "nothing was resumed");
+    assert_eq!(done.resumed_blocks + done.fetched_blocks, 123, "{done:?}");
+    assert_eq!(std::fs::read(&out).unwrap(), s.data);
+    assert!(leftovers(dir.path()).is_empty());
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn existing_output_is_not_clobbered_and_bad_size_hint_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let stop = CancellationToken::new();
+    let s = seeder(dir.path(), 100_000, Config::loopback(), &stop).await;
+    let mut link = s.link.clone();
+    link.peers = vec![testing::addr(&s.node, "tcp").await.to_string()];
+    let out = dir.path().join("exists.bin");
+    std::fs::write(&out, b"precious").unwrap();
+    let err = get(&link, &out).await.unwrap_err();
+    assert!(matches!(err, FetchError::OutputExists(_)), "{err}");
+    assert_eq!(std::fs::read(&out).unwrap(), b"precious");
+
+    // A link whose size hint disagrees with the blob: no peer's answer verifies.
+    let mut wrong = link.clone();
+    wrong.blob_len = Some(shoal_protocol::format::Layout::for_file(100_001).unwrap().blob_len());
+    let out2 = dir.path().join("b.bin");
+    let err = get(&wrong, &out2).await.unwrap_err().to_string();
+    assert!(err.contains("size"), "{err}");
+    assert!(!out2.exists());
+
+    // Without a size hint, the size is learned and proven via the last block.
+    let mut nosize = link.clone();
+    nosize.blob_len = None;
+    let out3 = dir.path().join("c.bin");
+    get(&nosize, &out3).await.unwrap();
+    assert_eq!(std::fs::read(&out3).unwrap(), s.data);
+    stop.cancel();
+}
