@@ -12,7 +12,9 @@
 use std::fmt;
 
 use bao_tree::{BaoTree, BlockSize, ChunkNum, ChunkRanges, iter::BaoChunk, iter::ResponseIter};
-use blake3::hazmat::{ChainingValue, HasherExt, Mode, merge_subtrees_non_root, merge_subtrees_root};
+use blake3::hazmat::{
+    ChainingValue, HasherExt, Mode, merge_subtrees_non_root, merge_subtrees_root,
+};
 
 use crate::format::SEGMENT_LEN;
 
@@ -169,7 +171,11 @@ impl Outboard {
     ///
     /// # Errors
     /// If `pairs` has the wrong length for `blob_len`.
-    pub fn from_parts(id: BlobId, blob_len: u64, pairs: Vec<u8>) -> Result<Self, OutboardSizeError> {
+    pub fn from_parts(
+        id: BlobId,
+        blob_len: u64,
+        pairs: Vec<u8>,
+    ) -> Result<Self, OutboardSizeError> {
         let expected = Self::size_for(blob_len);
         if pairs.len() as u64 != expected {
             return Err(OutboardSizeError {
@@ -178,7 +184,11 @@ impl Outboard {
                 expected,
             });
         }
-        Ok(Self { blob_len, id, pairs })
+        Ok(Self {
+            blob_len,
+            id,
+            pairs,
+        })
     }
 
     /// The blob id (root hash).
@@ -293,7 +303,10 @@ impl OutboardBuilder {
     /// # Panics
     /// If more blocks are fed than the blob has: a caller bug.
     pub fn push(&mut self, hash: blake3::Hash) {
-        assert!(self.next_block < self.blocks, "more blocks than the blob has");
+        assert!(
+            self.next_block < self.blocks,
+            "more blocks than the blob has"
+        );
         self.next_block += 1;
         let t = tree(self.blob_len);
         match self.post.next() {
@@ -318,7 +331,10 @@ impl OutboardBuilder {
     /// # Panics
     /// If not every block was fed: a caller bug.
     pub fn finish(self) -> Outboard {
-        assert!(self.is_complete(), "outboard finished before every block was fed");
+        assert!(
+            self.is_complete(),
+            "outboard finished before every block was fed"
+        );
         let id = match self.stack.as_slice() {
             [root] => BlobId(*root.as_bytes()),
             // An empty blob: the hash of no bytes. Shoal blobs are never empty.
@@ -421,9 +437,12 @@ impl<'a> Iterator for RangeEncoder<'a> {
                     }
                     // Nodes below block level are never stored nor sent with 64 KiB groups.
                 }
-                BaoChunk::Leaf { start_chunk, size, .. } => {
+                BaoChunk::Leaf {
+                    start_chunk, size, ..
+                } => {
                     let index = BlockIndex(
-                        u32::try_from(start_chunk.0 / CHUNKS_PER_BLOCK).expect("block index fits u32 by MAX_FILE_LEN"),
+                        u32::try_from(start_chunk.0 / CHUNKS_PER_BLOCK)
+                            .expect("block index fits u32 by MAX_FILE_LEN"),
                     );
                     return Some(EncodeItem::Block { index, len: size });
                 }
@@ -525,8 +544,12 @@ impl RangeDecoder {
         match self.pending {
             None => Need::Done,
             Some(BaoChunk::Parent { .. }) => Need::Parent,
-            Some(BaoChunk::Leaf { start_chunk, size, .. }) => Need::Block {
-                index: BlockIndex(u32::try_from(start_chunk.0 / CHUNKS_PER_BLOCK).unwrap_or(u32::MAX)),
+            Some(BaoChunk::Leaf {
+                start_chunk, size, ..
+            }) => Need::Block {
+                index: BlockIndex(
+                    u32::try_from(start_chunk.0 / CHUNKS_PER_BLOCK).unwrap_or(u32::MAX),
+                ),
                 len: size,
             },
         }
@@ -538,7 +561,10 @@ impl RangeDecoder {
     /// [`VerifyError::Parent`] if it does not verify (the peer lied).
     pub fn parent(&mut self, pair: &[u8; PARENT_LEN]) -> Result<(), VerifyError> {
         let Some(BaoChunk::Parent {
-            is_root, left, right, ..
+            is_root,
+            left,
+            right,
+            ..
         }) = self.pending
         else {
             self.failed = true;
@@ -583,7 +609,10 @@ impl RangeDecoder {
         let expected = self.stack.pop();
         if expected != Some(block_hash(index, data, is_root)) {
             self.failed = true;
-            return Err(VerifyError::Block { blob: self.id, block: index });
+            return Err(VerifyError::Block {
+                blob: self.id,
+                block: index,
+            });
         }
         self.advance();
         Ok(index)
@@ -618,7 +647,12 @@ mod tests {
         out
     }
 
-    fn decode(id: BlobId, len: u64, ranges: &[BlockRange], mut wire: &[u8]) -> Result<Vec<BlockIndex>, VerifyError> {
+    fn decode(
+        id: BlobId,
+        len: u64,
+        ranges: &[BlockRange],
+        mut wire: &[u8],
+    ) -> Result<Vec<BlockIndex>, VerifyError> {
         let mut d = RangeDecoder::new(id, len, ranges);
         let mut got = vec![];
         loop {
@@ -646,7 +680,14 @@ mod tests {
 
     #[test]
     fn id_matches_blake3_and_bao_tree() {
-        for len in [1usize, 1000, SEGMENT_LEN - 1, SEGMENT_LEN, SEGMENT_LEN + 1, 5 * SEGMENT_LEN + 17] {
+        for len in [
+            1usize,
+            1000,
+            SEGMENT_LEN - 1,
+            SEGMENT_LEN,
+            SEGMENT_LEN + 1,
+            5 * SEGMENT_LEN + 17,
+        ] {
             let blob = blob_of(len);
             let ob = outboard_of(&blob);
             assert_eq!(ob.id(), BlobId::of(&blob), "len {len}");

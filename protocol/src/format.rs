@@ -32,8 +32,9 @@ pub const FORMAT_VERSION: u16 = 1;
 pub const MAX_NAME_LEN: usize = 768;
 /// Longest media type, in bytes.
 pub const MAX_MEDIA_TYPE_LEN: usize = 127;
-/// Largest file the format describes: 2^32 segments of plaintext, minus the header.
-pub const MAX_FILE_LEN: u64 = (1u64 << 32) * SEGMENT_PLAINTEXT_LEN as u64 - HEADER_LEN as u64;
+/// Largest file the format describes: 2^32 − 1 segments of plaintext, minus the header, so
+/// that every block index and every range end fits a `u32` on the wire.
+pub const MAX_FILE_LEN: u64 = ((1u64 << 32) - 1) * SEGMENT_PLAINTEXT_LEN as u64 - HEADER_LEN as u64;
 
 /// Header flag: the key was derived convergently from the content.
 pub const FLAG_CONVERGENT: u16 = 0x0001;
@@ -139,12 +140,15 @@ pub enum MetadataError {
         /// What is wrong with it.
         why: &'static str,
     },
-    /// The media type is too long or not printable ASCII.
+    /// The media type is too long or not printable ASCII (space allowed).
     #[error("media type {0:?} must be at most {MAX_MEDIA_TYPE_LEN} bytes of printable ASCII")]
     BadMediaType(String),
     /// The file is larger than the format can describe.
     #[error("file is {0} bytes; the format allows at most {MAX_FILE_LEN}")]
     FileTooLarge(u64),
+    /// Header flags this version does not define (a reader would reject the blob).
+    #[error("header flags {0:#06x} are not defined in format v1")]
+    UnknownFlags(u16),
 }
 
 impl Metadata {
@@ -155,7 +159,7 @@ impl Metadata {
     pub fn validate(&self) -> Result<(), MetadataError> {
         validate_name(&self.name)?;
         if self.media_type.len() > MAX_MEDIA_TYPE_LEN
-            || !self.media_type.bytes().all(|b| (0x21..=0x7e).contains(&b))
+            || !self.media_type.bytes().all(|b| (0x20..=0x7e).contains(&b))
         {
             return Err(MetadataError::BadMediaType(self.media_type.clone()));
         }
@@ -239,7 +243,13 @@ impl Header {
         self.encode_with_commitment([0; 32])
     }
 
-    fn encode_with_commitment(&self, commitment: [u8; 32]) -> Result<[u8; HEADER_LEN], MetadataError> {
+    fn encode_with_commitment(
+        &self,
+        commitment: [u8; 32],
+    ) -> Result<[u8; HEADER_LEN], MetadataError> {
+        if self.flags & !FLAG_CONVERGENT != 0 {
+            return Err(MetadataError::UnknownFlags(self.flags));
+        }
         self.metadata.validate()?;
         let m = &self.metadata;
         let mut out = [0u8; HEADER_LEN];
@@ -281,7 +291,10 @@ impl Header {
         let mut len8 = [0u8; 8];
         len8.copy_from_slice(&bytes[OFF_FILE_LEN..OFF_FILE_LEN + 8]);
         let file_len = u64::from_le_bytes(len8);
-        let name_len = usize::from(u16::from_le_bytes([bytes[OFF_NAME_LEN], bytes[OFF_NAME_LEN + 1]]));
+        let name_len = usize::from(u16::from_le_bytes([
+            bytes[OFF_NAME_LEN],
+            bytes[OFF_NAME_LEN + 1],
+        ]));
         let media_len = usize::from(bytes[OFF_MEDIA_LEN]);
         if bytes[OFF_RESERVED] != 0 {
             return Err(HeaderError::Malformed("reserved byte is not zero"));
@@ -486,7 +499,12 @@ impl SegmentCipher {
     ///
     /// # Errors
     /// [`OpenSegmentError::Authentication`] if the tag does not verify.
-    pub fn open_in_place(&self, index: u64, is_final: bool, buf: &mut [u8]) -> Result<(), OpenSegmentError> {
+    pub fn open_in_place(
+        &self,
+        index: u64,
+        is_final: bool,
+        buf: &mut [u8],
+    ) -> Result<(), OpenSegmentError> {
         if buf.len() <= TAG_LEN || buf.len() > SEGMENT_LEN {
             return Err(OpenSegmentError::BadLength {
                 index,
@@ -568,14 +586,19 @@ impl Sealer {
     /// If `file_part` has the wrong length or `index` is past the end: a caller bug.
     pub fn seal_segment(&self, index: u64, file_part: &[u8], out: &mut Vec<u8>) {
         let (_, header_bytes) = self.layout.file_offset(index);
-        assert_eq!(file_part.len(), self.file_bytes_in(index), "wrong file slice for segment");
+        assert_eq!(
+            file_part.len(),
+            self.file_bytes_in(index),
+            "wrong file slice for segment"
+        );
         out.clear();
         if header_bytes > 0 {
             out.extend_from_slice(&self.header[HEADER_LEN - header_bytes..]);
         }
         out.extend_from_slice(file_part);
         out.extend_from_slice(&[0u8; TAG_LEN]);
-        self.cipher.seal_in_place(index, self.layout.is_final(index), out);
+        self.cipher
+            .seal_in_place(index, self.layout.is_final(index), out);
     }
 
     /// How many file bytes segment `index` carries.
@@ -624,7 +647,11 @@ impl Opener {
     /// # Errors
     /// [`OpenBlobError::WrongKey`] if the key does not open segment 0; other variants if
     /// the header is invalid or inconsistent with `blob_len`.
-    pub fn new(key: &ContentKey, blob_len: u64, segment0: &mut [u8]) -> Result<(Self, std::ops::Range<usize>), OpenBlobError> {
+    pub fn new(
+        key: &ContentKey,
+        blob_len: u64,
+        segment0: &mut [u8],
+    ) -> Result<(Self, std::ops::Range<usize>), OpenBlobError> {
         let layout = Layout::for_blob(blob_len)?;
         let cipher = SegmentCipher::new(key);
         if segment0.len() != layout.segment_len(0) {
@@ -643,7 +670,14 @@ impl Opener {
             });
         }
         let end = layout.segment_plaintext_len(0);
-        Ok((Self { cipher, layout, header }, HEADER_LEN..end))
+        Ok((
+            Self {
+                cipher,
+                layout,
+                header,
+            },
+            HEADER_LEN..end,
+        ))
     }
 
     /// Rebuilds an opener from a header record saved by an earlier run (a resumed download
@@ -652,7 +686,11 @@ impl Opener {
     /// # Errors
     /// As [`Opener::new`], except that a wrong key shows as
     /// [`HeaderError::CommitmentMismatch`].
-    pub fn from_header(key: &ContentKey, blob_len: u64, header: &[u8; HEADER_LEN]) -> Result<Self, OpenBlobError> {
+    pub fn from_header(
+        key: &ContentKey,
+        blob_len: u64,
+        header: &[u8; HEADER_LEN],
+    ) -> Result<Self, OpenBlobError> {
         let layout = Layout::for_blob(blob_len)?;
         let header = Header::decode(header, key)?;
         if header.metadata.file_len != layout.file_len() {
@@ -683,7 +721,11 @@ impl Opener {
     ///
     /// # Errors
     /// If the length is wrong for the index, or authentication fails.
-    pub fn open_segment(&self, index: u64, buf: &mut [u8]) -> Result<std::ops::Range<usize>, OpenSegmentError> {
+    pub fn open_segment(
+        &self,
+        index: u64,
+        buf: &mut [u8],
+    ) -> Result<std::ops::Range<usize>, OpenSegmentError> {
         let expected = self.layout.segment_len(index);
         if buf.len() != expected || expected == 0 {
             return Err(OpenSegmentError::BadLength {
@@ -692,7 +734,8 @@ impl Opener {
                 expected,
             });
         }
-        self.cipher.open_in_place(index, self.layout.is_final(index), buf)?;
+        self.cipher
+            .open_in_place(index, self.layout.is_final(index), buf)?;
         let (_, skip) = self.layout.file_offset(index);
         Ok(skip..buf.len() - TAG_LEN)
     }
@@ -787,7 +830,9 @@ mod tests {
         };
         assert_eq!(
             long.validate(),
-            Err(MetadataError::NameTooLong { len: MAX_NAME_LEN + 1 })
+            Err(MetadataError::NameTooLong {
+                len: MAX_NAME_LEN + 1
+            })
         );
     }
 
@@ -805,16 +850,32 @@ mod tests {
         let good = h.encode(&k).unwrap();
         let mut b = good;
         b[HEADER_LEN - 1] = 1;
-        assert_eq!(Header::decode(&b, &k), Err(HeaderError::Malformed("padding is not zero")));
+        assert_eq!(
+            Header::decode(&b, &k),
+            Err(HeaderError::Malformed("padding is not zero"))
+        );
         let mut b = good;
         b[OFF_FLAGS] = 0x02;
         assert_eq!(Header::decode(&b, &k), Err(HeaderError::UnknownFlags(2)));
+        let unknown = Header {
+            flags: 0x8000,
+            ..h.clone()
+        };
+        assert_eq!(unknown.encode(&k), Err(MetadataError::UnknownFlags(0x8000)));
+        let spaced = Metadata {
+            media_type: "text/plain; charset=utf-8".into(),
+            ..h.metadata.clone()
+        };
+        assert_eq!(spaced.validate(), Ok(()));
         let mut b = good;
         b[0] = b'X';
         assert_eq!(Header::decode(&b, &k), Err(HeaderError::BadMagic));
         let mut b = good;
         b[OFF_VERSION] = 2;
-        assert_eq!(Header::decode(&b, &k), Err(HeaderError::UnsupportedVersion(2)));
+        assert_eq!(
+            Header::decode(&b, &k),
+            Err(HeaderError::UnsupportedVersion(2))
+        );
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! share links and wire messages. Pure: bytes in, bytes out — no IO, no clocks, no OS
 //! randomness, no async runtime.
 //!
-//! - [`format`]: keys, the sealed header record, segment seal/open, blob layout.
+//! - [`format`](mod@format): keys, the sealed header record, segment seal/open, blob layout.
 //! - [`blob`]: [`BlobId`], the outboard, and the sans-IO range encoder/decoder.
 //! - [`link`]: share links `shoal:<id>?<hints>#<key>`.
 //! - [`wire`]: `/shoal/blob/1` request and response headers.
@@ -38,3 +38,13 @@ pub mod wire;
 pub use blob::{BlobId, BlockIndex};
 pub use format::ContentKey;
 pub use link::Link;
+
+#[cfg(test)]
+mod build_tests {
+    /// The crypto is instantiated in this crate, so it must be built optimised even in
+    /// test builds (workspace Cargo.toml, `[profile.dev.package.shoal-protocol]`).
+    #[test]
+    fn protocol_is_built_optimised() {
+        assert_eq!(env!("SHOAL_PROTOCOL_OPT_LEVEL"), "3");
+    }
+}

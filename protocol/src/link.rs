@@ -170,7 +170,11 @@ impl Link {
 
     /// The full link text, key included. This is the secret: show it only to its owner.
     pub fn to_secret_string(&self) -> String {
-        format!("{}#{}", self.public_part(), BASE32.encode(self.key.as_bytes()))
+        format!(
+            "{}#{}",
+            self.public_part(),
+            BASE32.encode(self.key.as_bytes())
+        )
     }
 
     /// Parses a link strictly. Surrounding whitespace is ignored.
@@ -190,16 +194,17 @@ impl Link {
         if key.is_empty() {
             return Err(LinkError::MissingKey);
         }
-        let key = ContentKey::from_bytes(decode32(key).map_err(|why| LinkError::BadKey { why })?);
+        // Report problems left to right: id, hints, then key.
         let (id, hints) = match before_key.split_once('?') {
             Some((id, hints)) => (id, Some(hints)),
             None => (before_key, None),
         };
         let id = BlobId::from_bytes(decode_id(id)?);
-        let mut link = Self::new(id, key);
+        let mut link = Self::new(id, ContentKey::from_bytes([0; 32]));
         if let Some(hints) = hints {
             link.parse_hints(hints)?;
         }
+        link.key = ContentKey::from_bytes(decode32(key).map_err(|why| LinkError::BadKey { why })?);
         Ok(link)
     }
 
@@ -212,10 +217,14 @@ impl Link {
                 hint: hint.chars().take(80).collect(),
                 why,
             };
-            let (name, value) = hint.split_once('=').ok_or_else(|| bad("expected name=value"))?;
+            let (name, value) = hint
+                .split_once('=')
+                .ok_or_else(|| bad("expected name=value"))?;
             if name.is_empty()
                 || name.len() > MAX_HINT_NAME_LEN
-                || !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
             {
                 return Err(bad("name must be 1-16 characters of a-z, 0-9 or '-'"));
             }
@@ -225,14 +234,18 @@ impl Link {
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b"/.:_-+".contains(&b))
             {
-                return Err(bad("value must be 1-512 characters of A-Z, a-z, 0-9 or /.:_-+"));
+                return Err(bad(
+                    "value must be 1-512 characters of A-Z, a-z, 0-9 or /.:_-+",
+                ));
             }
             match name {
                 "sz" => {
                     if self.blob_len.is_some() {
                         return Err(bad("sz given twice"));
                     }
-                    if value.len() > 1 && value.starts_with('0') || !value.bytes().all(|b| b.is_ascii_digit()) {
+                    if value.len() > 1 && value.starts_with('0')
+                        || !value.bytes().all(|b| b.is_ascii_digit())
+                    {
                         return Err(bad("sz must be a decimal number without leading zeros"));
                     }
                     let len: u64 = value.parse().map_err(|_| bad("sz is out of range"))?;
@@ -240,7 +253,10 @@ impl Link {
                     self.blob_len = Some(len);
                 }
                 "peer" => {
-                    if !value.starts_with('/') || !value.contains("/p2p/") {
+                    let last = value.rsplit_once("/p2p/").map(|(_, id)| id);
+                    if !value.starts_with('/')
+                        || last.is_none_or(|id| id.is_empty() || id.contains('/'))
+                    {
                         return Err(bad("peer must be a multiaddr ending in /p2p/<peer id>"));
                     }
                     self.peers.push(value.to_owned());
@@ -273,8 +289,10 @@ mod tests {
     fn sample() -> Link {
         let mut l = Link::new(BlobId::from_bytes([7; 32]), ContentKey::from_bytes([9; 32]));
         l.blob_len = Some(1040 + 16);
-        l.peers.push("/ip4/127.0.0.1/tcp/4001/p2p/12D3KooWabc".into());
-        l.trackers.push("/dns4/tracker.example/udp/4001/quic-v1".into());
+        l.peers
+            .push("/ip4/127.0.0.1/tcp/4001/p2p/12D3KooWabc".into());
+        l.trackers
+            .push("/dns4/tracker.example/udp/4001/quic-v1".into());
         l
     }
 
@@ -304,7 +322,13 @@ mod tests {
             (good.replace("sz=1056", "sz=5"), "possible blob size"),
             (good.replace("sz=1056", "sz"), "name=value"),
             (good.replace("sz=1056", "s z=1"), "name must be"),
-            (good.replace("/ip4/127.0.0.1/tcp/4001/p2p/12D3KooWabc", "/ip4/1.2.3.4/tcp/1"), "/p2p/"),
+            (
+                good.replace(
+                    "/ip4/127.0.0.1/tcp/4001/p2p/12D3KooWabc",
+                    "/ip4/1.2.3.4/tcp/1",
+                ),
+                "/p2p/",
+            ),
             (good.replace("tr=", "tr=a<b"), "value must be"),
         ];
         for (input, expect) in cases {
@@ -324,7 +348,11 @@ mod tests {
 
     #[test]
     fn unknown_hints_survive() {
-        let s = format!("shoal:{}?x-future=abc#{}", sample().id, BASE32.encode(&[9; 32]));
+        let s = format!(
+            "shoal:{}?x-future=abc#{}",
+            sample().id,
+            BASE32.encode(&[9; 32])
+        );
         let l = Link::parse(&s).unwrap();
         assert_eq!(l.other, vec![("x-future".into(), "abc".into())]);
         assert_eq!(l.to_secret_string(), s);

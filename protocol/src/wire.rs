@@ -49,6 +49,14 @@ pub enum DecodeRequestError {
     /// Ranges empty, unsorted, overlapping or adjacent.
     #[error("request ranges must be non-empty, sorted and disjoint")]
     BadRanges,
+    /// A range ends past the blob's last block.
+    #[error("range {range:?} ends past the blob's {blocks} blocks")]
+    OutOfRange {
+        /// The offending range.
+        range: BlockRange,
+        /// Blocks in the blob.
+        blocks: u64,
+    },
 }
 
 impl BlobRequest {
@@ -90,20 +98,37 @@ impl BlobRequest {
     ///
     /// # Errors
     /// If the blocks make more than [`MAX_RANGES`] ranges, or none.
-    pub fn new(id: BlobId, blocks: impl IntoIterator<Item = u32>) -> Result<Self, DecodeRequestError> {
+    pub fn new(
+        id: BlobId,
+        blocks: impl IntoIterator<Item = u32>,
+    ) -> Result<Self, DecodeRequestError> {
         let mut blocks: Vec<u32> = blocks.into_iter().collect();
         blocks.sort_unstable();
         blocks.dedup();
         let mut ranges: Vec<BlockRange> = Vec::new();
         for b in blocks {
+            // u32::MAX is never a block: MAX_FILE_LEN keeps indices below it.
+            let end = b.checked_add(1).ok_or(DecodeRequestError::BadRanges)?;
             match ranges.last_mut() {
-                Some(r) if r.end == b => r.end = b + 1,
-                _ => ranges.push(BlockRange { start: b, end: b + 1 }),
+                Some(r) if r.end == b => r.end = end,
+                _ => ranges.push(BlockRange { start: b, end }),
             }
         }
         let req = Self { id, ranges };
         req.validate()?;
         Ok(req)
+    }
+
+    /// Checks that every range lies within a blob of `blocks` blocks. A server answers
+    /// [`ResponseHeader::BadRequest`] otherwise.
+    ///
+    /// # Errors
+    /// [`DecodeRequestError::OutOfRange`] naming the first range past the end.
+    pub fn check_within(&self, blocks: u64) -> Result<(), DecodeRequestError> {
+        match self.ranges.iter().find(|r| u64::from(r.end) > blocks) {
+            Some(r) => Err(DecodeRequestError::OutOfRange { range: *r, blocks }),
+            None => Ok(()),
+        }
     }
 
     /// Total blocks requested.
@@ -132,10 +157,13 @@ impl BlobRequest {
         let body = &rest[34..];
         match body.len().cmp(&(n * 8)) {
             std::cmp::Ordering::Less => return Err(DecodeRequestError::Truncated),
-            std::cmp::Ordering::Greater => return Err(DecodeRequestError::Trailing(body.len() - n * 8)),
+            std::cmp::Ordering::Greater => {
+                return Err(DecodeRequestError::Trailing(body.len() - n * 8));
+            }
             std::cmp::Ordering::Equal => {}
         }
-        let u32_at = |i: usize| u32::from_le_bytes([body[i], body[i + 1], body[i + 2], body[i + 3]]);
+        let u32_at =
+            |i: usize| u32::from_le_bytes([body[i], body[i + 1], body[i + 2], body[i + 3]]);
         let ranges = (0..n)
             .map(|i| BlockRange {
                 start: u32_at(i * 8),
@@ -275,13 +303,29 @@ mod tests {
         let mut bytes = BlobRequest::new(id, [1, 2, 5]).unwrap().encode();
         // Make the second range start inside the first: [1,3) then [2,6).
         bytes[35 + 8..35 + 12].copy_from_slice(&2u32.to_le_bytes());
-        assert_eq!(BlobRequest::decode(&bytes), Err(DecodeRequestError::BadRanges));
+        assert_eq!(
+            BlobRequest::decode(&bytes),
+            Err(DecodeRequestError::BadRanges)
+        );
         assert_eq!(
             BlobRequest::decode(&bytes[..bytes.len() - 1]),
             Err(DecodeRequestError::Truncated)
         );
-        assert_eq!(BlobRequest::decode(&[9]), Err(DecodeRequestError::UnknownTag(9)));
+        assert_eq!(
+            BlobRequest::decode(&[9]),
+            Err(DecodeRequestError::UnknownTag(9))
+        );
         assert!(BlobRequest::new(id, 0..(2 * MAX_RANGES as u32 + 2)).is_ok());
+        assert_eq!(
+            BlobRequest::new(id, [u32::MAX]),
+            Err(DecodeRequestError::BadRanges)
+        );
+        let req = BlobRequest::new(id, [3, 4]).unwrap();
+        assert_eq!(req.check_within(5), Ok(()));
+        assert!(matches!(
+            req.check_within(4),
+            Err(DecodeRequestError::OutOfRange { .. })
+        ));
         assert_eq!(
             BlobRequest::new(id, (0..(MAX_RANGES as u32 + 1)).map(|i| i * 2)),
             Err(DecodeRequestError::RangeCount(MAX_RANGES + 1))
