@@ -1,1 +1,75 @@
-fn main(){}
+//! `shoal`: share files end-to-end encrypted, fetch them from peers, and try it all with
+//! `shoal demo`. This binary is the only place that reads flags, env, stdout and exit codes.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+
+mod cmd;
+mod exit;
+mod ui;
+
+const AFTER_HELP: &str = "\
+Examples:
+  shoal demo                                 try it: share and fetch a file on this machine
+  shoal share movie.mkv                      print a link and serve the file until Ctrl-C
+  shoal get 'shoal:…#…' -o movie.mkv          fetch, verify, decrypt (run again to resume)
+  shoal encrypt report.pdf -o report.blob    write the ciphertext, print its link
+  shoal decrypt report.blob 'shoal:…#…' -o report.pdf
+  shoal inspect 'shoal:…#…'                  show blob id, size and hints (never the key)
+
+Exit codes: 0 ok, 1 other error, 2 usage, 3 bad link, 4 no peer could deliver,
+5 integrity (wrong key, data does not match the blob id), 6 local file error
+(disk full, output exists, unreadable input).";
+
+/// Peer-assisted, end-to-end encrypted file distribution.
+///
+/// A link holds the key after '#': anyone with the link can read the file; peers and
+/// servers that carry it see only ciphertext.
+#[derive(Parser, Debug)]
+#[command(name = "shoal", version, about, after_help = AFTER_HELP)]
+struct Cli {
+    /// Where the node keeps its identity and shares [default: the platform data dir].
+    #[arg(long, global = true, env = "SHOAL_DATA_DIR", value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+
+    /// More log output on stderr (-v info, -vv debug). RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Encrypt a file, print its link, and serve it to peers until Ctrl-C.
+    Share(cmd::share::Args),
+    /// Download a link's file from peers, verifying and decrypting as it goes.
+    Get(cmd::get::Args),
+    /// Encrypt a file into a ciphertext blob and print its link (offline).
+    Encrypt(cmd::crypt::EncryptArgs),
+    /// Decrypt a ciphertext blob with its link (offline).
+    Decrypt(cmd::crypt::DecryptArgs),
+    /// Show what a link names: blob id, size and hints. Never prints the key.
+    Inspect(cmd::inspect::Args),
+    /// Share a generated file between two nodes on this machine and report how it went.
+    Demo(cmd::demo::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    ui::init_logging(cli.verbose);
+    let result = match cli.command {
+        Command::Share(a) => cmd::share::run(&a, cli.data_dir),
+        Command::Get(a) => cmd::get::run(&a, cli.data_dir),
+        Command::Encrypt(a) => cmd::crypt::encrypt(&a),
+        Command::Decrypt(a) => cmd::crypt::decrypt(&a),
+        Command::Inspect(a) => cmd::inspect::run(&a),
+        Command::Demo(a) => cmd::demo::run(&a),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => exit::report(&e),
+    }
+}

@@ -29,7 +29,9 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             listen: vec![
-                "/ip4/0.0.0.0/udp/0/quic-v1".parse().expect("valid multiaddr"),
+                "/ip4/0.0.0.0/udp/0/quic-v1"
+                    .parse()
+                    .expect("valid multiaddr"),
                 "/ip4/0.0.0.0/tcp/0".parse().expect("valid multiaddr"),
             ],
             max_upload_streams: 32,
@@ -48,7 +50,9 @@ impl Config {
     pub fn loopback() -> Self {
         Self {
             listen: vec![
-                "/ip4/127.0.0.1/udp/0/quic-v1".parse().expect("valid multiaddr"),
+                "/ip4/127.0.0.1/udp/0/quic-v1"
+                    .parse()
+                    .expect("valid multiaddr"),
                 "/ip4/127.0.0.1/tcp/0".parse().expect("valid multiaddr"),
             ],
             ..Self::default()

@@ -155,7 +155,9 @@ pub enum FetchError {
         source: OpenBlobError,
     },
     /// A verified segment failed to decrypt: the publisher produced a broken blob.
-    #[error("segment {block} of blob {id} does not decrypt although it matches the blob id; the publisher's blob is broken")]
+    #[error(
+        "segment {block} of blob {id} does not decrypt although it matches the blob id; the publisher's blob is broken"
+    )]
     Undecryptable {
         /// The blob.
         id: BlobId,
@@ -177,7 +179,11 @@ pub enum FetchError {
 }
 
 fn list(items: &[String]) -> String {
-    items.iter().map(|s| format!("  - {s}")).collect::<Vec<_>>().join("\n")
+    items
+        .iter()
+        .map(|s| format!("  - {s}"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// One request's failure, classified: a lying peer is banned; a local or transient failure
@@ -225,14 +231,21 @@ impl State {
     /// Loads a state file if it belongs to this blob; anything else means "start over".
     fn load(path: PathBuf, id: BlobId, blob_len: Option<u64>) -> Option<Self> {
         let bytes = fs::read(&path).ok()?;
-        if bytes.len() < 8 + 32 + 8 + 1 + HEADER_LEN || &bytes[..8] != STATE_MAGIC || bytes[8..40] != id.as_bytes()[..] {
+        if bytes.len() < 8 + 32 + 8 + 1 + HEADER_LEN
+            || &bytes[..8] != STATE_MAGIC
+            || bytes[8..40] != id.as_bytes()[..]
+        {
             return None;
         }
         let len = u64::from_le_bytes(bytes[40..48].try_into().ok()?);
         if blob_len.is_some_and(|l| l != len) || Layout::for_blob(len).is_err() {
             return None;
         }
-        let header: Option<[u8; HEADER_LEN]> = (bytes[48] == 1).then(|| bytes[49..49 + HEADER_LEN].try_into().expect("length checked"));
+        let header: Option<[u8; HEADER_LEN]> = (bytes[48] == 1).then(|| {
+            bytes[49..49 + HEADER_LEN]
+                .try_into()
+                .expect("length checked")
+        });
         let mut state = Self::new(path, id, len);
         state.header = header;
         let bits = &bytes[49 + HEADER_LEN..];
@@ -290,12 +303,19 @@ struct Shared {
 ///
 /// # Errors
 /// See [`FetchError`]; every variant says what to do next.
-pub async fn fetch(node: &Node, link: &Link, opts: FetchOptions, progress: watch::Sender<Progress>) -> Result<Fetched, FetchError> {
+pub async fn fetch(
+    node: &Node,
+    link: &Link,
+    opts: FetchOptions,
+    progress: watch::Sender<Progress>,
+) -> Result<Fetched, FetchError> {
     let started = Instant::now();
     let id = link.id;
     let (dir, fixed_name) = match &opts.output {
         Output::File(p) => (
-            p.parent().filter(|d| !d.as_os_str().is_empty()).map_or_else(|| PathBuf::from("."), Path::to_path_buf),
+            p.parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .map_or_else(|| PathBuf::from("."), Path::to_path_buf),
             Some(p.clone()),
         ),
         Output::Dir(d) => (d.clone(), None),
@@ -353,7 +373,14 @@ pub async fn fetch(node: &Node, link: &Link, opts: FetchOptions, progress: watch
     if state.as_ref().is_none_or(|s| s.header.is_none()) {
         let mut got = None;
         for &peer in &peers {
-            match bootstrap(node, peer, id, link.blob_len.or(state.as_ref().map(|s| s.blob_len))).await {
+            match bootstrap(
+                node,
+                peer,
+                id,
+                link.blob_len.or(state.as_ref().map(|s| s.blob_len)),
+            )
+            .await
+            {
                 Ok(x) => {
                     got = Some(x);
                     break;
@@ -387,10 +414,11 @@ pub async fn fetch(node: &Node, link: &Link, opts: FetchOptions, progress: watch
     // Open segment 0 (fresh) or rebuild the opener from the saved header (resume).
     let (opener, seg0_body) = match first_block.take() {
         Some(mut block0) => {
-            let (opener, body) = Opener::new(&link.key, blob_len, &mut block0).map_err(|e| match e {
-                OpenBlobError::WrongKey => FetchError::WrongKey { id },
-                source => FetchError::BadBlob { id, source },
-            })?;
+            let (opener, body) =
+                Opener::new(&link.key, blob_len, &mut block0).map_err(|e| match e {
+                    OpenBlobError::WrongKey => FetchError::WrongKey { id },
+                    source => FetchError::BadBlob { id, source },
+                })?;
             let mut header = [0u8; HEADER_LEN];
             header.copy_from_slice(&block0[..HEADER_LEN]);
             state.header = Some(header);
@@ -398,10 +426,13 @@ pub async fn fetch(node: &Node, link: &Link, opts: FetchOptions, progress: watch
         }
         None => {
             let header = state.header.expect("resume requires a saved header");
-            let opener = Opener::from_header(&link.key, blob_len, &header).map_err(|e| match e {
-                OpenBlobError::Header(shoal_protocol::format::HeaderError::CommitmentMismatch) => FetchError::WrongKey { id },
-                source => FetchError::BadBlob { id, source },
-            })?;
+            let opener =
+                Opener::from_header(&link.key, blob_len, &header).map_err(|e| match e {
+                    OpenBlobError::Header(
+                        shoal_protocol::format::HeaderError::CommitmentMismatch,
+                    ) => FetchError::WrongKey { id },
+                    source => FetchError::BadBlob { id, source },
+                })?;
             (opener, None)
         }
     };
@@ -449,13 +480,26 @@ pub async fn fetch(node: &Node, link: &Link, opts: FetchOptions, progress: watch
         let part_path = part_path.clone();
         let state_path = state_path.clone();
         let progress = progress.clone();
-        tokio::task::spawn_blocking(move || write_blocks(writer_rx, &opener, &part, &part_path, &state_path, state, &progress))
+        tokio::task::spawn_blocking(move || {
+            write_blocks(
+                writer_rx,
+                &opener,
+                &part,
+                &part_path,
+                &state_path,
+                state,
+                &progress,
+            )
+        })
     };
     let shared = Arc::new(Shared {
         node: node.clone(),
         id,
         blob_len,
-        queue: Mutex::new(Queue { missing, in_flight: 0 }),
+        queue: Mutex::new(Queue {
+            missing,
+            in_flight: 0,
+        }),
         changed: Notify::new(),
         writer: writer_tx,
         opts,
@@ -478,7 +522,11 @@ pub async fn fetch(node: &Node, link: &Link, opts: FetchOptions, progress: watch
     }
     let done = state.count();
     if done < total {
-        why.extend(banned.iter().map(|(p, w)| format!("{p}: sent bad data ({w})")));
+        why.extend(
+            banned
+                .iter()
+                .map(|(p, w)| format!("{p}: sent bad data ({w})")),
+        );
         return Err(FetchError::Exhausted { done, total, why });
     }
     // Complete: every block verified, decrypted and synced. Publish under the final name.
@@ -512,7 +560,12 @@ fn default_name(meta: &Metadata, id: BlobId) -> String {
 
 /// Fetches block 0 (and the last block when the size is not yet trusted) from `peer`.
 /// Returns the authenticated blob size and sealed block 0.
-async fn bootstrap(node: &Node, peer: PeerId, id: BlobId, trusted_len: Option<u64>) -> Result<(u64, Vec<u8>), RequestError> {
+async fn bootstrap(
+    node: &Node,
+    peer: PeerId,
+    id: BlobId,
+    trusted_len: Option<u64>,
+) -> Result<(u64, Vec<u8>), RequestError> {
     let timeout = node.config().request_timeout;
     let mut control = node.control();
     let blob_len = match trusted_len {
@@ -527,7 +580,8 @@ async fn bootstrap(node: &Node, peer: PeerId, id: BlobId, trusted_len: Option<u6
             claimed
         }
     };
-    let last = u32::try_from(block_count(blob_len) - 1).map_err(|_| RequestError::Lied("size out of range".into()))?;
+    let last = u32::try_from(block_count(blob_len) - 1)
+        .map_err(|_| RequestError::Lied("size out of range".into()))?;
     let req = BlobRequest::new(id, [0, last]).expect("at most two ranges");
     let mut block0 = None;
     request(node, peer, &req, blob_len, |v| {
@@ -537,10 +591,18 @@ async fn bootstrap(node: &Node, peer: PeerId, id: BlobId, trusted_len: Option<u6
         async { Ok(()) }
     })
     .await?;
-    Ok((blob_len, block0.expect("block 0 was requested and verified")))
+    Ok((
+        blob_len,
+        block0.expect("block 0 was requested and verified"),
+    ))
 }
 
-async fn open(control: &mut libp2p_stream::Control, peer: PeerId, req: &BlobRequest, timeout: Duration) -> Result<Stream, RequestError> {
+async fn open(
+    control: &mut libp2p_stream::Control,
+    peer: PeerId,
+    req: &BlobRequest,
+    timeout: Duration,
+) -> Result<Stream, RequestError> {
     let mut stream = tokio::time::timeout(timeout, control.open_stream(peer, blob_protocol()))
         .await
         .map_err(|_| RequestError::Timeout)?
@@ -551,7 +613,11 @@ async fn open(control: &mut libp2p_stream::Control, peer: PeerId, req: &BlobRequ
     Ok(stream)
 }
 
-async fn read_exact_timeout(stream: &mut Stream, buf: &mut [u8], timeout: Duration) -> Result<(), RequestError> {
+async fn read_exact_timeout(
+    stream: &mut Stream,
+    buf: &mut [u8],
+    timeout: Duration,
+) -> Result<(), RequestError> {
     tokio::time::timeout(timeout, stream.read_exact(buf))
         .await
         .map_err(|_| RequestError::Timeout)?
@@ -559,7 +625,11 @@ async fn read_exact_timeout(stream: &mut Stream, buf: &mut [u8], timeout: Durati
 }
 
 /// Reads the response status; returns the blob size on `Ok`.
-async fn read_status(stream: &mut Stream, expected_len: Option<u64>, timeout: Duration) -> Result<u64, RequestError> {
+async fn read_status(
+    stream: &mut Stream,
+    expected_len: Option<u64>,
+    timeout: Duration,
+) -> Result<u64, RequestError> {
     let mut status = [0u8; 1];
     read_exact_timeout(stream, &mut status, timeout).await?;
     match ResponseHeader::decode_status(status[0]) {
@@ -572,7 +642,10 @@ async fn read_status(stream: &mut Stream, expected_len: Option<u64>, timeout: Du
                 unreachable!("ok_with_len returns Ok")
             };
             if expected_len.is_some_and(|l| l != blob_len) {
-                return Err(RequestError::Lied(format!("claimed size {blob_len}, link says {}", expected_len.unwrap_or(0))));
+                return Err(RequestError::Lied(format!(
+                    "claimed size {blob_len}, link says {}",
+                    expected_len.unwrap_or(0)
+                )));
             }
             Ok(blob_len)
         }
@@ -581,7 +654,13 @@ async fn read_status(stream: &mut Stream, expected_len: Option<u64>, timeout: Du
 
 /// Sends one request and verifies the answer block by block, handing each verified block to
 /// `on_block` before reading the next.
-async fn request<F, Fut>(node: &Node, peer: PeerId, req: &BlobRequest, blob_len: u64, mut on_block: F) -> Result<(), RequestError>
+async fn request<F, Fut>(
+    node: &Node,
+    peer: PeerId,
+    req: &BlobRequest,
+    blob_len: u64,
+    mut on_block: F,
+) -> Result<(), RequestError>
 where
     F: FnMut(Verified) -> Fut,
     Fut: Future<Output = Result<(), RequestError>>,
@@ -637,8 +716,11 @@ async fn peer_worker(shared: Arc<Shared>, peer: PeerId, stop: Arc<Mutex<Option<P
         if stop.lock().expect("poisoned").is_some() {
             return;
         }
-        let Some(batch) = take_batch(&shared).await else { return };
-        let req = BlobRequest::new(shared.id, batch.iter().copied()).expect("batch is within MAX_RANGES");
+        let Some(batch) = take_batch(&shared).await else {
+            return;
+        };
+        let req =
+            BlobRequest::new(shared.id, batch.iter().copied()).expect("batch is within MAX_RANGES");
         let mut received: Vec<u32> = Vec::new();
         let writer = shared.writer.clone();
         let result = request(&shared.node, peer, &req, shared.blob_len, |v| {
@@ -647,7 +729,10 @@ async fn peer_worker(shared: Arc<Shared>, peer: PeerId, stop: Arc<Mutex<Option<P
             async move { writer.send(v).await.map_err(|_| RequestError::Stopped) }
         })
         .await;
-        let leftover: Vec<u32> = batch.into_iter().filter(|b| !received.contains(b)).collect();
+        let leftover: Vec<u32> = batch
+            .into_iter()
+            .filter(|b| !received.contains(b))
+            .collect();
         give_back(&shared, received.len(), leftover);
         match result {
             Ok(()) => failures = 0,
@@ -732,7 +817,12 @@ fn write_blocks(
         if state.has(i) || pending.contains(&i) {
             continue;
         }
-        let range = opener.open_segment(i, &mut data).map_err(|_| FetchError::Undecryptable { id: state.id, block: index })?;
+        let range = opener
+            .open_segment(i, &mut data)
+            .map_err(|_| FetchError::Undecryptable {
+                id: state.id,
+                block: index,
+            })?;
         let (file_off, _) = opener.layout().file_offset(i);
         write_all_at(part, &data[range], file_off).map_err(disk(part_path))?;
         pending.push(i);

@@ -32,7 +32,8 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Features: `test-utils` adds [`testing`] helpers and a lying-peer mode for tests.
+//! Features: `test-utils` adds the `testing` module (ephemeral loopback nodes, test files)
+//! and a lying-peer mode (`Config::corrupt_uploads`) for tests.
 
 pub mod config;
 pub mod fetch;

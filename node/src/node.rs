@@ -14,8 +14,9 @@ use std::{
 
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use libp2p::{
-    Multiaddr, PeerId, Stream, StreamProtocol, Swarm,
-    identify, identity::Keypair, noise, ping,
+    Multiaddr, PeerId, Stream, StreamProtocol, Swarm, identify,
+    identity::Keypair,
+    noise, ping,
     swarm::{ConnectionId, NetworkBehaviour, SwarmEvent, dial_opts::DialOpts},
     tcp, yamux,
 };
@@ -115,7 +116,9 @@ struct Inner {
 
 impl std::fmt::Debug for Node {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Node").field("peer_id", &self.inner.peer_id).finish_non_exhaustive()
+        f.debug_struct("Node")
+            .field("peer_id", &self.inner.peer_id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -125,26 +128,40 @@ impl Node {
     ///
     /// # Errors
     /// If the transport cannot be built or a listen address cannot be bound.
-    pub fn start(config: Config, keypair: Keypair, store: Arc<Store>, shutdown: CancellationToken) -> Result<Self, StartError> {
+    pub fn start(
+        config: Config,
+        keypair: Keypair,
+        store: Arc<Store>,
+        shutdown: CancellationToken,
+    ) -> Result<Self, StartError> {
         let idle = config.idle_timeout;
         let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
             .with_tokio()
-            .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
+            .with_tcp(
+                tcp::Config::default().nodelay(true),
+                noise::Config::new,
+                yamux::Config::default,
+            )
             .map_err(|e| StartError::Transport(e.into()))?
             .with_quic()
             .with_behaviour(|key| Behaviour {
                 stream: libp2p_stream::Behaviour::new(),
-                identify: identify::Behaviour::new(identify::Config::new("/shoal/id/1".into(), key.public())),
+                identify: identify::Behaviour::new(identify::Config::new(
+                    "/shoal/id/1".into(),
+                    key.public(),
+                )),
                 ping: ping::Behaviour::default(),
             })
             .map_err(|e| StartError::Transport(e.into()))?
             .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
             .build();
         for addr in &config.listen {
-            swarm.listen_on(addr.clone()).map_err(|e| StartError::Listen {
-                addr: addr.clone(),
-                source: e.into(),
-            })?;
+            swarm
+                .listen_on(addr.clone())
+                .map_err(|e| StartError::Listen {
+                    addr: addr.clone(),
+                    source: e.into(),
+                })?;
         }
         let peer_id = *swarm.local_peer_id();
         let mut control = swarm.behaviour().stream.new_control();
@@ -164,7 +181,13 @@ impl Node {
             shutdown: shutdown.clone(),
             config,
         });
-        tokio::spawn(event_loop(swarm, command_rx, listen_tx, stats, shutdown.clone()));
+        tokio::spawn(event_loop(
+            swarm,
+            command_rx,
+            listen_tx,
+            stats,
+            shutdown.clone(),
+        ));
         tokio::spawn(serve_loop(inner.clone(), incoming));
         info!(peer = %peer_id, "node started");
         Ok(Self { inner })
@@ -199,8 +222,7 @@ impl Node {
     pub async fn listen_addrs(&self, timeout: Duration) -> Vec<Multiaddr> {
         let mut rx = self.inner.listen.clone();
         let _ = tokio::time::timeout(timeout, rx.wait_for(|a| !a.is_empty())).await;
-        let addrs = rx.borrow().clone();
-        addrs
+        rx.borrow().clone()
     }
 
     /// Connects to `addr` (which may end in `/p2p/<peer id>`) and returns the peer's id.
@@ -210,10 +232,16 @@ impl Node {
     /// If the connection fails or does not complete within `timeout`.
     pub async fn dial(&self, addr: Multiaddr, timeout: Duration) -> Result<PeerId, DialError> {
         let (reply, rx) = oneshot::channel();
-        let err = |why: String| DialError { addr: addr.clone(), why };
+        let err = |why: String| DialError {
+            addr: addr.clone(),
+            why,
+        };
         self.inner
             .commands
-            .send(Command::Dial { addr: addr.clone(), reply })
+            .send(Command::Dial {
+                addr: addr.clone(),
+                reply,
+            })
             .await
             .map_err(|_| err("node is shut down".into()))?;
         match tokio::time::timeout(timeout, rx).await {
@@ -236,7 +264,8 @@ async fn event_loop(
     stats: Arc<Stats>,
     shutdown: CancellationToken,
 ) {
-    let mut dials: HashMap<ConnectionId, (Multiaddr, oneshot::Sender<Result<PeerId, String>>)> = HashMap::new();
+    let mut dials: HashMap<ConnectionId, (Multiaddr, oneshot::Sender<Result<PeerId, String>>)> =
+        HashMap::new();
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,
@@ -287,20 +316,27 @@ async fn event_loop(
 fn dial_opts(addr: &Multiaddr) -> DialOpts {
     let mut bare = addr.clone();
     match bare.pop() {
-        Some(libp2p::multiaddr::Protocol::P2p(peer)) => DialOpts::peer_id(peer).addresses(vec![bare]).build(),
+        Some(libp2p::multiaddr::Protocol::P2p(peer)) => {
+            DialOpts::peer_id(peer).addresses(vec![bare]).build()
+        }
         _ => DialOpts::unknown_peer_id().address(addr.clone()).build(),
     }
 }
 
 async fn serve_loop(inner: Arc<Inner>, mut incoming: libp2p_stream::IncomingStreams) {
     let slots = Arc::new(Semaphore::new(inner.config.max_upload_streams));
-    let limiter = inner.config.upload_limit_bytes_per_sec.map(|r| Arc::new(RateLimiter::new(r)));
+    let limiter = inner
+        .config
+        .upload_limit_bytes_per_sec
+        .map(|r| Arc::new(RateLimiter::new(r)));
     loop {
         let next = tokio::select! {
             () = inner.shutdown.cancelled() => break,
             next = incoming.next() => next,
         };
-        let Some((peer, mut stream)) = next else { break };
+        let Some((peer, mut stream)) = next else {
+            break;
+        };
         let inner = inner.clone();
         let limiter = limiter.clone();
         match slots.clone().try_acquire_owned() {
@@ -330,13 +366,21 @@ async fn serve_loop(inner: Arc<Inner>, mut incoming: libp2p_stream::IncomingStre
     }
 }
 
-async fn serve(inner: &Inner, limiter: Option<&RateLimiter>, stream: &mut Stream) -> std::io::Result<()> {
+async fn serve(
+    inner: &Inner,
+    limiter: Option<&RateLimiter>,
+    stream: &mut Stream,
+) -> std::io::Result<()> {
     let timeout = inner.config.request_timeout;
     let req = tokio::time::timeout(timeout, read_request(stream))
         .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "request not received in time"))??;
+        .map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::TimedOut, "request not received in time")
+        })??;
     let Ok(req) = req else {
-        stream.write_all(&ResponseHeader::BadRequest.encode()).await?;
+        stream
+            .write_all(&ResponseHeader::BadRequest.encode())
+            .await?;
         return stream.close().await;
     };
     let Some(source) = inner.store.get(&req.id) else {
@@ -345,8 +389,10 @@ async fn serve(inner: &Inner, limiter: Option<&RateLimiter>, stream: &mut Stream
     };
     let blob_len = source.outboard().blob_len();
     let blocks = block_count(blob_len);
-    if req.ranges.iter().any(|r| u64::from(r.end) > blocks) {
-        stream.write_all(&ResponseHeader::BadRequest.encode()).await?;
+    if req.check_within(blocks).is_err() {
+        stream
+            .write_all(&ResponseHeader::BadRequest.encode())
+            .await?;
         return stream.close().await;
     }
     debug!(blob = %req.id, blocks = req.block_count(), "serving");
@@ -370,7 +416,10 @@ async fn serve(inner: &Inner, limiter: Option<&RateLimiter>, stream: &mut Stream
             l.acquire(chunk.len() as u64).await;
         }
         stream.write_all(&chunk).await?;
-        inner.stats.uploaded_bytes.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        inner
+            .stats
+            .uploaded_bytes
+            .fetch_add(chunk.len() as u64, Ordering::Relaxed);
     }
     producer.await.map_err(std::io::Error::other)?;
     inner.stats.requests_served.fetch_add(1, Ordering::Relaxed);
@@ -378,7 +427,12 @@ async fn serve(inner: &Inner, limiter: Option<&RateLimiter>, stream: &mut Stream
 }
 
 /// Reads the blocks of a request from storage on a blocking thread, encoded for the wire.
-fn produce(source: &Source, req: &BlobRequest, corrupt: bool, tx: &mpsc::Sender<std::io::Result<Vec<u8>>>) {
+fn produce(
+    source: &Source,
+    req: &BlobRequest,
+    corrupt: bool,
+    tx: &mpsc::Sender<std::io::Result<Vec<u8>>>,
+) {
     let file = match File::open(source.path()) {
         Ok(f) => f,
         Err(e) => {
@@ -413,7 +467,9 @@ fn produce(source: &Source, req: &BlobRequest, corrupt: bool, tx: &mpsc::Sender<
     }
 }
 
-async fn read_request(stream: &mut Stream) -> std::io::Result<Result<BlobRequest, shoal_protocol::wire::DecodeRequestError>> {
+async fn read_request(
+    stream: &mut Stream,
+) -> std::io::Result<Result<BlobRequest, shoal_protocol::wire::DecodeRequestError>> {
     let mut prefix = [0u8; 35];
     stream.read_exact(&mut prefix).await?;
     let len = match BlobRequest::encoded_len(&prefix) {

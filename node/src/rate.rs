@@ -40,7 +40,11 @@ impl RateLimiter {
             let refill = now.duration_since(s.1).as_secs_f64() * self.rate;
             s.0 = (s.0 + refill).min(self.burst) - n as f64;
             s.1 = now;
-            if s.0 < 0.0 { Duration::from_secs_f64(-s.0 / self.rate) } else { Duration::ZERO }
+            if s.0 < 0.0 {
+                Duration::from_secs_f64(-s.0 / self.rate)
+            } else {
+                Duration::ZERO
+            }
         };
         if !wait.is_zero() {
             tokio::time::sleep(wait).await;

@@ -13,7 +13,9 @@ use std::{
 use rayon::prelude::*;
 use shoal_protocol::{
     blob::{BlockIndex, Outboard, OutboardBuilder, block_hash},
-    format::{ContentKey, ConvergentHasher, FLAG_CONVERGENT, Header, Metadata, SEGMENT_LEN, Sealer},
+    format::{
+        ContentKey, ConvergentHasher, FLAG_CONVERGENT, Header, Metadata, SEGMENT_LEN, Sealer,
+    },
 };
 
 /// Segments sealed per batch: 32 × 64 KiB = 2 MiB of buffers in flight.
@@ -121,13 +123,18 @@ pub fn seal_file(
     let single = segments == 1;
     let mut builder = OutboardBuilder::new(layout.blob_len());
     let mut file = File::open(path).map_err(read_err)?;
-    let mut inputs: Vec<Vec<u8>> = (0..BATCH_SEGMENTS).map(|_| Vec::with_capacity(SEGMENT_LEN)).collect();
-    let mut outputs: Vec<Vec<u8>> = (0..BATCH_SEGMENTS).map(|_| Vec::with_capacity(SEGMENT_LEN)).collect();
+    let mut inputs: Vec<Vec<u8>> = (0..BATCH_SEGMENTS)
+        .map(|_| Vec::with_capacity(SEGMENT_LEN))
+        .collect();
+    let mut outputs: Vec<Vec<u8>> = (0..BATCH_SEGMENTS)
+        .map(|_| Vec::with_capacity(SEGMENT_LEN))
+        .collect();
     let mut hashes = vec![blake3::Hash::from_bytes([0; 32]); BATCH_SEGMENTS];
     let mut done_bytes = 0u64;
     let mut index = 0u64;
     while index < segments {
-        let batch = usize::try_from((segments - index).min(BATCH_SEGMENTS as u64)).expect("at most BATCH_SEGMENTS");
+        let batch = usize::try_from((segments - index).min(BATCH_SEGMENTS as u64))
+            .expect("at most BATCH_SEGMENTS");
         for (i, input) in inputs.iter_mut().take(batch).enumerate() {
             let want = sealer.file_bytes_in(index + i as u64);
             input.resize(want, 0);
@@ -147,7 +154,8 @@ pub fn seal_file(
             .for_each(|(i, ((input, out), hash))| {
                 let seg = index + i as u64;
                 sealer.seal_segment(seg, input, out);
-                let block = BlockIndex(u32::try_from(seg).expect("MAX_FILE_LEN keeps indices in u32"));
+                let block =
+                    BlockIndex(u32::try_from(seg).expect("MAX_FILE_LEN keeps indices in u32"));
                 *hash = block_hash(block, out, single);
             });
         for i in 0..batch {
@@ -200,9 +208,20 @@ mod tests {
             let data: Vec<u8> = (0..len).map(|i| (i % 253) as u8).collect();
             std::fs::write(&path, &data).unwrap();
             let mut blob = Vec::new();
-            let s = seal_file(&path, meta(len as u64), &KeyMode::Random, [5; 32], Some(&mut blob), &|_| {}).unwrap();
+            let s = seal_file(
+                &path,
+                meta(len as u64),
+                &KeyMode::Random,
+                [5; 32],
+                Some(&mut blob),
+                &|_| {},
+            )
+            .unwrap();
             assert_eq!(s.outboard.id(), shoal_protocol::BlobId::of(&blob));
-            assert_eq!(blob.len() as u64, Layout::for_file(len as u64).unwrap().blob_len());
+            assert_eq!(
+                blob.len() as u64,
+                Layout::for_file(len as u64).unwrap().blob_len()
+            );
             let mut seg0 = blob[..blob.len().min(SEGMENT_LEN)].to_vec();
             let (opener, body) = Opener::new(&s.key, blob.len() as u64, &mut seg0).unwrap();
             let mut out = seg0[body].to_vec();
@@ -225,10 +244,20 @@ mod tests {
         let b = seal_file(&path, meta(100_000), &mode, [2; 32], None, &|_| {}).unwrap();
         assert_eq!(a.outboard.id(), b.outboard.id());
         assert_eq!(a.key, b.key);
-        let other = KeyMode::Convergent { secret: b"s".to_vec() };
+        let other = KeyMode::Convergent {
+            secret: b"s".to_vec(),
+        };
         let c = seal_file(&path, meta(100_000), &other, [1; 32], None, &|_| {}).unwrap();
         assert_ne!(a.outboard.id(), c.outboard.id());
-        let err = seal_file(&path, meta(99_999), &KeyMode::Random, [1; 32], None, &|_| {}).unwrap_err();
+        let err = seal_file(
+            &path,
+            meta(99_999),
+            &KeyMode::Random,
+            [1; 32],
+            None,
+            &|_| {},
+        )
+        .unwrap_err();
         assert!(format!("{:#}", anyhow::Error::from(err)).contains("changed size"));
     }
 }

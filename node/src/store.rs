@@ -21,7 +21,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 use shoal_protocol::{
     BlobId, ContentKey, Link,
-    blob::{BlockIndex, Outboard, block_hash, block_len, block_count},
+    blob::{BlockIndex, Outboard, block_count, block_hash, block_len},
     format::{Metadata, Sealer},
 };
 
@@ -31,7 +31,7 @@ use crate::seal::{KeyMode, ProgressFn, SealError, seal_file};
 #[derive(Debug)]
 enum Origin {
     /// Plaintext file re-sealed on demand.
-    Plain { path: PathBuf, sealer: Sealer },
+    Plain { path: PathBuf, sealer: Box<Sealer> },
     /// Ciphertext blob file.
     Cipher { path: PathBuf },
 }
@@ -76,12 +76,18 @@ impl Source {
     ///
     /// # Errors
     /// If the metadata is invalid.
-    pub fn plain(path: PathBuf, key: &ContentKey, flags: u16, meta: Metadata, outboard: Outboard) -> Result<Self, shoal_protocol::format::MetadataError> {
+    pub fn plain(
+        path: PathBuf,
+        key: &ContentKey,
+        flags: u16,
+        meta: Metadata,
+        outboard: Outboard,
+    ) -> Result<Self, shoal_protocol::format::MetadataError> {
         Ok(Self {
             outboard,
             origin: Origin::Plain {
                 path,
-                sealer: Sealer::new(key, flags, meta)?,
+                sealer: Box::new(Sealer::new(key, flags, meta)?),
             },
         })
     }
@@ -109,7 +115,12 @@ impl Source {
     ///
     /// # Errors
     /// If the backing file cannot be read or no longer matches the blob.
-    pub fn read_block(&self, file: &File, index: BlockIndex, out: &mut Vec<u8>) -> Result<(), ReadBlockError> {
+    pub fn read_block(
+        &self,
+        file: &File,
+        index: BlockIndex,
+        out: &mut Vec<u8>,
+    ) -> Result<(), ReadBlockError> {
         let blob_len = self.outboard.blob_len();
         let len = block_len(blob_len, index);
         if len == 0 {
@@ -175,7 +186,11 @@ pub(crate) fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> io::Res
     {
         let mut done = 0;
         while done < buf.len() {
-            match std::os::windows::fs::FileExt::seek_read(file, &mut buf[done..], offset + done as u64)? {
+            match std::os::windows::fs::FileExt::seek_read(
+                file,
+                &mut buf[done..],
+                offset + done as u64,
+            )? {
                 0 => return Err(io::ErrorKind::UnexpectedEof.into()),
                 n => done += n,
             }
@@ -197,7 +212,11 @@ pub(crate) fn write_all_at(file: &File, buf: &[u8], offset: u64) -> io::Result<(
     {
         let mut done = 0;
         while done < buf.len() {
-            done += std::os::windows::fs::FileExt::seek_write(file, &buf[done..], offset + done as u64)?;
+            done += std::os::windows::fs::FileExt::seek_write(
+                file,
+                &buf[done..],
+                offset + done as u64,
+            )?;
         }
         Ok(())
     }
@@ -275,7 +294,11 @@ impl Store {
 
     /// The source for `id`, if this node serves it.
     pub fn get(&self, id: &BlobId) -> Option<Arc<Source>> {
-        self.sources.read().expect("store lock poisoned").get(id).cloned()
+        self.sources
+            .read()
+            .expect("store lock poisoned")
+            .get(id)
+            .cloned()
     }
 
     /// Adds a source.
@@ -304,7 +327,14 @@ impl Store {
     /// # Errors
     /// If the file cannot be read, its name cannot be represented, or the share cannot be
     /// saved.
-    pub fn share_file(&self, path: &Path, media_type: &str, mode: &KeyMode, os_random: [u8; 32], progress: ProgressFn<'_>) -> Result<Shared, ShareError> {
+    pub fn share_file(
+        &self,
+        path: &Path,
+        media_type: &str,
+        mode: &KeyMode,
+        os_random: [u8; 32],
+        progress: ProgressFn<'_>,
+    ) -> Result<Shared, ShareError> {
         let not_file = |source| ShareError::NotAFile {
             path: path.display().to_string(),
             source,
@@ -320,7 +350,10 @@ impl Store {
             .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
             .map_or(0, |d| d.as_nanos());
         let metadata = Metadata {
-            name: path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+            name: path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
             file_len: md.len(),
             media_type: media_type.to_owned(),
         };
@@ -330,8 +363,14 @@ impl Store {
             return Ok(found);
         }
         let sealed = seal_file(&path, metadata.clone(), mode, os_random, None, progress)?;
-        let source = Source::plain(path.clone(), &sealed.key, sealed.flags, metadata.clone(), sealed.outboard.clone())
-            .map_err(SealError::from)?;
+        let source = Source::plain(
+            path.clone(),
+            &sealed.key,
+            sealed.flags,
+            metadata.clone(),
+            sealed.outboard.clone(),
+        )
+        .map_err(SealError::from)?;
         let mut link = Link::new(source.id(), sealed.key.clone());
         link.blob_len = Some(sealed.outboard.blob_len());
         if let Some(dir) = &self.data_dir {
@@ -344,9 +383,11 @@ impl Store {
                 media_type: metadata.media_type.clone(),
                 blob_len: sealed.outboard.blob_len(),
             };
-            save_share(dir, &record, &sealed.key, &sealed.outboard).map_err(|source| ShareError::Persist {
-                dir: dir.display().to_string(),
-                source,
+            save_share(dir, &record, &sealed.key, &sealed.outboard).map_err(|source| {
+                ShareError::Persist {
+                    dir: dir.display().to_string(),
+                    source,
+                }
             })?;
         }
         self.insert(source);
@@ -361,18 +402,40 @@ impl Store {
         let dir = self.data_dir.as_ref()?.join("shares");
         for entry in fs::read_dir(dir).ok()?.flatten() {
             let d = entry.path();
-            let Ok(record) = fs::read(d.join("record.json")) else { continue };
-            let Ok(record) = serde_json::from_slice::<Record>(&record) else { continue };
-            if record.path != path || record.file_len != len || record.mtime_ns != mtime_ns || record.media_type != meta.media_type {
+            let Ok(record) = fs::read(d.join("record.json")) else {
+                continue;
+            };
+            let Ok(record) = serde_json::from_slice::<Record>(&record) else {
+                continue;
+            };
+            if record.path != path
+                || record.file_len != len
+                || record.mtime_ns != mtime_ns
+                || record.media_type != meta.media_type
+            {
                 continue;
             }
-            let Ok(id) = entry.file_name().to_string_lossy().parse::<BlobId>() else { continue };
-            let Ok(key) = fs::read(d.join("key")) else { continue };
-            let Ok(key) = <[u8; 32]>::try_from(key.as_slice()) else { continue };
+            let Ok(id) = entry.file_name().to_string_lossy().parse::<BlobId>() else {
+                continue;
+            };
+            let Ok(key) = fs::read(d.join("key")) else {
+                continue;
+            };
+            let Ok(key) = <[u8; 32]>::try_from(key.as_slice()) else {
+                continue;
+            };
             let key = ContentKey::from_bytes(key);
-            let Ok(pairs) = fs::read(d.join("outboard")) else { continue };
-            let Ok(outboard) = Outboard::from_parts(id, record.blob_len, pairs) else { continue };
-            let Ok(source) = Source::plain(path.to_owned(), &key, record.flags, meta.clone(), outboard) else { continue };
+            let Ok(pairs) = fs::read(d.join("outboard")) else {
+                continue;
+            };
+            let Ok(outboard) = Outboard::from_parts(id, record.blob_len, pairs) else {
+                continue;
+            };
+            let Ok(source) =
+                Source::plain(path.to_owned(), &key, record.flags, meta.clone(), outboard)
+            else {
+                continue;
+            };
             // The outboard is checked against the id block by block when serving; a stale
             // record (file edited within the same mtime) is caught there.
             let mut link = Link::new(id, key);
@@ -388,7 +451,12 @@ impl Store {
     }
 }
 
-fn save_share(data_dir: &Path, record: &Record, key: &ContentKey, outboard: &Outboard) -> io::Result<()> {
+fn save_share(
+    data_dir: &Path,
+    record: &Record,
+    key: &ContentKey,
+    outboard: &Outboard,
+) -> io::Result<()> {
     let dir = data_dir.join("shares").join(outboard.id().to_string());
     fs::create_dir_all(&dir)?;
     write_atomic(&dir.join("outboard"), outboard.as_bytes(), false)?;
@@ -439,7 +507,9 @@ mod tests {
         let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
         fs::write(&path, &data).unwrap();
         let store = Store::open(&dir.path().join("data"));
-        let shared = store.share_file(&path, "", &KeyMode::Random, [3; 32], &|_| {}).unwrap();
+        let shared = store
+            .share_file(&path, "", &KeyMode::Random, [3; 32], &|_| {})
+            .unwrap();
         assert!(!shared.reused);
         let src = store.get(&shared.link.id).unwrap();
         let f = File::open(&path).unwrap();
@@ -449,7 +519,9 @@ mod tests {
         }
         // Same file, unchanged: the share (and link) is reused without re-sealing.
         let again = Store::open(&dir.path().join("data"));
-        let shared2 = again.share_file(&path, "", &KeyMode::Random, [4; 32], &|_| {}).unwrap();
+        let shared2 = again
+            .share_file(&path, "", &KeyMode::Random, [4; 32], &|_| {})
+            .unwrap();
         assert!(shared2.reused);
         assert_eq!(shared2.link, shared.link);
         // Edit the file in place: serving refuses the changed block.

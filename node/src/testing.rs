@@ -24,9 +24,14 @@ pub async fn addr(node: &Node, kind: &str) -> Multiaddr {
     let mut addrs = addrs;
     loop {
         if let Some(a) = addrs.iter().find(|a| a.to_string().contains(kind)) {
-            return format!("{a}/p2p/{}", node.peer_id()).parse().expect("valid multiaddr");
+            return format!("{a}/p2p/{}", node.peer_id())
+                .parse()
+                .expect("valid multiaddr");
         }
-        assert!(tokio::time::Instant::now() < deadline, "node has no {kind} address");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node has no {kind} address"
+        );
         tokio::task::yield_now().await;
         addrs = node.listen_addrs(Duration::from_millis(100)).await;
     }

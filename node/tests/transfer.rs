@@ -1,6 +1,9 @@
 //! Real libp2p nodes on 127.0.0.1 (port 0): share, fetch, and every failure path the
 //! foundation issue names. Every wait has a timeout; nothing sleeps to synchronise.
 
+// Helpers outside #[test] fns: a panic there is a test failure, which is what we want.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::{path::Path, sync::Arc, time::Duration};
 
 use shoal_node::{
@@ -25,7 +28,13 @@ async fn seeder(dir: &Path, len: usize, config: Config, stop: &CancellationToken
     let data = testing::write_file(&path, len, len as u64 + 1);
     let store = Arc::new(Store::in_memory());
     let shared = store
-        .share_file(&path, "application/octet-stream", &KeyMode::Random, rand::random(), &|_| {})
+        .share_file(
+            &path,
+            "application/octet-stream",
+            &KeyMode::Random,
+            rand::random(),
+            &|_| {},
+        )
         .unwrap();
     let node = testing::node(config, store, stop);
     Seeder {
@@ -42,9 +51,17 @@ fn progress() -> watch::Sender<Progress> {
 async fn get(link: &Link, out: &Path) -> Result<shoal_node::fetch::Fetched, FetchError> {
     let stop = CancellationToken::new();
     let getter = testing::node(Config::loopback(), Arc::new(Store::in_memory()), &stop);
-    let r = timeout(LIMIT, fetch(&getter, link, FetchOptions::new(Output::File(out.to_owned())), progress()))
-        .await
-        .expect("fetch finishes in time");
+    let r = timeout(
+        LIMIT,
+        fetch(
+            &getter,
+            link,
+            FetchOptions::new(Output::File(out.to_owned())),
+            progress(),
+        ),
+    )
+    .await
+    .expect("fetch finishes in time");
     stop.cancel();
     r
 }
@@ -62,7 +79,15 @@ fn leftovers(dir: &Path) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_size_over_tcp_and_quic() {
     let first = SEGMENT_PLAINTEXT_LEN - 1024; // file bytes in segment 0
-    let sizes = [0, 1, first - 1, first, first + 1, SEGMENT_PLAINTEXT_LEN + 1, 3 * 1024 * 1024 + 17];
+    let sizes = [
+        0,
+        1,
+        first - 1,
+        first,
+        first + 1,
+        SEGMENT_PLAINTEXT_LEN + 1,
+        3 * 1024 * 1024 + 17,
+    ];
     for (i, &len) in sizes.iter().enumerate() {
         let kind = if i % 2 == 0 { "tcp" } else { "quic-v1" };
         let dir = tempfile::tempdir().unwrap();
@@ -71,11 +96,21 @@ async fn every_size_over_tcp_and_quic() {
         let mut link = s.link.clone();
         link.peers = vec![testing::addr(&s.node, kind).await.to_string()];
         let out = dir.path().join("got.bin");
-        let done = get(&link, &out).await.unwrap_or_else(|e| panic!("len {len} over {kind}: {e:#}"));
-        assert_eq!(std::fs::read(&out).unwrap(), s.data, "len {len} over {kind}");
+        let done = get(&link, &out)
+            .await
+            .unwrap_or_else(|e| panic!("len {len} over {kind}: {e:#}"));
+        assert_eq!(
+            std::fs::read(&out).unwrap(),
+            s.data,
+            "len {len} over {kind}"
+        );
         assert_eq!(done.metadata.name, "source.bin");
         assert_eq!(done.metadata.media_type, "application/octet-stream");
-        assert!(leftovers(dir.path()).is_empty(), "{:?}", leftovers(dir.path()));
+        assert!(
+            leftovers(dir.path()).is_empty(),
+            "{:?}",
+            leftovers(dir.path())
+        );
         stop.cancel();
     }
 }
@@ -110,19 +145,29 @@ async fn lying_peer_is_dropped_and_download_completes_from_the_honest_one() {
         .unwrap(),
     );
     let mut link = honest.link.clone();
-    link.peers = vec![testing::addr(&liar, "tcp").await.to_string(), testing::addr(&honest.node, "tcp").await.to_string()];
+    link.peers = vec![
+        testing::addr(&liar, "tcp").await.to_string(),
+        testing::addr(&honest.node, "tcp").await.to_string(),
+    ];
     let out = dir.path().join("got.bin");
     let done = get(&link, &out).await.unwrap();
     assert_eq!(std::fs::read(&out).unwrap(), honest.data);
     assert_eq!(done.banned.len(), 1, "{:?}", done.banned);
     assert_eq!(done.banned[0].0, liar.peer_id());
-    assert!(done.banned[0].1.contains("does not match"), "{}", done.banned[0].1);
+    assert!(
+        done.banned[0].1.contains("does not match"),
+        "{}",
+        done.banned[0].1
+    );
 
     // With only the liar, the fetch fails, says why, and leaves no output file.
     link.peers.truncate(1);
     let out2 = dir.path().join("got2.bin");
     let err = get(&link, &out2).await.unwrap_err().to_string();
-    assert!(err.contains("bad data") || err.contains("does not match"), "{err}");
+    assert!(
+        err.contains("bad data") || err.contains("does not match"),
+        "{err}"
+    );
     assert!(!out2.exists());
     stop.cancel();
 }
@@ -140,7 +185,11 @@ async fn wrong_key_is_detected_before_the_body_is_downloaded() {
     assert!(matches!(err, FetchError::WrongKey { .. }), "{err}");
     assert!(err.to_string().contains("does not open"), "{err}");
     // Only block 0 and the last block went over the wire, not the 5 MB body.
-    let sent = s.node.stats().uploaded_bytes.load(std::sync::atomic::Ordering::Relaxed);
+    let sent = s
+        .node
+        .stats()
+        .uploaded_bytes
+        .load(std::sync::atomic::Ordering::Relaxed);
     assert!(sent < 3 * 65_536, "seeder sent {sent} bytes");
     assert!(!out.exists());
     stop.cancel();
@@ -152,9 +201,16 @@ async fn unreachable_and_unknown_blob_errors_list_what_was_tried() {
     let stop = CancellationToken::new();
     let s = seeder(dir.path(), 1000, Config::loopback(), &stop).await;
     // A port nobody listens on (bind, learn the port, close).
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let mut link = s.link.clone();
-    link.peers = vec![format!("/ip4/127.0.0.1/tcp/{port}/p2p/{}", s.node.peer_id())];
+    link.peers = vec![format!(
+        "/ip4/127.0.0.1/tcp/{port}/p2p/{}",
+        s.node.peer_id()
+    )];
     let err = get(&link, &dir.path().join("a")).await.unwrap_err();
     assert!(matches!(err, FetchError::Unreachable { .. }), "{err}");
     assert!(err.to_string().contains(&format!("tcp/{port}")), "{err}");
@@ -162,8 +218,14 @@ async fn unreachable_and_unknown_blob_errors_list_what_was_tried() {
     // A reachable peer that does not have the blob.
     let other = testing::node(Config::loopback(), Arc::new(Store::in_memory()), &stop);
     link.peers = vec![testing::addr(&other, "tcp").await.to_string()];
-    let err = get(&link, &dir.path().join("b")).await.unwrap_err().to_string();
-    assert!(err.contains("NotFound") && err.contains(&other.peer_id().to_string()), "{err}");
+    let err = get(&link, &dir.path().join("b"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("NotFound") && err.contains(&other.peer_id().to_string()),
+        "{err}"
+    );
 
     // No peer at all.
     link.peers.clear();
@@ -177,13 +239,23 @@ async fn interrupted_fetch_resumes_without_refetching_and_keeps_output_absent() 
     let dir = tempfile::tempdir().unwrap();
     let stop = CancellationToken::new();
     // 8 MB at 4 MB/s: about two seconds, so there is time to interrupt.
-    let s = seeder(dir.path(), 8_000_000, Config::loopback().with_upload_limit(Some(4_000_000)), &stop).await;
+    let s = seeder(
+        dir.path(),
+        8_000_000,
+        Config::loopback().with_upload_limit(Some(4_000_000)),
+        &stop,
+    )
+    .await;
     let mut link = s.link.clone();
     link.peers = vec![testing::addr(&s.node, "tcp").await.to_string()];
     let out = dir.path().join("got.bin");
 
     let getter_stop = CancellationToken::new();
-    let getter = testing::node(Config::loopback(), Arc::new(Store::in_memory()), &getter_stop);
+    let getter = testing::node(
+        Config::loopback(),
+        Arc::new(Store::in_memory()),
+        &getter_stop,
+    );
     let (tx, mut rx) = watch::channel(Progress::default());
     let run = tokio::spawn({
         let link = link.clone();
@@ -191,11 +263,17 @@ async fn interrupted_fetch_resumes_without_refetching_and_keeps_output_absent() 
         async move { fetch(&getter, &link, FetchOptions::new(Output::File(out)), tx).await }
     });
     // Interrupt once a good part is verified (two checkpoints' worth of wall time).
-    timeout(LIMIT, rx.wait_for(|p| p.done_blocks >= 40)).await.unwrap().unwrap();
+    timeout(LIMIT, rx.wait_for(|p| p.done_blocks >= 40))
+        .await
+        .unwrap()
+        .unwrap();
     run.abort();
     let _ = run.await;
     getter_stop.cancel();
-    assert!(!out.exists(), "a partial file must never appear under the final name");
+    assert!(
+        !out.exists(),
+        "a partial file must never appear under the final name"
+    );
 
     // Wait for the aborted run's writer to release the state (it checkpoints on exit).
     let state = dir.path().join(format!(".shoal-{}.state", link.id));
@@ -229,7 +307,11 @@ async fn existing_output_is_not_clobbered_and_bad_size_hint_is_refused() {
 
     // A link whose size hint disagrees with the blob: no peer's answer verifies.
     let mut wrong = link.clone();
-    wrong.blob_len = Some(shoal_protocol::format::Layout::for_file(100_001).unwrap().blob_len());
+    wrong.blob_len = Some(
+        shoal_protocol::format::Layout::for_file(100_001)
+            .unwrap()
+            .blob_len(),
+    );
     let out2 = dir.path().join("b.bin");
     let err = get(&wrong, &out2).await.unwrap_err().to_string();
     assert!(err.contains("size"), "{err}");

@@ -1,0 +1,118 @@
+//! `shoal get LINK`: fetch, verify, decrypt; resumable.
+
+use std::{path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use libp2p::Multiaddr;
+use shoal_node::{
+    CancellationToken, Config, Node, Store,
+    fetch::{self, FetchOptions, Output, Progress},
+};
+use shoal_protocol::{Link, format::SEGMENT_PLAINTEXT_LEN};
+use tokio::sync::watch;
+
+use crate::ui;
+
+/// Fetch a link's file.
+#[derive(clap::Args, Debug)]
+pub(crate) struct Args {
+    /// The share link (quote it: it contains '#' and '&').
+    link: String,
+    /// Output file, or an existing directory to save under the file's own name
+    /// [default: the current directory].
+    #[arg(short, long, value_name = "PATH")]
+    output: Option<PathBuf>,
+    /// Another peer to fetch from (multiaddr ending in /p2p/PEER_ID); repeatable.
+    #[arg(long, value_name = "MULTIADDR")]
+    peer: Vec<Multiaddr>,
+    /// Replace the output file if it already exists.
+    #[arg(long)]
+    force: bool,
+    /// Print the result as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+pub(crate) fn run(args: &Args, data_dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let link = Link::parse(&args.link).context("the link is malformed")?;
+    // A downloader needs no stable identity: an ephemeral one lets `share` and `get` run
+    // side by side on one machine with the same data directory. (`--data-dir` is accepted
+    // for symmetry and for future seeding after download.)
+    let _ = data_dir;
+    let keypair = libp2p::identity::Keypair::generate_ed25519();
+    let output = match &args.output {
+        None => Output::Dir(PathBuf::from(".")),
+        Some(p) if p.is_dir() => Output::Dir(p.clone()),
+        Some(p) => Output::File(p.clone()),
+    };
+    let mut opts = FetchOptions::new(output);
+    opts.peers.clone_from(&args.peer);
+    opts.overwrite = args.force;
+    let rt = ui::runtime()?;
+    rt.block_on(async {
+        let stop = CancellationToken::new();
+        // A downloader only dials out; it listens on loopback so it costs nothing to expose.
+        let node = Node::start(Config::loopback(), keypair, Arc::new(Store::in_memory()), stop.clone())?;
+        let (tx, rx) = watch::channel(Progress::default());
+        let bar_task = tokio::spawn(show_progress(rx, args.json));
+        let result = tokio::select! {
+            r = fetch::fetch(&node, &link, opts, tx) => r,
+            _ = tokio::signal::ctrl_c() => {
+                eprintln!("\ninterrupted; verified blocks are kept: run the same command again to resume");
+                return Ok(ExitCode::from(130));
+            }
+        };
+        let _ = bar_task.await;
+        stop.cancel();
+        let done = result?;
+        let len = done.metadata.file_len;
+        let fetched_bytes = (done.fetched_blocks * SEGMENT_PLAINTEXT_LEN as u64).min(len);
+        if args.json {
+            let v = serde_json::json!({
+                "path": done.path,
+                "file_len": len,
+                "name": done.metadata.name,
+                "media_type": done.metadata.media_type,
+                "seconds": done.elapsed.as_secs_f64(),
+                "mb_per_s": ui::mb_per_s(fetched_bytes, done.elapsed),
+                "fetched_blocks": done.fetched_blocks,
+                "resumed_blocks": done.resumed_blocks,
+                "banned_peers": done.banned.iter().map(|(p, w)| serde_json::json!({"peer": p.to_string(), "why": w})).collect::<Vec<_>>(),
+            });
+            ui::print_line(&v.to_string())?;
+        } else {
+            for (p, w) in &done.banned {
+                eprintln!("dropped peer {p}: {w}");
+            }
+            eprintln!(
+                "verified and decrypted {} in {:.2} s ({:.0} MB/s){}",
+                ui::size(len),
+                done.elapsed.as_secs_f64(),
+                ui::mb_per_s(fetched_bytes, done.elapsed),
+                if done.resumed_blocks > 0 { format!(", resumed {} blocks", done.resumed_blocks) } else { String::new() }
+            );
+            ui::print_line(&done.path.display().to_string())?;
+        }
+        anyhow::Ok(ExitCode::SUCCESS)
+    })
+}
+
+async fn show_progress(mut rx: watch::Receiver<Progress>, quiet: bool) {
+    let mut bar = None;
+    loop {
+        let p = rx.borrow_and_update().clone();
+        if let Some(len) = p.file_len {
+            let b = bar.get_or_insert_with(|| ui::bytes_bar(len, "fetching", quiet));
+            let done = (p.done_blocks * SEGMENT_PLAINTEXT_LEN as u64).min(len);
+            b.set_position(done);
+            b.set_message(format!("{} peer(s)", p.peers));
+        }
+        let changed = tokio::time::timeout(Duration::from_millis(250), rx.changed()).await;
+        if matches!(changed, Ok(Err(_))) {
+            break;
+        }
+    }
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+}

@@ -1,0 +1,32 @@
+//! One module per subcommand: `Args` (clap) and `run`.
+
+pub(crate) mod crypt;
+pub(crate) mod demo;
+pub(crate) mod get;
+pub(crate) mod inspect;
+pub(crate) mod share;
+
+use libp2p::{Multiaddr, multiaddr::Protocol};
+
+/// Peer hints for a link: the node's concrete listen addresses with `/p2p/<id>`, routable
+/// ones first, at most `max`.
+pub(crate) fn peer_hints(addrs: &[Multiaddr], peer: libp2p::PeerId, max: usize) -> Vec<String> {
+    let is_loopback = |a: &Multiaddr| {
+        a.iter().any(|p| {
+            matches!(p, Protocol::Ip4(ip) if ip.is_loopback())
+                || matches!(p, Protocol::Ip6(ip) if ip.is_loopback())
+        })
+    };
+    let is_unspecified = |a: &Multiaddr| {
+        a.iter().any(|p| {
+            matches!(p, Protocol::Ip4(ip) if ip.is_unspecified())
+                || matches!(p, Protocol::Ip6(ip) if ip.is_unspecified())
+        })
+    };
+    let mut v: Vec<&Multiaddr> = addrs.iter().filter(|a| !is_unspecified(a)).collect();
+    v.sort_by_key(|a| is_loopback(a));
+    v.into_iter()
+        .take(max)
+        .map(|a| format!("{a}/p2p/{peer}"))
+        .collect()
+}

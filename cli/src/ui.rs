@@ -1,0 +1,105 @@
+//! Terminal helpers: logging, progress bars, sizes, the data directory, link warnings.
+
+use std::{
+    io::{IsTerminal, Write},
+    path::PathBuf,
+    time::Duration,
+};
+
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+/// Installs the stderr log subscriber. Default level `warn`; `-v` info, `-vv` debug.
+pub(crate) fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+/// The data directory: `--data-dir`, `$SHOAL_DATA_DIR`, or the platform default
+/// (`$XDG_DATA_HOME/shoal`, `~/.local/share/shoal`).
+pub(crate) fn data_dir(flag: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    if let Some(d) = flag {
+        return Ok(d);
+    }
+    directories::ProjectDirs::from("", "", "shoal")
+        .map(|p| p.data_dir().to_owned())
+        .context("cannot find a home directory for shoal's data; pass --data-dir DIR")
+}
+
+/// A byte-count progress bar on stderr, hidden when stderr is not a terminal or `quiet`.
+pub(crate) fn bytes_bar(len: u64, what: &str, quiet: bool) -> ProgressBar {
+    let target = if quiet || !std::io::stderr().is_terminal() {
+        ProgressDrawTarget::hidden()
+    } else {
+        ProgressDrawTarget::stderr()
+    };
+    let bar = ProgressBar::with_draw_target(Some(len), target);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{prefix:>10} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta} {msg}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    bar.set_prefix(what.to_owned());
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar
+}
+
+/// Parses sizes like `64MiB`, `1GiB`, `4MB`, `1000`.
+pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
+    s.trim()
+        .parse::<bytesize::ByteSize>()
+        .map(|b| b.as_u64())
+        .map_err(|e| format!("{s:?} is not a size like 64MiB, 4MB or 1000 ({e})"))
+}
+
+/// Human-readable size.
+pub(crate) fn size(n: u64) -> String {
+    bytesize::ByteSize::b(n).display().iec().to_string()
+}
+
+/// MB/s (10^6 bytes per second), the unit the benchmarks use.
+pub(crate) fn mb_per_s(bytes: u64, d: Duration) -> f64 {
+    bytes as f64 / d.as_secs_f64().max(1e-9) / 1e6
+}
+
+/// Warns on stderr, before a link is shown, that it carries the key.
+pub(crate) fn warn_secret_link() {
+    eprintln!(
+        "note: the link carries the decryption key after '#'. Anyone who sees it can read the file;"
+    );
+    eprintln!("      share it only with the people meant to have it (and mind shared screens).");
+}
+
+/// Prints one line to stdout and flushes (so scripts see the link at once).
+pub(crate) fn print_line(line: &str) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}")?;
+    out.flush()
+}
+
+/// A tokio runtime for the node. One worker thread measured faster than two on 2 cores
+/// (less cross-thread wake-up; see docs/benchmarks.md); blocking work has its own pool.
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+/// 32 bytes from the OS CSPRNG.
+pub(crate) fn os_random() -> [u8; 32] {
+    rand::random()
+}

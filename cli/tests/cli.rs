@@ -1,0 +1,330 @@
+//! The `shoal` binary as a user runs it: child processes on loopback, exit codes, kill -9 and
+//! resume, and the key never showing up where it must not.
+
+// Helpers outside #[test] fns: a panic there is a test failure, which is what we want.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::{
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+const SHOAL: &str = env!("CARGO_BIN_EXE_shoal");
+const LIMIT: Duration = Duration::from_secs(60);
+
+fn shoal(dir: &Path) -> Command {
+    let mut c = Command::new(SHOAL);
+    c.current_dir(dir)
+        .env("SHOAL_DATA_DIR", dir.join("data"))
+        .env_remove("RUST_LOG");
+    c
+}
+
+/// Runs a command to completion, reading its output as it comes (a full pipe would block
+/// it), and kills it if it outlives [`LIMIT`].
+fn run(cmd: &mut Command) -> Output {
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(LIMIT) {
+        Ok(out) => out.unwrap(),
+        Err(_) => {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            panic!("command timed out: {cmd:?}");
+        }
+    }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Kills the child on drop, so a failing test leaves no process behind.
+struct Guard(Child);
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `shoal share` and returns it with the link from its first stdout line. Its stderr
+/// is collected in the background (see [`Sharer::stderr`]).
+fn share(dir: &Path, file: &str, extra: &[&str]) -> (Guard, String) {
+    let (g, link, _) = share_logged(dir, file, extra);
+    (g, link)
+}
+
+type Log = std::sync::Arc<std::sync::Mutex<Vec<u8>>>;
+
+fn share_logged(dir: &Path, file: &str, extra: &[&str]) -> (Guard, String, Log) {
+    let mut child = shoal(dir)
+        .args(["share", file, "--listen", "/ip4/127.0.0.1/tcp/0"])
+        .args(extra)
+        .env("RUST_LOG", "debug")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let log = Log::default();
+    let sink = log.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 8192];
+        while let Ok(n @ 1..) = std::io::Read::read(&mut stderr, &mut buf) {
+            sink.lock().unwrap().extend_from_slice(&buf[..n]);
+        }
+    });
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx.recv_timeout(LIMIT).expect("share prints its link");
+    (Guard(child), line.trim().to_owned(), log)
+}
+
+fn write_random(path: &Path, len: usize) -> Vec<u8> {
+    let mut x = 0x2545_f491_4f6c_dd1d_u64 ^ len as u64;
+    let data: Vec<u8> = (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    std::fs::write(path, &data).unwrap();
+    data
+}
+
+fn state_blocks(state: &Path) -> u32 {
+    std::fs::read(state).map_or(0, |b| {
+        b.get(49 + 1024..)
+            .map_or(0, |bits| bits.iter().map(|x| x.count_ones()).sum())
+    })
+}
+
+#[test]
+fn kill_9_mid_download_then_resume_completes_without_refetching() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = write_random(&dir.path().join("big.bin"), 12_000_000);
+    // Capped at 3 MB/s so the download is still running when it is killed.
+    let (_seeder, link) = share(dir.path(), "big.bin", &["--up-limit", "3MB"]);
+    let id = link
+        .trim_start_matches("shoal:")
+        .split('?')
+        .next()
+        .unwrap()
+        .to_owned();
+    let out = dir.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    let state = out.join(format!(".shoal-{id}.state"));
+
+    let getter = shoal(dir.path())
+        .args(["get", &link, "-o"])
+        .arg(&out)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut getter = Guard(getter);
+    let deadline = Instant::now() + LIMIT;
+    while state_blocks(&state) < 40 {
+        assert!(Instant::now() < deadline, "download made no progress");
+        assert!(
+            getter.0.try_wait().unwrap().is_none(),
+            "get exited before it was killed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    getter.0.kill().unwrap(); // SIGKILL on Unix: no cleanup runs
+    getter.0.wait().unwrap();
+    let kept = state_blocks(&state);
+    assert!(
+        !out.join("big.bin").exists(),
+        "a partial file appeared under the final name"
+    );
+
+    let o = run(shoal(dir.path())
+        .args(["get", &link, "--json", "-o"])
+        .arg(&out));
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(
+        v["resumed_blocks"].as_u64().unwrap() >= u64::from(kept),
+        "{v}"
+    );
+    assert_eq!(
+        v["resumed_blocks"].as_u64().unwrap() + v["fetched_blocks"].as_u64().unwrap(),
+        184,
+        "{v}"
+    );
+    assert_eq!(std::fs::read(out.join("big.bin")).unwrap(), data);
+    assert!(!state.exists() && !out.join(format!(".shoal-{id}.part")).exists());
+}
+
+#[test]
+fn the_key_never_reaches_logs_or_inspect() {
+    let dir = tempfile::tempdir().unwrap();
+    write_random(&dir.path().join("secret.txt"), 300_000);
+    let (mut seeder, link, share_log) = share_logged(dir.path(), "secret.txt", &[]);
+    let key = link.rsplit('#').next().unwrap().to_owned();
+    assert_eq!(key.len(), 52);
+    let o = run(shoal(dir.path())
+        .args(["-vv", "get", &link, "-o", "copy.txt"])
+        .env("RUST_LOG", "shoal_node=trace,shoal_protocol=trace,debug"));
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let inspect = run(shoal(dir.path()).args(["inspect", &link, "--json"]));
+    assert!(inspect.status.success());
+    let _ = seeder.0.kill();
+    let _ = seeder.0.wait();
+    let share_out = share_log.lock().unwrap().clone();
+    assert!(
+        text(&share_out).contains("serving"),
+        "share logged at debug level"
+    );
+    for (what, bytes) in [
+        ("get stdout", &o.stdout),
+        ("get stderr", &o.stderr),
+        ("inspect", &inspect.stdout),
+        ("share stderr", &share_out),
+    ] {
+        let t = text(bytes);
+        assert!(!t.contains(&key), "{what} contains the key:\n{t}");
+    }
+    // The node identity and share records stay on the sharer; the get side wrote no key.
+    for entry in walk(&dir.path().join("data")) {
+        if entry.ends_with("key") {
+            continue; // the sharer's own share record (mode 0600), by design
+        }
+        let bytes = std::fs::read(&entry).unwrap();
+        assert!(
+            !text(&bytes).contains(&key),
+            "{} contains the key",
+            entry.display()
+        );
+    }
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn encrypt_decrypt_and_their_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let data = write_random(&d.join("doc.pdf"), 200_001);
+    let o = run(shoal(d).args(["encrypt", "doc.pdf", "-o", "doc.blob", "--json"]));
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let link = v["link"].as_str().unwrap().to_owned();
+    let o = run(shoal(d).args(["decrypt", "doc.blob", &link, "-o", "back.pdf"]));
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(std::fs::read(d.join("back.pdf")).unwrap(), data);
+
+    // Existing output: refused, untouched (exit 6).
+    let o = run(shoal(d).args(["decrypt", "doc.blob", &link, "-o", "back.pdf"]));
+    assert_eq!(o.status.code(), Some(6), "{}", text(&o.stderr));
+    // Wrong key (exit 5), named as such.
+    let other = run(shoal(d).args(["encrypt", "doc.pdf", "-o", "other.blob", "--json"]));
+    let v: serde_json::Value = serde_json::from_slice(&other.stdout).unwrap();
+    let other_link = v["link"].as_str().unwrap();
+    let wrong = format!(
+        "{}#{}",
+        link.split('#').next().unwrap(),
+        other_link.rsplit('#').next().unwrap()
+    );
+    let o = run(shoal(d).args(["decrypt", "doc.blob", &wrong, "-o", "x.pdf"]));
+    assert_eq!(o.status.code(), Some(5));
+    assert!(
+        text(&o.stderr).contains("key does not open"),
+        "{}",
+        text(&o.stderr)
+    );
+    assert!(!d.join("x.pdf").exists());
+    // A flipped byte in the body: the blob id check refuses the output (exit 5).
+    let mut blob = std::fs::read(d.join("doc.blob")).unwrap();
+    let mid = blob.len() / 2;
+    blob[mid] ^= 1;
+    std::fs::write(d.join("bad.blob"), &blob).unwrap();
+    let o = run(shoal(d).args(["decrypt", "bad.blob", &link, "-o", "y.pdf"]));
+    assert_eq!(o.status.code(), Some(5), "{}", text(&o.stderr));
+    assert!(!d.join("y.pdf").exists());
+    // Truncated (exit 5).
+    blob.pop();
+    std::fs::write(d.join("short.blob"), &blob).unwrap();
+    let o = run(shoal(d).args(["decrypt", "short.blob", &link, "-o", "z.pdf"]));
+    assert_eq!(o.status.code(), Some(5));
+    assert!(text(&o.stderr).contains("truncated"), "{}", text(&o.stderr));
+    // Malformed links (exit 3) name the bad part.
+    for (bad, says) in [
+        ("shoal:abc#def", "blob id"),
+        ("http://x", "shoal:"),
+        (link.split('#').next().unwrap(), "no key"),
+    ] {
+        let o = run(shoal(d).args(["inspect", bad]));
+        assert_eq!(o.status.code(), Some(3), "{bad}");
+        assert!(text(&o.stderr).contains(says), "{bad}: {}", text(&o.stderr));
+    }
+}
+
+#[test]
+fn get_with_no_reachable_peer_lists_what_it_tried() {
+    let dir = tempfile::tempdir().unwrap();
+    write_random(&dir.path().join("f"), 1000);
+    let o = run(shoal(dir.path()).args(["encrypt", "f", "-o", "f.blob", "--json"]));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let peer = "12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN";
+    let o = run(shoal(dir.path()).args([
+        "get",
+        v["link"].as_str().unwrap(),
+        "--peer",
+        &format!("/ip4/127.0.0.1/tcp/{port}/p2p/{peer}"),
+    ]));
+    assert_eq!(o.status.code(), Some(4), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains(&format!("tcp/{port}")),
+        "{}",
+        text(&o.stderr)
+    );
+}
+
+#[test]
+fn demo_runs_and_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = run(shoal(dir.path()).args(["demo", "--size", "3MiB", "--json"]));
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["ok"], true);
+    assert_eq!(v["file_len"], 3 * 1024 * 1024);
+    assert!(v["fetch_mb_per_s"].as_f64().unwrap() > 0.0);
+}
