@@ -328,3 +328,44 @@ fn demo_runs_and_reports() {
     assert_eq!(v["file_len"], 3 * 1024 * 1024);
     assert!(v["fetch_mb_per_s"].as_f64().unwrap() > 0.0);
 }
+
+/// A write failure mid-download (here the file-size limit, which fails writes like a full
+/// disk does) stops with exit 6 and a message saying to rerun; the rerun resumes.
+#[cfg(unix)]
+#[test]
+fn write_failure_mid_download_keeps_verified_blocks_and_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = write_random(&dir.path().join("big.bin"), 12_000_000);
+    let (_seeder, link) = share(dir.path(), "big.bin", &[]);
+    let out = dir.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    // 6 MB file-size limit (POSIX sh counts 512-byte blocks; well past the 4 x 16 blocks in flight, so real progress
+    // precedes the failure); SIGXFSZ ignored (an ignored signal stays ignored across
+    // exec), so the write returns EFBIG instead of killing the process.
+    let o = run(Command::new("sh")
+        .current_dir(dir.path())
+        .env("SHOAL_DATA_DIR", dir.path().join("data"))
+        .args([
+            "-c",
+            r#"trap "" XFSZ; ulimit -f 12000; exec "$0" get "$1" -o "$2""#,
+            SHOAL,
+            &link,
+        ])
+        .arg(&out));
+    assert_eq!(o.status.code(), Some(6), "{}", text(&o.stderr));
+    let err = text(&o.stderr);
+    assert!(
+        err.contains("cannot write") && err.contains("run again to resume"),
+        "{err}"
+    );
+    assert!(!out.join("big.bin").exists());
+
+    let o = run(shoal(dir.path())
+        .args(["get", &link, "--json", "-o"])
+        .arg(&out));
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    // Everything written before the failure was checkpointed on the way out.
+    assert!(v["resumed_blocks"].as_u64().unwrap() >= 20, "{v}");
+    assert_eq!(std::fs::read(out.join("big.bin")).unwrap(), data);
+}

@@ -456,9 +456,8 @@ pub async fn fetch(
         .truncate(false)
         .open(&part_path)
         .map_err(disk(&part_path))?;
-    if part.metadata().map_err(disk(&part_path))?.len() != metadata.file_len {
-        part.set_len(metadata.file_len).map_err(disk(&part_path))?;
-    }
+    // Not preallocated: the file grows as blocks land, so a full disk shows up as a write
+    // error mid-run (verified blocks so far are kept) and sparse-hostile filesystems cope.
     if let Some(body) = seg0_body
         && !state.has(0)
     {
@@ -533,6 +532,16 @@ pub async fn fetch(
     if final_path.exists() && !overwrite {
         return Err(FetchError::OutputExists(final_path));
     }
+    let part = OpenOptions::new()
+        .write(true)
+        .open(&part_path)
+        .map_err(disk(&part_path))?;
+    if part.metadata().map_err(disk(&part_path))?.len() != metadata.file_len {
+        // Only an empty file (no block carries file bytes) or a stale longer part.
+        part.set_len(metadata.file_len).map_err(disk(&part_path))?;
+        part.sync_all().map_err(disk(&part_path))?;
+    }
+    drop(part);
     fs::rename(&part_path, &final_path).map_err(disk(&final_path))?;
     if let Ok(d) = File::open(&dir) {
         let _ = d.sync_all();
@@ -805,43 +814,51 @@ fn write_blocks(
         let path = path.to_owned();
         move |source| FetchError::Disk { path, source }
     };
-    let mut unsynced = 0u64;
+    // Blocks written since the last checkpoint: durable only after the next sync.
+    let mut pending: Vec<u64> = Vec::new();
     let mut last_checkpoint = Instant::now();
-    let checkpoint = |state: &State| -> Result<(), FetchError> {
+    let checkpoint = |state: &mut State, pending: &mut Vec<u64>| -> Result<(), FetchError> {
         part.sync_data().map_err(disk(part_path))?;
+        for p in pending.drain(..) {
+            state.set(p);
+        }
         state.save().map_err(disk(state_path))
     };
-    let mut pending: Vec<u64> = Vec::new();
+    let mut result = Ok(());
     while let Some(Verified { index, mut data }) = rx.blocking_recv() {
         let i = u64::from(index.0);
         if state.has(i) || pending.contains(&i) {
             continue;
         }
-        let range = opener
-            .open_segment(i, &mut data)
-            .map_err(|_| FetchError::Undecryptable {
+        let Ok(range) = opener.open_segment(i, &mut data) else {
+            result = Err(FetchError::Undecryptable {
                 id: state.id,
                 block: index,
-            })?;
+            });
+            break;
+        };
         let (file_off, _) = opener.layout().file_offset(i);
-        write_all_at(part, &data[range], file_off).map_err(disk(part_path))?;
+        if let Err(e) = write_all_at(part, &data[range], file_off) {
+            result = Err(disk(part_path)(e));
+            break;
+        }
         pending.push(i);
-        unsynced += 1;
-        if unsynced >= CHECKPOINT_BLOCKS || last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL {
-            part.sync_data().map_err(disk(part_path))?;
-            for p in pending.drain(..) {
-                state.set(p);
+        if pending.len() as u64 >= CHECKPOINT_BLOCKS
+            || last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL
+        {
+            if let Err(e) = checkpoint(&mut state, &mut pending) {
+                result = Err(e);
+                break;
             }
-            state.save().map_err(disk(state_path))?;
-            unsynced = 0;
             last_checkpoint = Instant::now();
         }
         progress.send_modify(|p| p.done_blocks += 1);
     }
-    for p in pending.drain(..) {
-        state.set(p);
-    }
-    checkpoint(&state)?;
+    // Keep every block that was written before a failure: nothing verified is lost. If this
+    // checkpoint fails too (the disk is really full), the first error is the one to report.
+    let saved = checkpoint(&mut state, &mut pending);
+    result?;
+    saved?;
     Ok(state)
 }
 
