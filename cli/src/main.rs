@@ -5,6 +5,12 @@ use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 
+/// mimalloc instead of glibc malloc: per-block 64 KiB buffers made glibc return and re-fault
+/// pages constantly (page faults were a visible share of a transfer's CPU; see
+/// docs/benchmarks.md for the before/after).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod cmd;
 mod exit;
 mod ui;

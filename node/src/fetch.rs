@@ -76,7 +76,7 @@ impl FetchOptions {
             output,
             peers: Vec::new(),
             requests_per_peer: 4,
-            blocks_per_request: 16,
+            blocks_per_request: 64,
             overwrite: false,
         }
     }
@@ -386,7 +386,8 @@ pub async fn fetch(
                     break;
                 }
                 Err(RequestError::Lied(w)) => {
-                    warn!(peer = %peer, blob = %id, why = %w, "peer sent bad data; dropped");
+                    warn!(peer = %peer, blob = %id, why = %w, "peer sent bad data; disconnected");
+                    node.disconnect(peer).await;
                     banned.push((peer, w));
                 }
                 Err(e) => why.push(format!("{peer}: {e}")),
@@ -513,7 +514,7 @@ pub async fn fetch(
         match result {
             PeerEnd::Done => {}
             PeerEnd::Lied(w) => {
-                warn!(peer = %peer, blob = %id, why = %w, "peer sent bad data; dropped");
+                warn!(peer = %peer, blob = %id, why = %w, "peer sent bad data; disconnected");
                 banned.push((*peer, w));
             }
             PeerEnd::GaveUp(w) => why.push(format!("{peer}: {w}")),
@@ -749,6 +750,7 @@ async fn peer_worker(shared: Arc<Shared>, peer: PeerId, stop: Arc<Mutex<Option<P
             Err(RequestError::Lied(w)) => {
                 *stop.lock().expect("poisoned") = Some(PeerEnd::Lied(w));
                 shared.changed.notify_waiters();
+                shared.node.disconnect(peer).await;
                 return;
             }
             Err(RequestError::Status(ResponseHeader::Busy)) if failures < PEER_RETRIES => {

@@ -38,6 +38,7 @@
 pub mod config;
 pub mod fetch;
 pub mod identity;
+mod muxer;
 mod node;
 mod rate;
 pub mod seal;

@@ -18,10 +18,11 @@ use libp2p::{
     identity::Keypair,
     noise, ping,
     swarm::{ConnectionId, NetworkBehaviour, SwarmEvent, dial_opts::DialOpts},
-    tcp, yamux,
+    tcp,
 };
 use shoal_protocol::{
-    blob::{EncodeItem, RangeEncoder, block_count},
+    blob::{EncodeItem, PARENT_LEN, RangeEncoder, block_count},
+    format::SEGMENT_LEN,
     wire::{BLOB_PROTOCOL, BlobRequest, ResponseHeader},
 };
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
@@ -65,6 +66,9 @@ enum Command {
     Dial {
         addr: Multiaddr,
         reply: oneshot::Sender<Result<PeerId, String>>,
+    },
+    Disconnect {
+        peer: PeerId,
     },
 }
 
@@ -140,7 +144,7 @@ impl Node {
             .with_tcp(
                 tcp::Config::default().nodelay(true),
                 noise::Config::new,
-                yamux::Config::default,
+                crate::muxer::Config::new,
             )
             .map_err(|e| StartError::Transport(e.into()))?
             .with_quic()
@@ -251,6 +255,12 @@ impl Node {
         }
     }
 
+    /// Closes every connection to `peer` (used when it sent data that does not verify).
+    /// Best effort: does nothing if the node is shutting down.
+    pub async fn disconnect(&self, peer: PeerId) {
+        let _ = self.inner.commands.send(Command::Disconnect { peer }).await;
+    }
+
     /// Stops the node's tasks.
     pub fn shutdown(&self) {
         self.inner.shutdown.cancel();
@@ -271,6 +281,9 @@ async fn event_loop(
             () = shutdown.cancelled() => break,
             cmd = commands.recv() => match cmd {
                 None => break,
+                Some(Command::Disconnect { peer }) => {
+                    let _ = swarm.disconnect_peer_id(peer);
+                }
                 Some(Command::Dial { addr, reply }) => {
                     let opts = dial_opts(&addr);
                     let id = opts.connection_id();
@@ -401,17 +414,11 @@ async fn serve(
     let corrupt = inner.config.corrupt_uploads;
     #[cfg(not(feature = "test-utils"))]
     let corrupt = false;
-    let producer = tokio::task::spawn_blocking(move || produce(&source, &req, corrupt, &tx));
-    let mut header = ResponseHeader::Ok { blob_len }.encode();
-    let mut first = true;
+    let header = ResponseHeader::Ok { blob_len }.encode();
+    let producer =
+        tokio::task::spawn_blocking(move || produce(&source, &req, header, corrupt, &tx));
     while let Some(chunk) = rx.recv().await {
-        let mut chunk = chunk?;
-        if first {
-            // Send the status with the first chunk: one frame instead of two.
-            header.append(&mut chunk);
-            chunk = std::mem::take(&mut header);
-            first = false;
-        }
+        let chunk = chunk?;
         if let Some(l) = limiter {
             l.acquire(chunk.len() as u64).await;
         }
@@ -430,6 +437,7 @@ async fn serve(
 fn produce(
     source: &Source,
     req: &BlobRequest,
+    header: Vec<u8>,
     corrupt: bool,
     tx: &mpsc::Sender<std::io::Result<Vec<u8>>>,
 ) {
@@ -441,13 +449,15 @@ fn produce(
             return;
         }
     };
-    let mut pending = Vec::new();
-    let mut block = Vec::new();
+    // One buffer per chunk sent: parents, then the block appended in place. The status
+    // header goes in front of the first chunk (one frame instead of two).
+    let mut pending = header;
     for item in RangeEncoder::new(source.outboard(), &req.ranges) {
         match item {
             EncodeItem::Parent(pair) => pending.extend_from_slice(pair),
             EncodeItem::Block { index, .. } => {
-                if let Err(e) = source.read_block(&file, index, &mut block) {
+                let start = pending.len();
+                if let Err(e) = source.read_block(&file, index, &mut pending) {
                     // Logged once here (an operator must act); the peer just sees the
                     // stream end and goes elsewhere.
                     warn!(blob = %source.id(), block = %index, error = %e, "cannot serve block");
@@ -455,11 +465,14 @@ fn produce(
                     return;
                 }
                 if corrupt {
-                    let mid = block.len() / 2;
-                    block[mid] ^= 0x01;
+                    let mid = start + (pending.len() - start) / 2;
+                    pending[mid] ^= 0x01;
                 }
-                pending.extend_from_slice(&block);
-                if tx.blocking_send(Ok(std::mem::take(&mut pending))).is_err() {
+                let next = Vec::with_capacity(SEGMENT_LEN + 16 * PARENT_LEN);
+                if tx
+                    .blocking_send(Ok(std::mem::replace(&mut pending, next)))
+                    .is_err()
+                {
                     return; // the requester went away
                 }
             }

@@ -110,8 +110,9 @@ impl Source {
         &self.outboard
     }
 
-    /// Produces block `index` into `out` (cleared first), verified against the outboard.
-    /// Blocking: call from a blocking thread.
+    /// Appends block `index` to `out` (which may already hold parent hashes to send before
+    /// it), verified against the outboard; the bytes are read and sealed in place, without
+    /// intermediate copies. Blocking: call from a blocking thread.
     ///
     /// # Errors
     /// If the backing file cannot be read or no longer matches the blob.
@@ -131,27 +132,29 @@ impl Source {
             path: path.display().to_string(),
             source,
         };
+        let start = out.len();
+        out.resize(start + len, 0);
+        let block = &mut out[start..];
         match &self.origin {
-            Origin::Cipher { .. } => {
-                out.resize(len, 0);
-                read_exact_at(file, out, index.offset()).map_err(io_err)?;
-            }
+            Origin::Cipher { .. } => read_exact_at(file, block, index.offset()).map_err(io_err)?,
             Origin::Plain { sealer, .. } => {
                 let seg = u64::from(index.0);
                 let (file_off, _) = sealer.layout().file_offset(seg);
-                let mut plain = vec![0u8; sealer.file_bytes_in(seg)];
-                read_exact_at(file, &mut plain, file_off).map_err(|e| {
-                    if e.kind() == io::ErrorKind::UnexpectedEof {
-                        self.changed(index)
-                    } else {
-                        io_err(e)
-                    }
-                })?;
-                sealer.seal_segment(seg, &plain, out);
+                read_exact_at(file, &mut block[sealer.file_range_in(seg)], file_off).map_err(
+                    |e| {
+                        if e.kind() == io::ErrorKind::UnexpectedEof {
+                            self.changed(index)
+                        } else {
+                            io_err(e)
+                        }
+                    },
+                )?;
+                sealer.seal_in_place(seg, block);
             }
         }
         let single = block_count(blob_len) == 1;
-        if self.outboard.expected_block_hash(index) != Some(block_hash(index, out, single)) {
+        if self.outboard.expected_block_hash(index) != Some(block_hash(index, block, single)) {
+            out.truncate(start);
             return Err(self.changed(index));
         }
         Ok(())
@@ -515,6 +518,7 @@ mod tests {
         let f = File::open(&path).unwrap();
         let mut out = Vec::new();
         for i in 0..block_count(src.outboard().blob_len()) as u32 {
+            out.clear();
             src.read_block(&f, BlockIndex(i), &mut out).unwrap();
         }
         // Same file, unchanged: the share (and link) is reused without re-sealing.
@@ -529,8 +533,10 @@ mod tests {
         edited[100_000] ^= 1;
         fs::write(&path, &edited).unwrap();
         let f = File::open(&path).unwrap();
+        out.clear();
         let err = src.read_block(&f, BlockIndex(1), &mut out).unwrap_err();
         assert!(matches!(err, ReadBlockError::Changed { .. }), "{err}");
+        assert!(out.is_empty(), "a refused block leaves nothing behind");
         src.read_block(&f, BlockIndex(0), &mut out).unwrap();
     }
 }

@@ -150,7 +150,25 @@ async fn lying_peer_is_dropped_and_download_completes_from_the_honest_one() {
         testing::addr(&honest.node, "tcp").await.to_string(),
     ];
     let out = dir.path().join("got.bin");
-    let done = get(&link, &out).await.unwrap();
+    // A getter that stays up after the fetch, to see which connections it keeps.
+    let getter_stop = CancellationToken::new();
+    let getter = testing::node(
+        Config::loopback(),
+        Arc::new(Store::in_memory()),
+        &getter_stop,
+    );
+    let done = timeout(
+        LIMIT,
+        fetch(
+            &getter,
+            &link,
+            FetchOptions::new(Output::File(out.clone())),
+            progress(),
+        ),
+    )
+    .await
+    .unwrap()
+    .unwrap();
     assert_eq!(std::fs::read(&out).unwrap(), honest.data);
     assert_eq!(done.banned.len(), 1, "{:?}", done.banned);
     assert_eq!(done.banned[0].0, liar.peer_id());
@@ -159,6 +177,21 @@ async fn lying_peer_is_dropped_and_download_completes_from_the_honest_one() {
         "{}",
         done.banned[0].1
     );
+    // The liar is disconnected; the honest peer's connection stays (idle timeout is 60 s).
+    let connected = |n: &shoal_node::Node| {
+        n.stats()
+            .connected_peers
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    timeout(LIMIT, async {
+        while connected(&liar) > 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the lying peer is disconnected");
+    assert_eq!(connected(&honest.node), 1);
+    getter_stop.cancel();
 
     // With only the liar, the fetch fails, says why, and leaves no output file.
     link.peers.truncate(1);

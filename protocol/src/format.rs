@@ -601,6 +601,31 @@ impl Sealer {
             .seal_in_place(index, self.layout.is_final(index), out);
     }
 
+    /// Seals segment `index` in place, for callers that read the file bytes straight into
+    /// their own buffer (no copy). `buf` must be exactly `layout().segment_len(index)` bytes
+    /// with the file bytes at [`Sealer::file_range_in`]; this fills in the header part
+    /// (segment 0 only), encrypts, and writes the tag.
+    ///
+    /// # Panics
+    /// If `buf` has the wrong length for the segment: a caller bug.
+    pub fn seal_in_place(&self, index: u64, buf: &mut [u8]) {
+        assert_eq!(
+            buf.len(),
+            self.layout.segment_len(index),
+            "wrong buffer for segment"
+        );
+        let (_, header_bytes) = self.layout.file_offset(index);
+        buf[..header_bytes].copy_from_slice(&self.header[HEADER_LEN - header_bytes..]);
+        self.cipher
+            .seal_in_place(index, self.layout.is_final(index), buf);
+    }
+
+    /// Where the file bytes go in a segment buffer for [`Sealer::seal_in_place`].
+    pub const fn file_range_in(&self, index: u64) -> std::ops::Range<usize> {
+        let (_, header_bytes) = self.layout.file_offset(index);
+        header_bytes..header_bytes + self.file_bytes_in(index)
+    }
+
     /// How many file bytes segment `index` carries.
     pub const fn file_bytes_in(&self, index: u64) -> usize {
         let (_, header_bytes) = self.layout.file_offset(index);
@@ -876,6 +901,28 @@ mod tests {
             Header::decode(&b, &k),
             Err(HeaderError::UnsupportedVersion(2))
         );
+    }
+
+    #[test]
+    fn seal_in_place_matches_seal_segment() {
+        let meta = Metadata {
+            name: "x".into(),
+            file_len: 200_000,
+            media_type: String::new(),
+        };
+        let sealer = Sealer::new(&key(4), 0, meta).unwrap();
+        let file: Vec<u8> = (0..200_000u32).map(|i| i as u8).collect();
+        let mut off = 0;
+        for i in 0..sealer.layout().segments() {
+            let n = sealer.file_bytes_in(i);
+            let mut a = Vec::new();
+            sealer.seal_segment(i, &file[off..off + n], &mut a);
+            let mut b = vec![0u8; sealer.layout().segment_len(i)];
+            b[sealer.file_range_in(i)].copy_from_slice(&file[off..off + n]);
+            sealer.seal_in_place(i, &mut b);
+            assert_eq!(a, b, "segment {i}");
+            off += n;
+        }
     }
 
     #[test]
