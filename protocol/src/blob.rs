@@ -373,12 +373,17 @@ impl BlockRange {
     }
 }
 
-/// Block ranges as bao chunk ranges, truncated to the blob so that a range covering the
-/// last, partial block selects the whole block (bao-tree would otherwise descend into it).
+/// Block ranges as bao chunk ranges, clamped to the blob's blocks (a range past the end
+/// selects nothing; bao-tree would otherwise pick the tail chunk and descend into the last
+/// block), with a range that reaches the last block open-ended so that the whole (possibly
+/// partial) last block is selected.
 fn block_ranges_to_chunks(ranges: &[BlockRange], blob_len: u64) -> ChunkRanges {
     let blocks = block_count(blob_len);
     let mut out = ChunkRanges::empty();
     for r in ranges {
+        if u64::from(r.start) >= blocks || r.is_empty() {
+            continue;
+        }
         let start = ChunkNum(u64::from(r.start) * CHUNKS_PER_BLOCK);
         out |= if u64::from(r.end) >= blocks {
             ChunkRanges::from(start..)
@@ -525,14 +530,14 @@ impl RangeDecoder {
 
     fn advance(&mut self) {
         let t = tree(self.blob_len);
-        self.pending = loop {
-            match self.iter.next() {
-                Some(BaoChunk::Parent { node, .. }) if t.pre_order_offset(node).is_none() => {
-                    // Not on the wire with 64 KiB groups (see RangeEncoder).
-                    debug_assert!(false, "ResponseIter yielded a sub-block parent");
-                }
-                other => break other,
+        self.pending = match self.iter.next() {
+            Some(BaoChunk::Parent { node, .. }) if t.pre_order_offset(node).is_none() => {
+                // Never on the wire with 64 KiB groups and clamped ranges (see
+                // `block_ranges_to_chunks`); fail closed rather than mis-parse.
+                self.failed = true;
+                None
             }
+            other => other,
         };
     }
 
@@ -726,6 +731,27 @@ mod tests {
             wire[i] ^= 1 << bit;
             prop_assert!(decode(ob.id(), len as u64, &ranges, &wire).is_err());
         }
+    }
+
+    /// Found by fuzzing (fuzz/corpus/range_decoder/past-end-regression): a range past the
+    /// end of a one-block blob made bao-tree descend into the block and the decoder panic.
+    #[test]
+    fn ranges_past_the_end_select_nothing() {
+        let blob = blob_of(1056);
+        let ob = outboard_of(&blob);
+        let past = [BlockRange { start: 1, end: 2 }];
+        assert_eq!(RangeEncoder::new(&ob, &past).count(), 0);
+        let d = RangeDecoder::new(ob.id(), 1056, &past);
+        assert_eq!(d.need(), Need::Done);
+        let mixed = [
+            BlockRange { start: 0, end: 1 },
+            BlockRange { start: 5, end: 9 },
+        ];
+        let wire = encode(&ob, &blob, &mixed);
+        assert_eq!(
+            decode(ob.id(), 1056, &mixed, &wire).unwrap(),
+            vec![BlockIndex(0)]
+        );
     }
 
     #[test]
