@@ -48,7 +48,9 @@ fn code_of(e: &anyhow::Error) -> u8 {
                 FetchError::WrongKey { .. }
                 | FetchError::BadBlob { .. }
                 | FetchError::Undecryptable { .. } => INTEGRITY,
-                FetchError::OutputExists(_) | FetchError::Disk { .. } => LOCAL,
+                FetchError::OutputExists(_) | FetchError::Disk { .. } | FetchError::InUse(_) => {
+                    LOCAL
+                }
                 _ => OTHER,
             };
         }

@@ -339,7 +339,8 @@ fn write_failure_mid_download_keeps_verified_blocks_and_resumes() {
     let (_seeder, link) = share(dir.path(), "big.bin", &[]);
     let out = dir.path().join("out");
     std::fs::create_dir(&out).unwrap();
-    // 20 MB file-size limit (POSIX sh counts 512-byte blocks; past the 4 x 64 blocks in flight, so real progress
+    // 20 MB file-size limit, blocks in file order (POSIX sh counts 512-byte blocks; past
+    // the 4 x 64 blocks in flight, so real progress
     // precedes the failure); SIGXFSZ ignored (an ignored signal stays ignored across
     // exec), so the write returns EFBIG instead of killing the process.
     let o = run(Command::new("sh")
@@ -347,7 +348,7 @@ fn write_failure_mid_download_keeps_verified_blocks_and_resumes() {
         .env("SHOAL_DATA_DIR", dir.path().join("data"))
         .args([
             "-c",
-            r#"trap "" XFSZ; ulimit -f 40000; exec "$0" get "$1" -o "$2""#,
+            r#"trap "" XFSZ; ulimit -f 40000; exec "$0" get --sequential "$1" -o "$2""#,
             SHOAL,
             &link,
         ])
@@ -368,4 +369,18 @@ fn write_failure_mid_download_keeps_verified_blocks_and_resumes() {
     // Everything written before the failure was checkpointed on the way out.
     assert!(v["resumed_blocks"].as_u64().unwrap() >= 40, "{v}");
     assert_eq!(std::fs::read(out.join("big.bin")).unwrap(), data);
+}
+
+#[test]
+fn unwritable_output_is_a_local_error_naming_the_path() {
+    let dir = tempfile::tempdir().unwrap();
+    write_random(&dir.path().join("f.bin"), 10_000);
+    let (_seeder, link) = share(dir.path(), "f.bin", &[]);
+    let o = run(shoal(dir.path()).args(["get", &link, "-o", "no/such/dir/f.bin"]));
+    assert_eq!(o.status.code(), Some(6), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("no/such/dir"),
+        "{}",
+        text(&o.stderr)
+    );
 }

@@ -11,11 +11,10 @@
 //! again. The part file is renamed to its final name only when every block is in.
 
 use std::{
-    collections::VecDeque,
+    collections::HashMap,
     fs::{self, File, OpenOptions},
     io,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -25,9 +24,10 @@ use shoal_protocol::{
     BlobId, Link,
     blob::{BlockIndex, Need, PARENT_LEN, RangeDecoder, VerifyError, block_count},
     format::{HEADER_LEN, Layout, Metadata, OpenBlobError, Opener},
+    schedule::{self, Action, Failure, Mode, RequestId, Scheduler},
     wire::{BlobRequest, ResponseHeader},
 };
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use crate::{
@@ -39,11 +39,11 @@ use crate::{
 pub const CHECKPOINT_BLOCKS: u64 = 256;
 /// Longest time between checkpoints while blocks arrive.
 pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
+/// Progress is published every this many blocks (1 MiB).
+const PROGRESS_EVERY: u64 = 16;
 /// Verified blocks queued for the writer (64 KiB each): bounds memory.
 const WRITE_QUEUE: usize = 32;
 const STATE_MAGIC: &[u8; 8] = b"SHOALDL1";
-/// Attempts per peer after transient failures (timeouts, resets, busy) before giving up on it.
-const PEER_RETRIES: u32 = 3;
 
 /// Where the file goes.
 #[derive(Clone, Debug)]
@@ -67,6 +67,8 @@ pub struct FetchOptions {
     pub blocks_per_request: u32,
     /// Replace an existing output file.
     pub overwrite: bool,
+    /// Fetch blocks in order (streaming playback) instead of rarest first.
+    pub sequential: bool,
 }
 
 impl FetchOptions {
@@ -78,6 +80,7 @@ impl FetchOptions {
             requests_per_peer: 4,
             blocks_per_request: 64,
             overwrite: false,
+            sequential: false,
         }
     }
 }
@@ -164,6 +167,9 @@ pub enum FetchError {
         /// The segment.
         block: BlockIndex,
     },
+    /// Another fetch of the same blob into the same directory is running.
+    #[error("another download of this blob is already writing {0}; wait for it or stop it")]
+    InUse(PathBuf),
     /// The output file exists.
     #[error("{0} already exists; choose another -o path or pass --force to replace it")]
     OutputExists(PathBuf),
@@ -282,21 +288,6 @@ impl State {
     }
 }
 
-struct Queue {
-    missing: VecDeque<u32>,
-    in_flight: usize,
-}
-
-struct Shared {
-    node: Node,
-    id: BlobId,
-    blob_len: u64,
-    queue: Mutex<Queue>,
-    changed: Notify,
-    writer: mpsc::Sender<Verified>,
-    opts: FetchOptions,
-}
-
 /// Fetches the blob of `link` into `opts.output`, publishing progress on `progress`.
 /// Cancel-safe in the sense that matters: dropping the future loses no verified block that
 /// reached a checkpoint, and never leaves a partial file under the final name.
@@ -332,6 +323,18 @@ pub async fn fetch(
         let path = path.to_owned();
         move |source| FetchError::Disk { path, source }
     };
+    // One fetch per blob and directory at a time: the part file is locked for the whole run
+    // (released when the writer ends, even if the process is killed).
+    let part = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&part_path)
+        .map_err(disk(&part_path))?;
+    if part.try_lock().is_err() {
+        return Err(FetchError::InUse(part_path));
+    }
 
     // Connect to every known peer at once.
     let mut addrs: Vec<Multiaddr> = opts.peers.clone();
@@ -450,13 +453,6 @@ pub async fn fetch(
         p.done_blocks = resumed;
     });
 
-    let part = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&part_path)
-        .map_err(disk(&part_path))?;
     // Not preallocated: the file grows as blocks land, so a full disk shows up as a write
     // error mid-run (verified blocks so far are kept) and sparse-hostile filesystems cope.
     if let Some(body) = seg0_body
@@ -469,11 +465,11 @@ pub async fn fetch(
     state.save().map_err(disk(&state_path))?;
     progress.send_modify(|p| p.done_blocks = state.count());
 
-    let missing: VecDeque<u32> = (0..total)
-        .filter(|&i| !state.has(i))
+    let had: Vec<u32> = (0..total)
+        .filter(|&i| state.has(i))
         .map(|i| u32::try_from(i).expect("MAX_FILE_LEN keeps indices in u32"))
         .collect();
-    let fetched_blocks = missing.len() as u64;
+    let fetched_blocks = total - had.len() as u64;
     let overwrite = opts.overwrite;
     let (writer_tx, writer_rx) = mpsc::channel(WRITE_QUEUE);
     let writer = {
@@ -492,34 +488,13 @@ pub async fn fetch(
             )
         })
     };
-    let shared = Arc::new(Shared {
-        node: node.clone(),
-        id,
-        blob_len,
-        queue: Mutex::new(Queue {
-            missing,
-            in_flight: 0,
-        }),
-        changed: Notify::new(),
-        writer: writer_tx,
-        opts,
-    });
-    let peer_results = join_all(peers.iter().map(|&peer| run_peer(shared.clone(), peer))).await;
-    drop(shared);
+    let ended = drive(node, id, blob_len, &opts, &peers, had, writer_tx).await;
     let state = writer.await.map_err(|e| FetchError::Disk {
         path: part_path.clone(),
         source: io::Error::other(e),
     })??;
-    for (peer, result) in peers.iter().zip(peer_results) {
-        match result {
-            PeerEnd::Done => {}
-            PeerEnd::Lied(w) => {
-                warn!(peer = %peer, blob = %id, why = %w, "peer sent bad data; disconnected");
-                banned.push((*peer, w));
-            }
-            PeerEnd::GaveUp(w) => why.push(format!("{peer}: {w}")),
-        }
-    }
+    banned.extend(ended.banned);
+    why.extend(ended.gave_up);
     let done = state.count();
     if done < total {
         why.extend(
@@ -689,7 +664,7 @@ where
                 decoder.parent(&pair).map_err(lied)?;
             }
             Need::Block { len, .. } => {
-                let mut data = vec![0u8; len];
+                let mut data = buffers::take(len);
                 read_exact_timeout(&mut stream, &mut data, timeout).await?;
                 let index = decoder.block(&data).map_err(lied)?;
                 on_block(Verified { index, data }).await?;
@@ -704,101 +679,234 @@ fn lied(e: VerifyError) -> RequestError {
     RequestError::Lied(e.to_string())
 }
 
-enum PeerEnd {
-    Done,
-    Lied(String),
-    GaveUp(String),
-}
+/// Recycled 64 KiB block buffers: the writer hands them back to the readers, so a
+/// transfer does not allocate and zero a fresh buffer per block (that was ~3 % of a
+/// getter's CPU in `perf`; see docs/benchmarks.md).
+mod buffers {
+    use std::sync::Mutex;
 
-/// Runs `requests_per_peer` request loops against one peer until nothing is missing, the peer
-/// lies (banned at once, for this blob), or it fails [`PEER_RETRIES`] times.
-async fn run_peer(shared: Arc<Shared>, peer: PeerId) -> PeerEnd {
-    let stop = Arc::new(Mutex::new(None::<PeerEnd>));
-    let n = shared.opts.requests_per_peer.max(1);
-    join_all((0..n).map(|_| peer_worker(shared.clone(), peer, stop.clone()))).await;
-    let end = stop.lock().expect("poisoned").take();
-    end.unwrap_or(PeerEnd::Done)
-}
+    /// Buffers kept for reuse (4 MiB).
+    const KEEP: usize = 64;
+    static POOL: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
 
-async fn peer_worker(shared: Arc<Shared>, peer: PeerId, stop: Arc<Mutex<Option<PeerEnd>>>) {
-    let mut failures = 0u32;
-    loop {
-        if stop.lock().expect("poisoned").is_some() {
-            return;
+    /// A buffer of `len` bytes (contents unspecified: the caller overwrites all of it).
+    pub(super) fn take(len: usize) -> Vec<u8> {
+        let mut b = POOL
+            .lock()
+            .ok()
+            .and_then(|mut p| p.pop())
+            .unwrap_or_default();
+        b.resize(len, 0);
+        b
+    }
+
+    /// Returns a buffer for reuse (dropped if the pool is full).
+    pub(super) fn put(buf: Vec<u8>) {
+        if let Ok(mut p) = POOL.lock()
+            && p.len() < KEEP
+        {
+            p.push(buf);
         }
-        let Some(batch) = take_batch(&shared).await else {
-            return;
-        };
-        let req =
-            BlobRequest::new(shared.id, batch.iter().copied()).expect("batch is within MAX_RANGES");
-        let mut received: Vec<u32> = Vec::new();
-        let writer = shared.writer.clone();
-        let result = request(&shared.node, peer, &req, shared.blob_len, |v| {
-            received.push(v.index.0);
-            let writer = writer.clone();
-            async move { writer.send(v).await.map_err(|_| RequestError::Stopped) }
-        })
-        .await;
-        let leftover: Vec<u32> = batch
-            .into_iter()
-            .filter(|b| !received.contains(b))
-            .collect();
-        give_back(&shared, received.len(), leftover);
-        match result {
-            Ok(()) => failures = 0,
-            Err(RequestError::Stopped) => return,
-            Err(RequestError::Lied(w)) => {
-                *stop.lock().expect("poisoned") = Some(PeerEnd::Lied(w));
-                shared.changed.notify_waiters();
-                shared.node.disconnect(peer).await;
-                return;
-            }
-            Err(RequestError::Status(ResponseHeader::Busy)) if failures < PEER_RETRIES => {
-                failures += 1;
-                tokio::time::sleep(Duration::from_millis(250) * failures).await;
-            }
-            Err(e) => {
-                failures += 1;
-                debug!(peer = %peer, error = %e, failures, "request failed");
-                if failures > PEER_RETRIES || matches!(e, RequestError::Status(_)) {
-                    *stop.lock().expect("poisoned") = Some(PeerEnd::GaveUp(e.to_string()));
-                    shared.changed.notify_waiters();
-                    return;
+    }
+}
+
+/// What happened to the peers during the main phase.
+struct Ended {
+    banned: Vec<(PeerId, String)>,
+    gave_up: Vec<String>,
+}
+
+/// What a request task reports to the driver.
+enum Event {
+    /// A verified block was handed to the writer.
+    Block {
+        peer: PeerId,
+        id: RequestId,
+        index: u32,
+    },
+    /// The request ended (all its blocks delivered, or failed).
+    Ended {
+        peer: PeerId,
+        id: RequestId,
+        result: Result<(), RequestError>,
+    },
+}
+
+/// Bound of the event queue from request tasks to the driver.
+const EVENT_QUEUE: usize = 256;
+
+/// Runs the main phase: the sans-IO [`Scheduler`] decides which blocks to ask which peer
+/// for; this loop carries out its actions (spawn, cancel, ban, drop) and feeds it what
+/// happens. Returns when the blob is complete, no peer is left, or the writer stopped.
+async fn drive(
+    node: &Node,
+    id: BlobId,
+    blob_len: u64,
+    opts: &FetchOptions,
+    peers: &[PeerId],
+    had: Vec<u32>,
+    writer: mpsc::Sender<Verified>,
+) -> Ended {
+    let total = u32::try_from(block_count(blob_len)).expect("MAX_FILE_LEN keeps indices in u32");
+    let per_request = opts.blocks_per_request.max(1);
+    let config = schedule::Config {
+        mode: if opts.sequential {
+            Mode::Sequential
+        } else {
+            Mode::RarestFirst
+        },
+        max_blocks_per_request: per_request,
+        min_in_flight_blocks: per_request,
+        max_in_flight_blocks: per_request
+            * u32::try_from(opts.requests_per_peer.max(1)).unwrap_or(u32::MAX),
+        stall_timeout: node.config().request_timeout,
+        seed: rand::random(),
+        ..schedule::Config::default()
+    };
+    let mut sched = Scheduler::new(config, total, had);
+    let start = tokio::time::Instant::now();
+    // Peers found by the link are full holders for now; have-map exchange comes with swarms.
+    for &p in peers {
+        sched.handle_have(start.into_std(), p, 0..total);
+    }
+    let (events_tx, mut events) = mpsc::channel::<Event>(EVENT_QUEUE);
+    // Owned by this future: dropping the fetch (Ctrl-C, an app cancelling it) aborts every
+    // request task with it, so nothing keeps downloading into the part file afterwards.
+    let mut set = tokio::task::JoinSet::new();
+    let mut tasks: HashMap<RequestId, tokio::task::AbortHandle> = HashMap::new();
+    let mut ended = Ended {
+        banned: Vec::new(),
+        gave_up: Vec::new(),
+    };
+    let mut last_error: HashMap<PeerId, String> = HashMap::new();
+    let mut writer_gone = false;
+    loop {
+        while let Some(action) = sched.poll_action() {
+            match action {
+                Action::Request {
+                    peer,
+                    id: rid,
+                    blocks,
+                } => {
+                    let req = BlobRequest { id, ranges: blocks };
+                    let handle = set.spawn(request_task(
+                        node.clone(),
+                        peer,
+                        rid,
+                        req,
+                        blob_len,
+                        writer.clone(),
+                        events_tx.clone(),
+                    ));
+                    tasks.insert(rid, handle);
+                }
+                Action::Cancel { id: rid, .. } => {
+                    if let Some(t) = tasks.remove(&rid) {
+                        t.abort();
+                    }
+                }
+                Action::Ban { peer } => {
+                    let w = last_error
+                        .remove(&peer)
+                        .unwrap_or_else(|| "sent bad data".into());
+                    warn!(peer = %peer, blob = %id, why = %w, "peer sent bad data; disconnected");
+                    node.disconnect(peer).await;
+                    ended.banned.push((peer, w));
+                }
+                Action::Drop { peer } => {
+                    let w = last_error.remove(&peer).unwrap_or_else(|| "stalled".into());
+                    debug!(peer = %peer, blob = %id, why = %w, "giving up on peer");
+                    ended.gave_up.push(format!("{peer}: {w}"));
                 }
             }
         }
-    }
-}
-
-/// Takes the next run of missing blocks, or waits while others are in flight (they may come
-/// back). `None` when nothing is missing or in flight.
-async fn take_batch(shared: &Shared) -> Option<Vec<u32>> {
-    loop {
-        let notified = shared.changed.notified();
+        if sched.is_complete()
+            || writer_gone
+            || (sched.peers().next().is_none() && tasks.is_empty())
         {
-            let mut q = shared.queue.lock().expect("poisoned");
-            if !q.missing.is_empty() {
-                let n = q.missing.len().min(shared.opts.blocks_per_request as usize);
-                let batch: Vec<u32> = q.missing.drain(..n).collect();
-                q.in_flight += batch.len();
-                return Some(batch);
-            }
-            if q.in_flight == 0 {
-                return None;
-            }
+            break;
         }
-        notified.await;
+        while set.try_join_next().is_some() {} // reap finished tasks
+        let wake = sched.poll_timeout().map(tokio::time::Instant::from_std);
+        tokio::select! {
+            event = events.recv() => {
+                let now = tokio::time::Instant::now().into_std();
+                match event.expect("the driver holds a sender") {
+                    Event::Block { peer, id: rid, index } => {
+                        sched.handle_block(now, peer, rid, index);
+                    }
+                    Event::Ended { peer, id: rid, result } => {
+                        tasks.remove(&rid);
+                        let why = match result {
+                            Ok(()) => continue,
+                            Err(RequestError::Stopped) => {
+                                writer_gone = true;
+                                continue;
+                            }
+                            Err(RequestError::Lied(w)) => {
+                                last_error.insert(peer, format!("sent data that does not match the blob id ({w})"));
+                                Failure::Lied
+                            }
+                            Err(RequestError::Status(ResponseHeader::NotFound)) => {
+                                last_error.insert(peer, "answered NotFound".into());
+                                Failure::NotFound
+                            }
+                            Err(RequestError::Status(ResponseHeader::Busy)) => Failure::Busy,
+                            Err(e) => {
+                                last_error.insert(peer, e.to_string());
+                                Failure::Failed
+                            }
+                        };
+                        sched.handle_failure(now, peer, rid, why);
+                    }
+                }
+            }
+            () = async {
+                match wake {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending().await,
+                }
+            } => sched.handle_timeout(tokio::time::Instant::now().into_std()),
+        }
     }
+    set.abort_all();
+    ended
 }
 
-fn give_back(shared: &Shared, received: usize, leftover: Vec<u32>) {
-    let mut q = shared.queue.lock().expect("poisoned");
-    q.in_flight -= received + leftover.len();
-    for b in leftover.into_iter().rev() {
-        q.missing.push_front(b);
-    }
-    drop(q);
-    shared.changed.notify_waiters();
+/// One request: stream the verified blocks to the writer and tell the driver about each.
+async fn request_task(
+    node: Node,
+    peer: PeerId,
+    rid: RequestId,
+    req: BlobRequest,
+    blob_len: u64,
+    writer: mpsc::Sender<Verified>,
+    events: mpsc::Sender<Event>,
+) {
+    let result = request(&node, peer, &req, blob_len, |v| {
+        let index = v.index.0;
+        let writer = writer.clone();
+        let events = events.clone();
+        async move {
+            writer.send(v).await.map_err(|_| RequestError::Stopped)?;
+            events
+                .send(Event::Block {
+                    peer,
+                    id: rid,
+                    index,
+                })
+                .await
+                .map_err(|_| RequestError::Stopped)
+        }
+    })
+    .await;
+    let _ = events
+        .send(Event::Ended {
+            peer,
+            id: rid,
+            result,
+        })
+        .await;
 }
 
 /// The writer: decrypts verified blocks, writes them at their file offsets, and checkpoints
@@ -827,6 +935,7 @@ fn write_blocks(
         state.save().map_err(disk(state_path))
     };
     let mut result = Ok(());
+    let mut unpublished = 0u64;
     while let Some(Verified { index, mut data }) = rx.blocking_recv() {
         let i = u64::from(index.0);
         if state.has(i) || pending.contains(&i) {
@@ -840,7 +949,9 @@ fn write_blocks(
             break;
         };
         let (file_off, _) = opener.layout().file_offset(i);
-        if let Err(e) = write_all_at(part, &data[range], file_off) {
+        let written = write_all_at(part, &data[range], file_off);
+        buffers::put(data);
+        if let Err(e) = written {
             result = Err(disk(part_path)(e));
             break;
         }
@@ -854,8 +965,15 @@ fn write_blocks(
             }
             last_checkpoint = Instant::now();
         }
-        progress.send_modify(|p| p.done_blocks += 1);
+        // Publish every PROGRESS_EVERY blocks, not every block: each update wakes the
+        // watcher on the network thread.
+        unpublished += 1;
+        if unpublished == PROGRESS_EVERY {
+            progress.send_modify(|p| p.done_blocks += unpublished);
+            unpublished = 0;
+        }
     }
+    progress.send_modify(|p| p.done_blocks += unpublished);
     // Keep every block that was written before a failure: nothing verified is lost. If this
     // checkpoint fails too (the disk is really full), the first error is the one to report.
     let saved = checkpoint(&mut state, &mut pending);

@@ -308,15 +308,21 @@ async fn interrupted_fetch_resumes_without_refetching_and_keeps_output_absent() 
         "a partial file must never appear under the final name"
     );
 
-    // Wait for the aborted run's writer to release the state (it checkpoints on exit).
-    let state = dir.path().join(format!(".shoal-{}.state", link.id));
+    // The aborted run's writer checkpoints on its way out, then releases the part file.
+    let part = dir.path().join(format!(".shoal-{}.part", link.id));
+    let open_part = || std::fs::OpenOptions::new().write(true).open(&part).unwrap();
     timeout(LIMIT, async {
-        while !state.exists() {
+        while open_part().try_lock().is_err() {
             tokio::task::yield_now().await;
         }
     })
     .await
     .unwrap();
+    // While another fetch holds it, a second one is refused rather than racing it.
+    let holder = open_part();
+    holder.lock().unwrap();
+    assert!(matches!(get(&link, &out).await, Err(FetchError::InUse(_))));
+    drop(holder);
     let done = get(&link, &out).await.unwrap();
     assert!(done.resumed_blocks >= 1, "nothing was resumed");
     assert_eq!(done.resumed_blocks + done.fetched_blocks, 123, "{done:?}");
@@ -356,5 +362,56 @@ async fn existing_output_is_not_clobbered_and_bad_size_hint_is_refused() {
     let out3 = dir.path().join("c.bin");
     get(&nosize, &out3).await.unwrap();
     assert_eq!(std::fs::read(&out3).unwrap(), s.data);
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_seeders_both_serve_one_download() {
+    let dir = tempfile::tempdir().unwrap();
+    let stop = CancellationToken::new();
+    // Each seeder capped at 8 MB/s, so neither can finish 12 MB alone before the other helps.
+    let cap = Config::loopback().with_upload_limit(Some(8_000_000));
+    let a = seeder(dir.path(), 12_000_000, cap.clone(), &stop).await;
+    let b_dir = dir.path().join("b");
+    std::fs::create_dir(&b_dir).unwrap();
+    std::fs::write(b_dir.join("source.bin"), &a.data).unwrap();
+    let b_store = Arc::new(Store::in_memory());
+    let src = a.node.store().get(&a.link.id).unwrap();
+    b_store.insert(
+        shoal_node::Source::plain(
+            b_dir.join("source.bin"),
+            &a.link.key,
+            0,
+            shoal_protocol::format::Metadata {
+                name: "source.bin".into(),
+                file_len: a.data.len() as u64,
+                media_type: "application/octet-stream".into(),
+            },
+            src.outboard().clone(),
+        )
+        .unwrap(),
+    );
+    let b = testing::node(cap, b_store, &stop);
+    let mut link = a.link.clone();
+    link.peers = vec![
+        testing::addr(&a.node, "tcp").await.to_string(),
+        testing::addr(&b, "quic-v1").await.to_string(),
+    ];
+    let out = dir.path().join("got.bin");
+    get(&link, &out).await.unwrap();
+    assert_eq!(std::fs::read(&out).unwrap(), a.data);
+    let sent = |n: &shoal_node::Node| {
+        n.stats()
+            .uploaded_bytes
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let (sa, sb) = (sent(&a.node), sent(&b));
+    // Both carried a real share (rarest-first spreads requests over both peers).
+    assert!(sa > 2_000_000 && sb > 2_000_000, "a sent {sa}, b sent {sb}");
+    assert!(
+        sa + sb < 12_000_000 * 13 / 10,
+        "duplicated too much: {}",
+        sa + sb
+    );
     stop.cancel();
 }

@@ -6,6 +6,9 @@
 //! - [`blob`]: [`BlobId`], the outboard, and the sans-IO range encoder/decoder.
 //! - [`link`]: share links `shoal:<id>?<hints>#<key>`.
 //! - [`wire`]: `/shoal/blob/1` request and response headers.
+//! - [`schedule`]: the sans-IO download scheduler (which blocks to ask which peer for), driven
+//!   by the node and, later, by the simulator.
+//! - [`tracker`]: `/shoal/tracker/1` announce and scrape messages (docs/tracker.md).
 //!
 //! The normative specification is `docs/protocol.md`; `docs/test-vectors/` holds byte-exact
 //! vectors that this crate's tests check in both directions.
@@ -33,6 +36,8 @@
 pub mod blob;
 pub mod format;
 pub mod link;
+pub mod schedule;
+pub mod tracker;
 pub mod wire;
 
 pub use blob::{BlobId, BlockIndex};

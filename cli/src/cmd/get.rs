@@ -28,6 +28,10 @@ pub(crate) struct Args {
     /// Replace the output file if it already exists.
     #[arg(long)]
     force: bool,
+    /// Fetch blocks in file order (to start playing a video while it downloads) instead
+    /// of rarest first.
+    #[arg(long)]
+    sequential: bool,
     /// Print the result as JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -48,6 +52,7 @@ pub(crate) fn run(args: &Args, data_dir: Option<PathBuf>) -> anyhow::Result<Exit
     let mut opts = FetchOptions::new(output);
     opts.peers.clone_from(&args.peer);
     opts.overwrite = args.force;
+    opts.sequential = args.sequential;
     let rt = ui::runtime()?;
     rt.block_on(async {
         let stop = CancellationToken::new();
