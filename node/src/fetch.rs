@@ -6,8 +6,10 @@
 //!   have-map) plus the decrypted header record. Never the key.
 //!
 //! Order of writes: block bytes → `fdatasync(part)` → state file written atomically. So the
-//! state never claims a block that is not on disk; after a crash, at most the blocks since
-//! the last checkpoint ([`CHECKPOINT_BLOCKS`] blocks or [`CHECKPOINT_INTERVAL`]) are fetched
+//! state never claims a block that is not on disk. The sync runs on a helper thread while
+//! writing continues; a checkpoint records only the blocks written before its sync began.
+//! After a crash, at most the blocks of the last two checkpoint intervals
+//! ([`CHECKPOINT_BLOCKS`] blocks or [`CHECKPOINT_INTERVAL`] each) are fetched
 //! again. The part file is renamed to its final name only when every block is in.
 
 use std::{
@@ -926,7 +928,27 @@ fn write_blocks(
     };
     // Blocks written since the last checkpoint: durable only after the next sync.
     let mut pending: Vec<u64> = Vec::new();
+    // A sync running on a helper thread, and the blocks written before it began: they are
+    // recorded once it completes. Writing goes on meanwhile, so the pipeline never stalls
+    // on `fdatasync`, and the state still only claims blocks that a finished sync covered.
+    let mut syncing: Option<(std::thread::JoinHandle<io::Result<()>>, Vec<u64>)> = None;
     let mut last_checkpoint = Instant::now();
+    let finish_sync =
+        |state: &mut State,
+         syncing: &mut Option<(std::thread::JoinHandle<io::Result<()>>, Vec<u64>)>|
+         -> Result<(), FetchError> {
+            let Some((handle, blocks)) = syncing.take() else {
+                return Ok(());
+            };
+            handle
+                .join()
+                .unwrap_or_else(|_| Err(io::Error::other("sync thread panicked")))
+                .map_err(disk(part_path))?;
+            for p in blocks {
+                state.set(p);
+            }
+            state.save().map_err(disk(state_path))
+        };
     let checkpoint = |state: &mut State, pending: &mut Vec<u64>| -> Result<(), FetchError> {
         part.sync_data().map_err(disk(part_path))?;
         for p in pending.drain(..) {
@@ -938,7 +960,10 @@ fn write_blocks(
     let mut unpublished = 0u64;
     while let Some(Verified { index, mut data }) = rx.blocking_recv() {
         let i = u64::from(index.0);
-        if state.has(i) || pending.contains(&i) {
+        if state.has(i)
+            || pending.contains(&i)
+            || syncing.as_ref().is_some_and(|(_, b)| b.contains(&i))
+        {
             continue;
         }
         let Ok(range) = opener.open_segment(i, &mut data) else {
@@ -959,9 +984,22 @@ fn write_blocks(
         if pending.len() as u64 >= CHECKPOINT_BLOCKS
             || last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL
         {
-            if let Err(e) = checkpoint(&mut state, &mut pending) {
+            // The previous sync had a whole interval to finish; record it, start the next.
+            if let Err(e) = finish_sync(&mut state, &mut syncing) {
                 result = Err(e);
                 break;
+            }
+            match part.try_clone() {
+                Ok(f) => {
+                    syncing = Some((
+                        std::thread::spawn(move || f.sync_data()),
+                        std::mem::take(&mut pending),
+                    ))
+                }
+                Err(e) => {
+                    result = Err(disk(part_path)(e));
+                    break;
+                }
             }
             last_checkpoint = Instant::now();
         }
@@ -976,7 +1014,8 @@ fn write_blocks(
     progress.send_modify(|p| p.done_blocks += unpublished);
     // Keep every block that was written before a failure: nothing verified is lost. If this
     // checkpoint fails too (the disk is really full), the first error is the one to report.
-    let saved = checkpoint(&mut state, &mut pending);
+    let saved =
+        finish_sync(&mut state, &mut syncing).and_then(|()| checkpoint(&mut state, &mut pending));
     result?;
     saved?;
     Ok(state)
