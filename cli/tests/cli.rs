@@ -246,6 +246,29 @@ fn encrypt_decrypt_and_their_errors() {
     assert!(o.status.success(), "{}", text(&o.stderr));
     assert_eq!(std::fs::read(d.join("back.pdf")).unwrap(), data);
 
+    // Convergent mode: the same file gives the same link; a secret gives another.
+    let conv = |out: &str, extra: &[&str]| {
+        let o = run(shoal(d)
+            .args(["encrypt", "doc.pdf", "-o", out, "--json", "--convergent"])
+            .args(extra));
+        assert!(o.status.success(), "{}", text(&o.stderr));
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()["link"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let (c1, c2, c3) = (
+        conv("c1.blob", &[]),
+        conv("c2.blob", &[]),
+        conv("c3.blob", &["--secret", "team"]),
+    );
+    assert_eq!(c1, c2);
+    assert_ne!(c1, c3);
+    assert_eq!(
+        std::fs::read(d.join("c1.blob")).unwrap(),
+        std::fs::read(d.join("c2.blob")).unwrap()
+    );
+
     // Existing output: refused, untouched (exit 6).
     let o = run(shoal(d).args(["decrypt", "doc.blob", &link, "-o", "back.pdf"]));
     assert_eq!(o.status.code(), Some(6), "{}", text(&o.stderr));

@@ -44,6 +44,44 @@ async fn seeder(dir: &Path, len: usize, config: Config, stop: &CancellationToken
     }
 }
 
+/// A second node serving the same blob as `original` (same key and outboard) from its own
+/// copy of the file in `dir/name`.
+fn mirror(
+    original: &Seeder,
+    dir: &Path,
+    name: &str,
+    config: Config,
+    stop: &CancellationToken,
+) -> shoal_node::Node {
+    let copy_dir = dir.join(name);
+    std::fs::create_dir(&copy_dir).unwrap();
+    std::fs::write(copy_dir.join("source.bin"), &original.data).unwrap();
+    let store = Arc::new(Store::in_memory());
+    let outboard = original
+        .node
+        .store()
+        .get(&original.link.id)
+        .unwrap()
+        .outboard()
+        .clone();
+    let metadata = shoal_protocol::format::Metadata {
+        name: "source.bin".into(),
+        file_len: original.data.len() as u64,
+        media_type: "application/octet-stream".into(),
+    };
+    store.insert(
+        shoal_node::Source::plain(
+            copy_dir.join("source.bin"),
+            &original.link.key,
+            0,
+            metadata,
+            outboard,
+        )
+        .unwrap(),
+    );
+    testing::node(config, store, stop)
+}
+
 fn progress() -> watch::Sender<Progress> {
     watch::channel(Progress::default()).0
 }
@@ -121,29 +159,9 @@ async fn lying_peer_is_dropped_and_download_completes_from_the_honest_one() {
     let stop = CancellationToken::new();
     let honest = seeder(dir.path(), 2_000_000, Config::loopback(), &stop).await;
     // The liar serves the same file and key but flips a byte in every block.
-    let liar_store = Arc::new(Store::in_memory());
-    let liar_dir = dir.path().join("liar");
-    std::fs::create_dir(&liar_dir).unwrap();
-    std::fs::write(liar_dir.join("source.bin"), &honest.data).unwrap();
     let mut liar_config = Config::loopback();
     liar_config.corrupt_uploads = true;
-    let liar = testing::node(liar_config, liar_store.clone(), &stop);
-    // Register the honest blob with the liar: same outboard, served from its copy.
-    let src = honest.node.store().get(&honest.link.id).unwrap();
-    liar_store.insert(
-        shoal_node::Source::plain(
-            liar_dir.join("source.bin"),
-            &honest.link.key,
-            0,
-            shoal_protocol::format::Metadata {
-                name: "source.bin".into(),
-                file_len: honest.data.len() as u64,
-                media_type: "application/octet-stream".into(),
-            },
-            src.outboard().clone(),
-        )
-        .unwrap(),
-    );
+    let liar = mirror(&honest, dir.path(), "liar", liar_config, &stop);
     let mut link = honest.link.clone();
     link.peers = vec![
         testing::addr(&liar, "tcp").await.to_string(),
@@ -372,26 +390,7 @@ async fn two_seeders_both_serve_one_download() {
     // Each seeder capped at 8 MB/s, so neither can finish 12 MB alone before the other helps.
     let cap = Config::loopback().with_upload_limit(Some(8_000_000));
     let a = seeder(dir.path(), 12_000_000, cap.clone(), &stop).await;
-    let b_dir = dir.path().join("b");
-    std::fs::create_dir(&b_dir).unwrap();
-    std::fs::write(b_dir.join("source.bin"), &a.data).unwrap();
-    let b_store = Arc::new(Store::in_memory());
-    let src = a.node.store().get(&a.link.id).unwrap();
-    b_store.insert(
-        shoal_node::Source::plain(
-            b_dir.join("source.bin"),
-            &a.link.key,
-            0,
-            shoal_protocol::format::Metadata {
-                name: "source.bin".into(),
-                file_len: a.data.len() as u64,
-                media_type: "application/octet-stream".into(),
-            },
-            src.outboard().clone(),
-        )
-        .unwrap(),
-    );
-    let b = testing::node(cap, b_store, &stop);
+    let b = mirror(&a, dir.path(), "b", cap, &stop);
     let mut link = a.link.clone();
     link.peers = vec![
         testing::addr(&a.node, "tcp").await.to_string(),

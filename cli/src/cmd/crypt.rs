@@ -8,13 +8,13 @@ use std::{
 };
 
 use anyhow::Context;
-use shoal_node::seal::{KeyMode, seal_file};
+use shoal_node::seal::seal_file;
 use shoal_protocol::{
     BlobId, Link,
     format::{Layout, Metadata, OpenBlobError, Opener, SEGMENT_LEN},
 };
 
-use crate::{exit, ui};
+use crate::{cmd::KeyArgs, exit, ui};
 
 /// Segments decrypted per parallel batch (2 MiB).
 const BATCH: usize = 32;
@@ -30,17 +30,8 @@ pub(crate) struct EncryptArgs {
     /// Media type to record in the encrypted header.
     #[arg(long, default_value = "")]
     media_type: String,
-    /// Derive the key from the content (identical files dedupe; see `shoal share --help`).
-    #[arg(long)]
-    convergent: bool,
-    /// Secret for --convergent.
-    #[arg(
-        long,
-        requires = "convergent",
-        env = "SHOAL_CONVERGENCE_SECRET",
-        hide_env_values = true
-    )]
-    secret: Option<String>,
+    #[command(flatten)]
+    key: KeyArgs,
     /// Replace the output if it exists.
     #[arg(long)]
     force: bool,
@@ -108,13 +99,7 @@ pub(crate) fn encrypt(args: &EncryptArgs) -> anyhow::Result<ExitCode> {
         file_len: md.len(),
         media_type: args.media_type.clone(),
     };
-    let mode = if args.convergent {
-        KeyMode::Convergent {
-            secret: args.secret.clone().unwrap_or_default().into_bytes(),
-        }
-    } else {
-        KeyMode::Random
-    };
+    let mode = args.key.mode();
     let tmp = temp_beside(&args.output)?;
     let mut w = BufWriter::with_capacity(1 << 20, tmp.as_file());
     let bar = ui::bytes_bar(md.len(), "encrypting", args.json);

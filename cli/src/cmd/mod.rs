@@ -7,6 +7,37 @@ pub(crate) mod inspect;
 pub(crate) mod share;
 
 use libp2p::{Multiaddr, multiaddr::Protocol};
+use shoal_node::seal::KeyMode;
+
+/// How the content key is chosen (shared by `share` and `encrypt`).
+#[derive(clap::Args, Debug)]
+pub(crate) struct KeyArgs {
+    /// Derive the key from the content, so identical files shared this way (same bytes,
+    /// name and media type) dedupe. Anyone holding the same file can then tell that this
+    /// link is that file.
+    #[arg(long)]
+    convergent: bool,
+    /// Secret for --convergent: dedupe only among holders of this secret.
+    #[arg(
+        long,
+        requires = "convergent",
+        env = "SHOAL_CONVERGENCE_SECRET",
+        hide_env_values = true
+    )]
+    secret: Option<String>,
+}
+
+impl KeyArgs {
+    pub(crate) fn mode(&self) -> KeyMode {
+        if self.convergent {
+            KeyMode::Convergent {
+                secret: self.secret.clone().unwrap_or_default().into_bytes(),
+            }
+        } else {
+            KeyMode::Random
+        }
+    }
+}
 
 /// Peer hints for a link: the node's concrete listen addresses with `/p2p/<id>`, routable
 /// ones first, at most `max`.

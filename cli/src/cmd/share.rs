@@ -4,9 +4,12 @@ use std::{path::PathBuf, process::ExitCode, sync::Arc, sync::atomic::Ordering, t
 
 use anyhow::Context;
 use libp2p::Multiaddr;
-use shoal_node::{CancellationToken, Config, Node, Store, identity, seal::KeyMode};
+use shoal_node::{CancellationToken, Config, Node, Store, identity};
 
-use crate::{cmd::peer_hints, ui};
+use crate::{
+    cmd::{KeyArgs, peer_hints},
+    ui,
+};
 
 /// Most peer addresses put into a link.
 const MAX_LINK_PEERS: usize = 6;
@@ -19,18 +22,8 @@ pub(crate) struct Args {
     /// Media type to record in the encrypted header (e.g. video/mp4).
     #[arg(long, default_value = "")]
     media_type: String,
-    /// Derive the key from the content, so identical files shared this way dedupe.
-    /// Anyone holding the same file can then tell that this link is that file.
-    #[arg(long)]
-    convergent: bool,
-    /// Secret for --convergent: dedupe only among holders of this secret.
-    #[arg(
-        long,
-        requires = "convergent",
-        env = "SHOAL_CONVERGENCE_SECRET",
-        hide_env_values = true
-    )]
-    secret: Option<String>,
+    #[command(flatten)]
+    key: KeyArgs,
     /// Address to listen on, repeatable [default: QUIC and TCP on all interfaces].
     #[arg(long, value_name = "MULTIADDR")]
     listen: Vec<Multiaddr>,
@@ -49,13 +42,7 @@ pub(crate) fn run(args: &Args, data_dir: Option<PathBuf>) -> anyhow::Result<Exit
     let file_len = std::fs::metadata(&args.file)
         .with_context(|| format!("cannot read {}", args.file.display()))?
         .len();
-    let mode = if args.convergent {
-        KeyMode::Convergent {
-            secret: args.secret.clone().unwrap_or_default().into_bytes(),
-        }
-    } else {
-        KeyMode::Random
-    };
+    let mode = args.key.mode();
     let bar = ui::bytes_bar(file_len, "sealing", args.json);
     let shared = store.share_file(&args.file, &args.media_type, &mode, ui::os_random(), &|n| {
         bar.set_position(n)
