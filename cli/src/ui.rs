@@ -3,8 +3,11 @@
 use std::{
     io::{IsTerminal, Write},
     path::PathBuf,
+    sync::atomic::Ordering,
     time::Duration,
 };
+
+use shoal_node::Node;
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -102,4 +105,39 @@ pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 /// 32 bytes from the OS CSPRNG.
 pub(crate) fn os_random() -> [u8; 32] {
     rand::random()
+}
+
+/// Shows a status line (peers, uploaded, rate; a JSON line every 5 s with `json`) while the
+/// node serves, until Ctrl-C.
+pub(crate) async fn serve_until_ctrl_c(node: &Node, json: bool) {
+    let status = indicatif::ProgressBar::new_spinner();
+    if json || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        status.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut last = 0u64;
+    let mut seconds = 0u64;
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = tick.tick() => {
+                let up = node.stats().uploaded_bytes.load(Ordering::Relaxed);
+                let peers = node.stats().connected_peers.load(Ordering::Relaxed);
+                let rate = up.saturating_sub(last);
+                last = up;
+                seconds += 1;
+                status.set_message(format!("{peers} peers connected, {} uploaded, {}/s", size(up), size(rate)));
+                status.tick();
+                if json && seconds.is_multiple_of(5) {
+                    let v = serde_json::json!({"uploaded_bytes": up, "connected_peers": peers, "upload_bytes_per_sec": rate});
+                    if print_line(&v.to_string()).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    status.finish_and_clear();
+    let up = node.stats().uploaded_bytes.load(Ordering::Relaxed);
+    eprintln!("stopped; uploaded {} in total", size(up));
 }

@@ -4,6 +4,9 @@ use std::time::Duration;
 
 use libp2p::Multiaddr;
 
+/// Upload rate per slot when the upload is capped ([`Config::upload_slots`]).
+const SLOT_RATE: u64 = 512 * 1024;
+
 /// How a node listens, serves and fetches.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -63,6 +66,30 @@ impl Config {
     pub fn with_listen(mut self, listen: Vec<Multiaddr>) -> Self {
         self.listen = listen;
         self
+    }
+
+    /// Upload slots: how many requests are served at once; further ones are answered `busy`
+    /// so the requester goes to another peer instead of queueing. With an upload cap, one
+    /// slot per 512 KiB/s (at least 2, at most `max_upload_streams`): each served request
+    /// then moves at a useful rate and completes soon, and the slots turn over among the
+    /// requesters (round robin by arrival; see docs/node.md on choking).
+    pub fn upload_slots(&self) -> usize {
+        match self.upload_limit_bytes_per_sec {
+            None => self.max_upload_streams,
+            Some(rate) => usize::try_from(rate / SLOT_RATE)
+                .unwrap_or(usize::MAX)
+                .clamp(2, self.max_upload_streams.max(2)),
+        }
+    }
+
+    /// Most requests of one peer served at once: with a cap, 2 (so one peer cannot take
+    /// every slot); without, all slots.
+    pub fn upload_slots_per_peer(&self) -> usize {
+        if self.upload_limit_bytes_per_sec.is_some() {
+            2
+        } else {
+            self.max_upload_streams
+        }
     }
 
     /// Sets the upload cap in bytes per second (`None` = unlimited).

@@ -17,6 +17,7 @@ use std::{
     fs::{self, File, OpenOptions},
     io,
     path::{Path, PathBuf},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -24,8 +25,11 @@ use futures::{AsyncReadExt, AsyncWriteExt, future::join_all};
 use libp2p::{Multiaddr, PeerId, Stream};
 use shoal_protocol::{
     BlobId, Link,
-    blob::{BlockIndex, Need, PARENT_LEN, RangeDecoder, VerifyError, block_count},
+    blob::{
+        BlockIndex, BlockRange, Need, Outboard, PARENT_LEN, RangeDecoder, VerifyError, block_count,
+    },
     format::{HEADER_LEN, Layout, Metadata, OpenBlobError, Opener},
+    have::{BlockSet, HaveMsg, Subscribe},
     schedule::{self, Action, Failure, Mode, RequestId, Scheduler},
     wire::{BlobRequest, ResponseHeader},
 };
@@ -33,8 +37,8 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use crate::{
-    node::{DialError, Node, blob_protocol},
-    store::{write_all_at, write_atomic},
+    node::{DialError, Interest, Node, blob_protocol, have_protocol},
+    store::{Held, Source, Store, read_exact_at, write_all_at, write_atomic},
 };
 
 /// Blocks written between durable checkpoints of the have-map.
@@ -210,9 +214,15 @@ enum RequestError {
     Stopped,
 }
 
+/// A parent pair verified on the way to a block, and its position in the outboard.
+type Pair = (u64, [u8; PARENT_LEN]);
+
 struct Verified {
     index: BlockIndex,
     data: Vec<u8>,
+    /// The pairs verified since the previous block of the response: kept (sparse outboard)
+    /// so this node can serve the block to others.
+    parents: Vec<Pair>,
 }
 
 /// Persistent have-map and header of a download.
@@ -367,6 +377,8 @@ pub async fn fetch(
     progress.send_modify(|p| p.peers = peers.len());
     info!(blob = %id, peers = peers.len(), "connected");
 
+    // Peers that subscribe to our have-map of this blob are downloading it too: ask them.
+    let interest = node.interest(id);
     let mut state = State::load(state_path.clone(), id, link.blob_len);
     let resumed = state.as_ref().map_or(0, State::count);
     let mut banned: Vec<(PeerId, String)> = Vec::new();
@@ -375,30 +387,57 @@ pub async fn fetch(
     // Bootstrap: learn and authenticate the size, and open segment 0 (proves the key)
     // before fetching the body.
     let mut first_block: Option<Vec<u8>> = None;
+    let mut boot_parents: Vec<Pair> = Vec::new();
     if state.as_ref().is_none_or(|s| s.header.is_none()) {
         let mut got = None;
-        for &peer in &peers {
-            match bootstrap(
-                node,
-                peer,
-                id,
-                link.blob_len.or(state.as_ref().map(|s| s.blob_len)),
-            )
-            .await
-            {
-                Ok(x) => {
-                    got = Some(x);
+        // Peers that are busy (upload slots full in a flash crowd), lack the first blocks
+        // (partial) or fail in transit are asked again with back-off until `GIVE_UP_AFTER`;
+        // not-found, unreachable and lying ones are not.
+        let mut retry = peers.clone();
+        let mut backoff = BOOTSTRAP_BACKOFF;
+        let deadline = tokio::time::Instant::now() + GIVE_UP_AFTER;
+        while got.is_none() && !retry.is_empty() {
+            let round = std::mem::take(&mut retry);
+            why.clear();
+            for peer in round {
+                let trusted = link.blob_len.or(state.as_ref().map(|s| s.blob_len));
+                match bootstrap(node, peer, id, trusted).await {
+                    Ok(x) => {
+                        got = Some(x);
+                        break;
+                    }
+                    Err(RequestError::Lied(w)) => {
+                        warn!(peer = %peer, blob = %id, why = %w, "peer sent bad data; disconnected");
+                        node.disconnect(peer).await;
+                        banned.push((peer, w));
+                    }
+                    Err(e) => {
+                        if matches!(
+                            e,
+                            RequestError::Status(ResponseHeader::Busy | ResponseHeader::Missing)
+                                | RequestError::Io(_)
+                                | RequestError::Timeout
+                        ) {
+                            retry.push(peer);
+                        }
+                        why.push(format!("{peer}: {e}"));
+                    }
+                }
+            }
+            if got.is_none() && !retry.is_empty() {
+                if tokio::time::Instant::now() + backoff > deadline {
                     break;
                 }
-                Err(RequestError::Lied(w)) => {
-                    warn!(peer = %peer, blob = %id, why = %w, "peer sent bad data; disconnected");
-                    node.disconnect(peer).await;
-                    banned.push((peer, w));
-                }
-                Err(e) => why.push(format!("{peer}: {e}")),
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
             }
         }
-        let Some((blob_len, block0)) = got else {
+        let Some(Boot {
+            blob_len,
+            block0,
+            parents,
+        }) = got
+        else {
             why.extend(banned.iter().map(|(p, w)| format!("{p}: {w}")));
             return Err(FetchError::Exhausted {
                 done: 0,
@@ -410,6 +449,7 @@ pub async fn fetch(
             state = Some(State::new(state_path.clone(), id, blob_len));
         }
         first_block = Some(block0);
+        boot_parents = parents;
     }
     // A peer caught lying is never asked again for this blob.
     peers.retain(|p| !banned.iter().any(|(b, _)| b == p));
@@ -455,6 +495,15 @@ pub async fn fetch(
         p.done_blocks = resumed;
     });
 
+    // The parent pairs verified so far, kept in a sparse outboard file synced with the part
+    // file, so this node serves the blocks it has to other downloaders (also after a resume).
+    let obao_path = dir.join(format!(".shoal-{id}.obao"));
+    let (obao, mut outboard) = open_sparse_outboard(&obao_path, id, blob_len)?;
+    for (position, pair) in &boot_parents {
+        outboard.set_pair(*position, pair);
+        write_all_at(&obao, pair, position * PARENT_LEN as u64).map_err(disk(&obao_path))?;
+    }
+
     // Not preallocated: the file grows as blocks land, so a full disk shows up as a write
     // error mid-run (verified blocks so far are kept) and sparse-hostile filesystems cope.
     if let Some(body) = seg0_body
@@ -462,10 +511,38 @@ pub async fn fetch(
     {
         write_all_at(&part, &body, 0).map_err(disk(&part_path))?;
         part.sync_data().map_err(disk(&part_path))?;
+        obao.sync_data().map_err(disk(&obao_path))?;
         state.set(0);
     }
     state.save().map_err(disk(&state_path))?;
     progress.send_modify(|p| p.done_blocks = state.count());
+
+    // Serve what we hold while downloading: blocks on disk whose pairs are known.
+    let total32 = u32::try_from(total).expect("MAX_FILE_LEN keeps indices in u32");
+    let mut servable = BlockSet::new(total32);
+    for i in 0..total32 {
+        if state.has(u64::from(i)) && outboard.expected_block_hash(BlockIndex(i)).is_some() {
+            servable.insert(i);
+        }
+    }
+    let held = Arc::new(Held::new(servable));
+    let flags = opener.header().flags;
+    let serving = Arc::new(
+        Source::downloading(
+            part.try_clone().map_err(disk(&part_path))?,
+            part_path.clone(),
+            &link.key,
+            flags,
+            metadata.clone(),
+            outboard,
+            held.clone(),
+        )
+        .map_err(|e| FetchError::BadBlob {
+            id,
+            source: OpenBlobError::Header(shoal_protocol::format::HeaderError::Metadata(e)),
+        })?,
+    );
+    let _serving_guard = ServingGuard::register(node, &serving);
 
     let had: Vec<u32> = (0..total)
         .filter(|&i| state.has(i))
@@ -478,19 +555,31 @@ pub async fn fetch(
         let part_path = part_path.clone();
         let state_path = state_path.clone();
         let progress = progress.clone();
+        let held = held.clone();
+        let serving = serving.clone();
+        let obao_path = obao_path.clone();
         tokio::task::spawn_blocking(move || {
             write_blocks(
                 writer_rx,
                 &opener,
                 &part,
                 &part_path,
+                Sparse {
+                    file: &obao,
+                    path: &obao_path,
+                    source: &serving,
+                    held: &held,
+                },
                 &state_path,
                 state,
                 &progress,
             )
         })
     };
-    let ended = drive(node, id, blob_len, &opts, &peers, had, writer_tx).await;
+    let ended = drive(
+        node, id, blob_len, &opts, &peers, interest, had, writer_tx, &progress,
+    )
+    .await;
     let state = writer.await.map_err(|e| FetchError::Disk {
         path: part_path.clone(),
         source: io::Error::other(e),
@@ -525,7 +614,24 @@ pub async fn fetch(
         let _ = d.sync_all();
     }
     let _ = fs::remove_file(&state_path);
+    let _ = fs::remove_file(&obao_path);
     info!(blob = %id, blocks = total, "fetch complete");
+    // Keep serving the whole file while the node runs. Every pair is known unless blocks were
+    // resumed from a run that lost its sparse outboard; then only new downloads seed it.
+    let outboard = serving.outboard().clone();
+    // Every pair was verified when it arrived; a pair still all zeros was never received (a
+    // hash of zeros is not a value BLAKE3 produces in practice). Served blocks are checked
+    // against the outboard again anyway.
+    if outboard
+        .as_bytes()
+        .chunks_exact(PARENT_LEN)
+        .all(|p| p.iter().any(|&b| b != 0))
+        && let Err(e) =
+            node.store()
+                .add_downloaded(&final_path, &link.key, flags, metadata.clone(), outboard)
+    {
+        warn!(blob = %id, error = %e, "cannot seed the downloaded file");
+    }
     Ok(Fetched {
         path: final_path,
         metadata,
@@ -545,14 +651,21 @@ fn default_name(meta: &Metadata, id: BlobId) -> String {
     }
 }
 
+/// What bootstrapping learnt: the authenticated blob size, sealed block 0, and the parent
+/// pairs verified on the way.
+struct Boot {
+    blob_len: u64,
+    block0: Vec<u8>,
+    parents: Vec<Pair>,
+}
+
 /// Fetches block 0 (and the last block when the size is not yet trusted) from `peer`.
-/// Returns the authenticated blob size and sealed block 0.
 async fn bootstrap(
     node: &Node,
     peer: PeerId,
     id: BlobId,
     trusted_len: Option<u64>,
-) -> Result<(u64, Vec<u8>), RequestError> {
+) -> Result<Boot, RequestError> {
     let timeout = node.config().request_timeout;
     let mut control = node.control();
     let blob_len = match trusted_len {
@@ -571,17 +684,20 @@ async fn bootstrap(
         .map_err(|_| RequestError::Lied("size out of range".into()))?;
     let req = BlobRequest::new(id, [0, last]).expect("at most two ranges");
     let mut block0 = None;
+    let mut parents = Vec::new();
     request(node, peer, &req, blob_len, |v| {
+        parents.extend(v.parents);
         if v.index.0 == 0 {
             block0 = Some(v.data);
         }
         async { Ok(()) }
     })
     .await?;
-    Ok((
+    Ok(Boot {
         blob_len,
-        block0.expect("block 0 was requested and verified"),
-    ))
+        block0: block0.expect("block 0 was requested and verified"),
+        parents,
+    })
 }
 
 async fn open(
@@ -657,19 +773,27 @@ where
     let mut stream = open(&mut control, peer, req, timeout).await?;
     read_status(&mut stream, Some(blob_len), timeout).await?;
     let mut decoder = RangeDecoder::new(req.id, blob_len, &req.ranges);
+    let mut parents = Vec::new();
     loop {
         match decoder.need() {
             Need::Done => break,
             Need::Parent => {
                 let mut pair = [0u8; PARENT_LEN];
                 read_exact_timeout(&mut stream, &mut pair, timeout).await?;
-                decoder.parent(&pair).map_err(lied)?;
+                let position = decoder.parent(&pair).map_err(lied)?;
+                parents.push((position, pair));
             }
             Need::Block { len, .. } => {
                 let mut data = buffers::take(len);
                 read_exact_timeout(&mut stream, &mut data, timeout).await?;
                 let index = decoder.block(&data).map_err(lied)?;
-                on_block(Verified { index, data }).await?;
+                let parents = std::mem::take(&mut parents);
+                on_block(Verified {
+                    index,
+                    data,
+                    parents,
+                })
+                .await?;
             }
         }
     }
@@ -718,7 +842,7 @@ struct Ended {
     gave_up: Vec<String>,
 }
 
-/// What a request task reports to the driver.
+/// What a request task or have-map watcher reports to the driver.
 enum Event {
     /// A verified block was handed to the writer.
     Block {
@@ -732,22 +856,42 @@ enum Event {
         id: RequestId,
         result: Result<(), RequestError>,
     },
+    /// `peer` holds these blocks too.
+    Have {
+        peer: PeerId,
+        ranges: Vec<BlockRange>,
+    },
+    /// `peer`'s have-map stream ended: it has the whole blob and said all, it went away,
+    /// or it broke the protocol.
+    HaveEnded {
+        peer: PeerId,
+        result: Result<(), RequestError>,
+    },
 }
 
+/// First wait before asking busy peers again for the first blocks; doubles up to 2 s.
+const BOOTSTRAP_BACKOFF: Duration = Duration::from_millis(100);
 /// Bound of the event queue from request tasks to the driver.
 const EVENT_QUEUE: usize = 256;
+/// With nothing in flight and no block arriving for this long, the peers left cannot help
+/// (they lack the missing blocks): give up, keeping what was verified.
+const GIVE_UP_AFTER: Duration = Duration::from_secs(60);
 
 /// Runs the main phase: the sans-IO [`Scheduler`] decides which blocks to ask which peer
 /// for; this loop carries out its actions (spawn, cancel, ban, drop) and feeds it what
-/// happens. Returns when the blob is complete, no peer is left, or the writer stopped.
+/// happens: blocks, failures, and the peers' have-maps. Returns when the blob is complete,
+/// no peer is left, or the writer stopped.
+#[allow(clippy::too_many_arguments)] // one call site; a struct would only rename them
 async fn drive(
     node: &Node,
     id: BlobId,
     blob_len: u64,
     opts: &FetchOptions,
     peers: &[PeerId],
+    mut interest: Interest,
     had: Vec<u32>,
     writer: mpsc::Sender<Verified>,
+    progress: &watch::Sender<Progress>,
 ) -> Ended {
     let total = u32::try_from(block_count(blob_len)).expect("MAX_FILE_LEN keeps indices in u32");
     let per_request = opts.blocks_per_request.max(1);
@@ -758,7 +902,7 @@ async fn drive(
             Mode::RarestFirst
         },
         max_blocks_per_request: per_request,
-        min_in_flight_blocks: per_request,
+        min_in_flight_blocks: per_request.min(16),
         max_in_flight_blocks: per_request
             * u32::try_from(opts.requests_per_peer.max(1)).unwrap_or(u32::MAX),
         stall_timeout: node.config().request_timeout,
@@ -766,22 +910,31 @@ async fn drive(
         ..schedule::Config::default()
     };
     let mut sched = Scheduler::new(config, total, had);
-    let start = tokio::time::Instant::now();
-    // Peers found by the link are full holders for now; have-map exchange comes with swarms.
-    for &p in peers {
-        sched.handle_have(start.into_std(), p, 0..total);
-    }
     let (events_tx, mut events) = mpsc::channel::<Event>(EVENT_QUEUE);
     // Owned by this future: dropping the fetch (Ctrl-C, an app cancelling it) aborts every
     // request task with it, so nothing keeps downloading into the part file afterwards.
     let mut set = tokio::task::JoinSet::new();
     let mut tasks: HashMap<RequestId, tokio::task::AbortHandle> = HashMap::new();
+    // Have-map subscriptions, and what each peer told us it holds.
+    let mut watching: HashMap<PeerId, tokio::task::AbortHandle> = HashMap::new();
+    let mut known: HashMap<PeerId, BlockSet> = HashMap::new();
     let mut ended = Ended {
         banned: Vec::new(),
         gave_up: Vec::new(),
     };
     let mut last_error: HashMap<PeerId, String> = HashMap::new();
     let mut writer_gone = false;
+    let mut last_block = tokio::time::Instant::now();
+    let watch = |set: &mut tokio::task::JoinSet<()>,
+                 watching: &mut HashMap<PeerId, tokio::task::AbortHandle>,
+                 peer: PeerId| {
+        if let std::collections::hash_map::Entry::Vacant(e) = watching.entry(peer) {
+            e.insert(set.spawn(watch_have(node.clone(), peer, id, total, events_tx.clone())));
+        }
+    };
+    for &p in peers {
+        watch(&mut set, &mut watching, p);
+    }
     loop {
         while let Some(action) = sched.poll_action() {
             match action {
@@ -812,6 +965,9 @@ async fn drive(
                         .remove(&peer)
                         .unwrap_or_else(|| "sent bad data".into());
                     warn!(peer = %peer, blob = %id, why = %w, "peer sent bad data; disconnected");
+                    if let Some(h) = watching.remove(&peer) {
+                        h.abort();
+                    }
                     node.disconnect(peer).await;
                     ended.banned.push((peer, w));
                 }
@@ -822,20 +978,57 @@ async fn drive(
                 }
             }
         }
+        let usable = sched.peers().count();
+        progress.send_if_modified(|p| std::mem::replace(&mut p.peers, usable) != usable);
         if sched.is_complete()
             || writer_gone
-            || (sched.peers().next().is_none() && tasks.is_empty())
+            || (usable == 0 && tasks.is_empty() && watching.is_empty())
         {
             break;
         }
         while set.try_join_next().is_some() {} // reap finished tasks
         let wake = sched.poll_timeout().map(tokio::time::Instant::from_std);
+        let give_up = tasks.is_empty().then_some(last_block + GIVE_UP_AFTER);
         tokio::select! {
             event = events.recv() => {
                 let now = tokio::time::Instant::now().into_std();
                 match event.expect("the driver holds a sender") {
                     Event::Block { peer, id: rid, index } => {
+                        last_block = tokio::time::Instant::now();
                         sched.handle_block(now, peer, rid, index);
+                    }
+                    Event::Have { peer, ranges } => {
+                        let set = known.entry(peer).or_insert_with(|| BlockSet::new(total));
+                        for r in &ranges {
+                            set.insert_range(*r);
+                        }
+                        sched.handle_have_ranges(now, peer, &ranges);
+                    }
+                    Event::HaveEnded { peer, result } => {
+                        watching.remove(&peer);
+                        let full = known.get(&peer).is_some_and(BlockSet::is_full);
+                        match result {
+                            Ok(()) if full => {} // said everything: it has the whole blob
+                            Err(RequestError::Lied(w)) => {
+                                warn!(peer = %peer, blob = %id, why = %w, "peer broke the have protocol; disconnected");
+                                node.disconnect(peer).await;
+                                sched.handle_peer_gone(now, peer);
+                                ended.banned.push((peer, w));
+                            }
+                            Err(RequestError::Status(ResponseHeader::NotFound)) => {
+                                ended.gave_up.push(format!("{peer}: does not have the blob"));
+                                sched.handle_peer_gone(now, peer);
+                            }
+                            other => {
+                                if let Err(e) = other {
+                                    last_error.insert(peer, e.to_string());
+                                }
+                                // Gone or stopped serving; it may come back (it subscribes
+                                // to us again, or a tracker lists it).
+                                known.remove(&peer);
+                                sched.handle_peer_gone(now, peer);
+                            }
+                        }
                     }
                     Event::Ended { peer, id: rid, result } => {
                         tasks.remove(&rid);
@@ -863,16 +1056,77 @@ async fn drive(
                     }
                 }
             }
+            Some(peer) = interest.peers.recv() => {
+                if !ended.banned.iter().any(|(b, _)| *b == peer) {
+                    debug!(peer = %peer, blob = %id, "peer fetching the same blob found us");
+                    watch(&mut set, &mut watching, peer);
+                }
+            }
             () = async {
                 match wake {
                     Some(t) => tokio::time::sleep_until(t).await,
                     None => std::future::pending().await,
                 }
             } => sched.handle_timeout(tokio::time::Instant::now().into_std()),
+            () = async {
+                match give_up {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                ended.gave_up.push(format!(
+                    "no peer delivered a block for {GIVE_UP_AFTER:?}: the peers left lack the missing blocks"
+                ));
+                break;
+            }
         }
     }
     set.abort_all();
     ended
+}
+
+/// Subscribes to `peer`'s have-map of blob `id` and reports it to the driver until the
+/// stream ends.
+async fn watch_have(node: Node, peer: PeerId, id: BlobId, total: u32, events: mpsc::Sender<Event>) {
+    let result = async {
+        let timeout = node.config().request_timeout;
+        let mut control = node.control();
+        let mut stream = tokio::time::timeout(timeout, control.open_stream(peer, have_protocol()))
+            .await
+            .map_err(|_| RequestError::Timeout)?
+            .map_err(|e| RequestError::Io(io::Error::other(e.to_string())))?;
+        tokio::time::timeout(timeout, stream.write_all(&Subscribe { id }.encode()))
+            .await
+            .map_err(|_| RequestError::Timeout)??;
+        loop {
+            // No timeout between frames: a peer with nothing new says nothing.
+            let mut prefix = [0u8; 2];
+            match stream.read_exact(&mut prefix).await {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
+                Err(e) => return Err(RequestError::Io(e)),
+            }
+            let len = HaveMsg::frame_len(prefix).map_err(|e| RequestError::Lied(e.to_string()))?;
+            let mut body = vec![0u8; len];
+            read_exact_timeout(&mut stream, &mut body, timeout).await?;
+            match HaveMsg::decode(&body).map_err(|e| RequestError::Lied(e.to_string()))? {
+                HaveMsg::NotFound => return Err(RequestError::Status(ResponseHeader::NotFound)),
+                HaveMsg::Have { total: t, .. } if t != total => {
+                    return Err(RequestError::Lied(format!(
+                        "have-map for {t} blocks, the blob has {total}"
+                    )));
+                }
+                HaveMsg::Have { ranges, .. } => {
+                    events
+                        .send(Event::Have { peer, ranges })
+                        .await
+                        .map_err(|_| RequestError::Stopped)?;
+                }
+            }
+        }
+    }
+    .await;
+    let _ = events.send(Event::HaveEnded { peer, result }).await;
 }
 
 /// One request: stream the verified blocks to the writer and tell the driver about each.
@@ -911,6 +1165,110 @@ async fn request_task(
         .await;
 }
 
+/// Where the writer keeps what makes blocks servable to others: the sparse outboard file and
+/// in-memory outboard (pairs), and the have-map that peers subscribe to.
+struct Sparse<'a> {
+    file: &'a File,
+    path: &'a Path,
+    source: &'a Source,
+    held: &'a Held,
+}
+
+impl Sparse<'_> {
+    /// Writes the pairs at `dirty` positions from memory to the sparse outboard file, in
+    /// runs (positions less than 64 pairs apart go in one write: memory holds every pair the
+    /// file does, so the pairs in between are rewritten unchanged), and clears `dirty`.
+    fn flush_pairs(&self, dirty: &mut Vec<u64>) -> io::Result<()> {
+        if dirty.is_empty() {
+            return Ok(());
+        }
+        dirty.sort_unstable();
+        dirty.dedup();
+        let mut runs: Vec<(u64, u64)> = Vec::new();
+        for &p in dirty.iter() {
+            match runs.last_mut() {
+                Some((_, end)) if p < *end + 64 => *end = p + 1,
+                _ => runs.push((p, p + 1)),
+            }
+        }
+        dirty.clear();
+        let pair = PARENT_LEN as u64;
+        for (start, end) in runs {
+            let bytes = {
+                let outboard = self.source.outboard();
+                let from = usize::try_from(start * pair).expect("outboard fits in memory");
+                let to = usize::try_from(end * pair).expect("outboard fits in memory");
+                outboard.as_bytes()[from..to].to_vec()
+            };
+            write_all_at(self.file, &bytes, start * pair)?;
+        }
+        Ok(())
+    }
+}
+
+/// Opens (or creates) the sparse outboard of a download: the pairs of an earlier run if the
+/// file has the right size, else all zeros (blocks resumed without their pairs are fetched
+/// fine but not served until the download completes).
+fn open_sparse_outboard(
+    path: &Path,
+    id: BlobId,
+    blob_len: u64,
+) -> Result<(File, Outboard), FetchError> {
+    let disk = |source| FetchError::Disk {
+        path: path.to_owned(),
+        source,
+    };
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(disk)?;
+    let size = Outboard::size_for(blob_len);
+    if file.metadata().map_err(disk)?.len() == size {
+        let mut pairs = vec![0u8; usize::try_from(size).expect("outboard fits in memory")];
+        read_exact_at(&file, &mut pairs, 0).map_err(disk)?;
+        let outboard = Outboard::from_parts(id, blob_len, pairs).expect("size checked");
+        return Ok((file, outboard));
+    }
+    file.set_len(0).map_err(disk)?;
+    file.set_len(size).map_err(disk)?;
+    Ok((file, Outboard::partial(id, blob_len)))
+}
+
+/// Keeps a download-in-progress source in the node's store for the life of the fetch: it
+/// is removed when the fetch ends without completing (a completed one is replaced by the
+/// whole file).
+struct ServingGuard {
+    store: Arc<Store>,
+    id: BlobId,
+}
+
+impl ServingGuard {
+    fn register(node: &Node, source: &Arc<Source>) -> Option<Self> {
+        let store = node.store().clone();
+        // Already serving the whole blob (shared or seeded here): leave that in place.
+        if store.get(&source.id()).is_some_and(|s| s.held().is_none()) {
+            return None;
+        }
+        store.insert_arc(source.clone());
+        Some(Self {
+            store,
+            id: source.id(),
+        })
+    }
+}
+
+impl Drop for ServingGuard {
+    fn drop(&mut self) {
+        if self.store.get(&self.id).is_some_and(|s| s.held().is_some()) {
+            self.store.remove(&self.id);
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)] // one call site; grouping would only rename them
 /// The writer: decrypts verified blocks, writes them at their file offsets, and checkpoints
 /// (sync data, then save the have-map). Runs on a blocking thread.
 fn write_blocks(
@@ -918,6 +1276,7 @@ fn write_blocks(
     opener: &Opener,
     part: &File,
     part_path: &Path,
+    sparse: Sparse<'_>,
     state_path: &Path,
     mut state: State,
     progress: &watch::Sender<Progress>,
@@ -951,6 +1310,7 @@ fn write_blocks(
         };
     let checkpoint = |state: &mut State, pending: &mut Vec<u64>| -> Result<(), FetchError> {
         part.sync_data().map_err(disk(part_path))?;
+        sparse.file.sync_data().map_err(disk(sparse.path))?;
         for p in pending.drain(..) {
             state.set(p);
         }
@@ -958,13 +1318,26 @@ fn write_blocks(
     };
     let mut result = Ok(());
     let mut unpublished = 0u64;
-    while let Some(Verified { index, mut data }) = rx.blocking_recv() {
+    // Positions of pairs learnt since the last flush to the sparse outboard file.
+    let mut dirty: Vec<u64> = Vec::new();
+    while let Some(Verified {
+        index,
+        mut data,
+        parents,
+    }) = rx.blocking_recv()
+    {
         let i = u64::from(index.0);
         if state.has(i)
             || pending.contains(&i)
             || syncing.as_ref().is_some_and(|(_, b)| b.contains(&i))
         {
             continue;
+        }
+        // The pairs above the block first: it is announced as held only once it can be
+        // served. They reach the sparse outboard file before the next sync (`flush_pairs`).
+        if !parents.is_empty() {
+            sparse.source.set_pairs(&parents);
+            dirty.extend(parents.iter().map(|(position, _)| *position));
         }
         let Ok(range) = opener.open_segment(i, &mut data) else {
             result = Err(FetchError::Undecryptable {
@@ -981,6 +1354,7 @@ fn write_blocks(
             break;
         }
         pending.push(i);
+        sparse.held.insert(index.0);
         if pending.len() as u64 >= CHECKPOINT_BLOCKS
             || last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL
         {
@@ -989,14 +1363,21 @@ fn write_blocks(
                 result = Err(e);
                 break;
             }
-            match part.try_clone() {
-                Ok(f) => {
+            if let Err(e) = sparse.flush_pairs(&mut dirty) {
+                result = Err(disk(sparse.path)(e));
+                break;
+            }
+            match (part.try_clone(), sparse.file.try_clone()) {
+                (Ok(f), Ok(ob)) => {
                     syncing = Some((
-                        std::thread::spawn(move || f.sync_data()),
+                        std::thread::spawn(move || {
+                            f.sync_data()?;
+                            ob.sync_data()
+                        }),
                         std::mem::take(&mut pending),
-                    ))
+                    ));
                 }
-                Err(e) => {
+                (Err(e), _) | (_, Err(e)) => {
                     result = Err(disk(part_path)(e));
                     break;
                 }
@@ -1014,8 +1395,9 @@ fn write_blocks(
     progress.send_modify(|p| p.done_blocks += unpublished);
     // Keep every block that was written before a failure: nothing verified is lost. If this
     // checkpoint fails too (the disk is really full), the first error is the one to report.
-    let saved =
-        finish_sync(&mut state, &mut syncing).and_then(|()| checkpoint(&mut state, &mut pending));
+    let saved = finish_sync(&mut state, &mut syncing)
+        .and_then(|()| sparse.flush_pairs(&mut dirty).map_err(disk(sparse.path)))
+        .and_then(|()| checkpoint(&mut state, &mut pending));
     result?;
     saved?;
     Ok(state)

@@ -4,9 +4,8 @@
 
 use std::{
     collections::HashMap,
-    fs::File,
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicU64, Ordering},
     },
     time::Duration,
@@ -21,9 +20,11 @@ use libp2p::{
     tcp,
 };
 use shoal_protocol::{
-    blob::{EncodeItem, PARENT_LEN, RangeEncoder, block_count},
+    BlobId, BlockIndex,
+    blob::{BlockRange, EncodeItem, PARENT_LEN, RangeEncoder, block_count},
     format::SEGMENT_LEN,
-    wire::{BLOB_PROTOCOL, BlobRequest, ResponseHeader},
+    have::{self, HAVE_PROTOCOL, HaveMsg, SUBSCRIBE_LEN, Subscribe},
+    wire::{BLOB_PROTOCOL, BlobRequest, MAX_SERVE_BLOCKS, ResponseHeader},
 };
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
@@ -40,8 +41,21 @@ const COMMAND_QUEUE: usize = 64;
 /// Encoded chunks buffered between the blocking block reader and the stream writer.
 const SERVE_PIPELINE: usize = 4;
 
+/// Most have-map subscriptions served at once; more are closed at once.
+const MAX_HAVE_SUBSCRIPTIONS: usize = 512;
+/// Shortest time between two have-map updates on one subscription: blocks verified
+/// meanwhile go in one frame.
+const HAVE_UPDATE_EVERY: Duration = Duration::from_millis(100);
+/// Peers queued for a fetch that has not picked them up yet (more are dropped: the fetch
+/// also learns them from trackers).
+const INTEREST_QUEUE: usize = 64;
+
 pub(crate) fn blob_protocol() -> StreamProtocol {
     StreamProtocol::new(BLOB_PROTOCOL)
+}
+
+pub(crate) fn have_protocol() -> StreamProtocol {
+    StreamProtocol::new(HAVE_PROTOCOL)
 }
 
 #[derive(NetworkBehaviour)]
@@ -60,6 +74,8 @@ pub struct Stats {
     pub connected_peers: AtomicU64,
     /// Requests served to completion.
     pub requests_served: AtomicU64,
+    /// Requests answered `busy` (every upload slot taken).
+    pub busy_answers: AtomicU64,
 }
 
 enum Command {
@@ -116,6 +132,24 @@ struct Inner {
     store: Arc<Store>,
     shutdown: CancellationToken,
     config: Config,
+    /// Fetches in progress, told about peers that subscribe to our have-map of their blob
+    /// (someone downloading the same blob: a peer worth asking too).
+    interest: Mutex<HashMap<BlobId, mpsc::Sender<PeerId>>>,
+}
+
+/// A fetch's registration for peers interested in its blob; unregisters when dropped.
+pub(crate) struct Interest {
+    node: Node,
+    id: BlobId,
+    pub(crate) peers: mpsc::Receiver<PeerId>,
+}
+
+impl Drop for Interest {
+    fn drop(&mut self) {
+        if let Ok(mut map) = self.node.inner.interest.lock() {
+            map.remove(&self.id);
+        }
+    }
 }
 
 impl std::fmt::Debug for Node {
@@ -172,6 +206,9 @@ impl Node {
         let incoming = control
             .accept(blob_protocol())
             .expect("the blob protocol is registered once, here");
+        let incoming_have = control
+            .accept(have_protocol())
+            .expect("the have protocol is registered once, here");
         let (commands, command_rx) = mpsc::channel(COMMAND_QUEUE);
         let (listen_tx, listen) = watch::channel(Vec::new());
         let stats = Arc::new(Stats::default());
@@ -184,6 +221,7 @@ impl Node {
             store,
             shutdown: shutdown.clone(),
             config,
+            interest: Mutex::new(HashMap::new()),
         });
         tokio::spawn(event_loop(
             swarm,
@@ -193,6 +231,7 @@ impl Node {
             shutdown.clone(),
         ));
         tokio::spawn(serve_loop(inner.clone(), incoming));
+        tokio::spawn(have_loop(inner.clone(), incoming_have));
         info!(peer = %peer_id, "node started");
         Ok(Self { inner })
     }
@@ -219,6 +258,22 @@ impl Node {
 
     pub(crate) fn control(&self) -> libp2p_stream::Control {
         self.inner.control.clone()
+    }
+
+    /// Registers a fetch of `id`: peers that subscribe to our have-map of it are sent on
+    /// the returned receiver. One registration per blob (a later one replaces it).
+    pub(crate) fn interest(&self, id: BlobId) -> Interest {
+        let (tx, peers) = mpsc::channel(INTEREST_QUEUE);
+        self.inner
+            .interest
+            .lock()
+            .expect("interest lock poisoned")
+            .insert(id, tx);
+        Interest {
+            node: self.clone(),
+            id,
+            peers,
+        }
     }
 
     /// The addresses the node listens on, waiting up to `timeout` for at least one.
@@ -337,7 +392,9 @@ fn dial_opts(addr: &Multiaddr) -> DialOpts {
 }
 
 async fn serve_loop(inner: Arc<Inner>, mut incoming: libp2p_stream::IncomingStreams) {
-    let slots = Arc::new(Semaphore::new(inner.config.max_upload_streams));
+    let slots = Arc::new(Semaphore::new(inner.config.upload_slots()));
+    let per_peer_max = inner.config.upload_slots_per_peer();
+    let per_peer: Arc<Mutex<HashMap<PeerId, usize>>> = Arc::default();
     let limiter = inner
         .config
         .upload_limit_bytes_per_sec
@@ -352,8 +409,39 @@ async fn serve_loop(inner: Arc<Inner>, mut incoming: libp2p_stream::IncomingStre
         };
         let inner = inner.clone();
         let limiter = limiter.clone();
-        match slots.clone().try_acquire_owned() {
-            Ok(permit) => {
+        let peer_ok = {
+            let mut map = per_peer.lock().expect("slot map lock poisoned");
+            let n = map.entry(peer).or_insert(0);
+            if *n < per_peer_max {
+                *n += 1;
+                true
+            } else {
+                false
+            }
+        };
+        let release_peer = {
+            let per_peer = per_peer.clone();
+            move || {
+                let mut map = per_peer.lock().expect("slot map lock poisoned");
+                if let Some(n) = map.get_mut(&peer) {
+                    *n -= 1;
+                    if *n == 0 {
+                        map.remove(&peer);
+                    }
+                }
+            }
+        };
+        let permit = if peer_ok {
+            let p = slots.clone().try_acquire_owned().ok();
+            if p.is_none() {
+                release_peer();
+            }
+            p
+        } else {
+            None
+        };
+        match permit {
+            Some(permit) => {
                 tokio::spawn(async move {
                     let res = tokio::select! {
                         () = inner.shutdown.cancelled() => Ok(()),
@@ -363,10 +451,13 @@ async fn serve_loop(inner: Arc<Inner>, mut incoming: libp2p_stream::IncomingStre
                         debug!(peer = %peer, error = %e, "request ended early");
                     }
                     drop(permit);
+                    release_peer();
                 });
             }
-            Err(_) => {
-                // All upload slots busy: say so at once so the peer goes elsewhere.
+            None => {
+                // Every slot (or this peer's share) is busy: say so at once so the peer goes
+                // elsewhere rather than queueing behind others.
+                inner.stats.busy_answers.fetch_add(1, Ordering::Relaxed);
                 tokio::spawn(async move {
                     let _ = tokio::time::timeout(inner.config.request_timeout, async {
                         stream.write_all(&ResponseHeader::Busy.encode()).await?;
@@ -377,6 +468,87 @@ async fn serve_loop(inner: Arc<Inner>, mut incoming: libp2p_stream::IncomingStre
             }
         }
     }
+}
+
+async fn have_loop(inner: Arc<Inner>, mut incoming: libp2p_stream::IncomingStreams) {
+    let slots = Arc::new(Semaphore::new(MAX_HAVE_SUBSCRIPTIONS));
+    loop {
+        let next = tokio::select! {
+            () = inner.shutdown.cancelled() => break,
+            next = incoming.next() => next,
+        };
+        let Some((peer, mut stream)) = next else {
+            break;
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            drop(stream); // at the limit: the peer sees the stream end and asks again later
+            continue;
+        };
+        let inner = inner.clone();
+        tokio::spawn(async move {
+            let res = tokio::select! {
+                () = inner.shutdown.cancelled() => Ok(()),
+                res = serve_have(&inner, peer, &mut stream) => res,
+            };
+            if let Err(e) = res {
+                debug!(peer = %peer, error = %e, "have subscription ended");
+            }
+            drop(permit);
+        });
+    }
+}
+
+/// Serves one have-map subscription: the whole map, then what is added, until the blob is
+/// complete, the subscriber closes the stream, or the download is abandoned.
+async fn serve_have(inner: &Inner, peer: PeerId, stream: &mut Stream) -> std::io::Result<()> {
+    let mut sub = [0u8; SUBSCRIBE_LEN];
+    tokio::time::timeout(inner.config.request_timeout, stream.read_exact(&mut sub))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no subscription"))??;
+    let Ok(Subscribe { id }) = Subscribe::decode(&sub) else {
+        return stream.close().await;
+    };
+    let Some(source) = inner.store.get(&id) else {
+        stream.write_all(&HaveMsg::NotFound.encode_frame()).await?;
+        return stream.close().await;
+    };
+    // Someone fetching this blob: if we are fetching it too, they are worth asking.
+    let tx = inner.interest.lock().ok().and_then(|m| m.get(&id).cloned());
+    if let Some(tx) = tx {
+        let _ = tx.try_send(peer);
+    }
+    let total = u32::try_from(block_count(source.blob_len())).expect("MAX_FILE_LEN bounds blocks");
+    let Some(held) = source.held().cloned() else {
+        let all = [BlockRange {
+            start: 0,
+            end: total,
+        }];
+        for msg in have::frames(total, &all) {
+            stream.write_all(&msg.encode_frame()).await?;
+        }
+        return stream.close().await;
+    };
+    drop(source); // hold only the have-map: an abandoned download drops it and ends this
+    let mut changed = held.subscribe();
+    let mut told = held.snapshot();
+    for msg in have::frames(total, &told.ranges()) {
+        stream.write_all(&msg.encode_frame()).await?;
+    }
+    let mut eof = [0u8; 1];
+    while !told.is_full() {
+        tokio::select! {
+            r = changed.changed() => if r.is_err() { break },
+            // The subscriber sends nothing after subscribing: a read returns when it closes.
+            _ = stream.read(&mut eof) => return Ok(()),
+        }
+        tokio::time::sleep(HAVE_UPDATE_EVERY).await; // batch what arrives meanwhile
+        let now = held.snapshot();
+        for msg in have::frames(total, &now.difference_ranges(&told)) {
+            stream.write_all(&msg.encode_frame()).await?;
+        }
+        told = now;
+    }
+    stream.close().await
 }
 
 async fn serve(
@@ -400,12 +572,16 @@ async fn serve(
         stream.write_all(&ResponseHeader::NotFound.encode()).await?;
         return stream.close().await;
     };
-    let blob_len = source.outboard().blob_len();
+    let blob_len = source.blob_len();
     let blocks = block_count(blob_len);
-    if req.check_within(blocks).is_err() {
+    if req.check_within(blocks).is_err() || req.block_count() > MAX_SERVE_BLOCKS {
         stream
             .write_all(&ResponseHeader::BadRequest.encode())
             .await?;
+        return stream.close().await;
+    }
+    if !source.holds(&req.ranges) {
+        stream.write_all(&ResponseHeader::Missing.encode()).await?;
         return stream.close().await;
     }
     debug!(blob = %req.id, blocks = req.block_count(), "serving");
@@ -433,6 +609,13 @@ async fn serve(
     stream.close().await
 }
 
+/// One step of a range response, planned up front so the outboard lock (a download in
+/// progress adds pairs to it) is held only while planning, never across IO.
+enum Step {
+    Parent([u8; PARENT_LEN]),
+    Block(BlockIndex),
+}
+
 /// Reads the blocks of a request from storage on a blocking thread, encoded for the wire.
 fn produce(
     source: &Source,
@@ -441,7 +624,7 @@ fn produce(
     corrupt: bool,
     tx: &mpsc::Sender<std::io::Result<Vec<u8>>>,
 ) {
-    let file = match File::open(source.path()) {
+    let file = match source.open() {
         Ok(f) => f,
         Err(e) => {
             warn!(path = %source.path().display(), error = %e, "cannot open shared file");
@@ -449,13 +632,21 @@ fn produce(
             return;
         }
     };
+    let plan: Vec<Step> = RangeEncoder::new(&source.outboard(), &req.ranges)
+        .map(|item| match item {
+            EncodeItem::Parent(pair) => {
+                Step::Parent(pair.try_into().expect("pairs are PARENT_LEN bytes"))
+            }
+            EncodeItem::Block { index, .. } => Step::Block(index),
+        })
+        .collect();
     // One buffer per chunk sent: parents, then the block appended in place. The status
     // header goes in front of the first chunk (one frame instead of two).
     let mut pending = header;
-    for item in RangeEncoder::new(source.outboard(), &req.ranges) {
-        match item {
-            EncodeItem::Parent(pair) => pending.extend_from_slice(pair),
-            EncodeItem::Block { index, .. } => {
+    for step in plan {
+        match step {
+            Step::Parent(pair) => pending.extend_from_slice(&pair),
+            Step::Block(index) => {
                 let start = pending.len();
                 if let Err(e) = source.read_block(&file, index, &mut pending) {
                     // Logged once here (an operator must act); the peer just sees the

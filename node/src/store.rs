@@ -14,32 +14,94 @@ use std::{
     fs::{self, File},
     io,
     path::{Path, PathBuf},
-    sync::{Arc, RwLock},
+    sync::{Arc, Mutex, RwLock, RwLockReadGuard},
     time::UNIX_EPOCH,
 };
 
 use serde::{Deserialize, Serialize};
 use shoal_protocol::{
     BlobId, ContentKey, Link,
-    blob::{BlockIndex, Outboard, block_count, block_hash, block_len},
+    blob::{BlockIndex, BlockRange, Outboard, PARENT_LEN, block_count, block_hash, block_len},
     format::{Metadata, Sealer},
+    have::BlockSet,
 };
+
+use tokio::sync::watch;
 
 use crate::seal::{KeyMode, ProgressFn, SealError, seal_file};
 
 /// Where a served blob's bytes come from.
 #[derive(Debug)]
 enum Origin {
-    /// Plaintext file re-sealed on demand.
-    Plain { path: PathBuf, sealer: Box<Sealer> },
+    /// Plaintext file re-sealed on demand. `file` is an open handle for a download in
+    /// progress (it survives the rename into place); shares open `path` per request.
+    Plain {
+        path: PathBuf,
+        sealer: Box<Sealer>,
+        file: Option<File>,
+    },
     /// Ciphertext blob file.
     Cipher { path: PathBuf },
 }
 
-/// One blob this node can serve in full.
+/// The blocks of a blob this node holds while it is still downloading it, and a signal each
+/// time that grows (the have-protocol server pushes the news to subscribed peers).
+#[derive(Debug)]
+pub struct Held {
+    set: Mutex<BlockSet>,
+    changed: watch::Sender<u32>,
+}
+
+impl Held {
+    /// Starting from `set`.
+    pub fn new(set: BlockSet) -> Self {
+        let (changed, _) = watch::channel(set.len());
+        Self {
+            set: Mutex::new(set),
+            changed,
+        }
+    }
+
+    /// Adds block `b` (written to disk, so it can be read back and served).
+    pub fn insert(&self, b: u32) {
+        let count = {
+            let mut set = self.set.lock().expect("held lock poisoned");
+            if !set.insert(b) {
+                return;
+            }
+            set.len()
+        };
+        self.changed.send_replace(count);
+    }
+
+    /// A copy of the set.
+    pub fn snapshot(&self) -> BlockSet {
+        self.set.lock().expect("held lock poisoned").clone()
+    }
+
+    /// Whether every block of `ranges` is held.
+    pub fn contains_all(&self, ranges: &[BlockRange]) -> bool {
+        let set = self.set.lock().expect("held lock poisoned");
+        ranges.iter().all(|r| set.contains_range(*r))
+    }
+
+    /// Wakes each time blocks are added (the value is the count held).
+    pub fn subscribe(&self) -> watch::Receiver<u32> {
+        self.changed.subscribe()
+    }
+}
+
+/// One blob this node can serve: in full (shares, seeded blobs) or the blocks verified so
+/// far (a download in progress).
 #[derive(Debug)]
 pub struct Source {
-    outboard: Outboard,
+    id: BlobId,
+    blob_len: u64,
+    /// Complete for full sources; filled in as blocks verify for a download in progress.
+    /// Locked only to look up pairs, never across IO.
+    outboard: RwLock<Outboard>,
+    /// `None`: every block.
+    held: Option<Arc<Held>>,
     origin: Origin,
 }
 
@@ -84,30 +146,100 @@ impl Source {
         outboard: Outboard,
     ) -> Result<Self, shoal_protocol::format::MetadataError> {
         Ok(Self {
-            outboard,
+            id: outboard.id(),
+            blob_len: outboard.blob_len(),
+            outboard: RwLock::new(outboard),
+            held: None,
             origin: Origin::Plain {
                 path,
                 sealer: Box::new(Sealer::new(key, flags, meta)?),
+                file: None,
+            },
+        })
+    }
+
+    /// A source serving the blocks in `held` of a download in progress, from its open part
+    /// file (plaintext at file offsets) and an outboard holding the pairs verified so far.
+    ///
+    /// # Errors
+    /// If the metadata is invalid.
+    pub fn downloading(
+        file: File,
+        path: PathBuf,
+        key: &ContentKey,
+        flags: u16,
+        meta: Metadata,
+        outboard: Outboard,
+        held: Arc<Held>,
+    ) -> Result<Self, shoal_protocol::format::MetadataError> {
+        Ok(Self {
+            id: outboard.id(),
+            blob_len: outboard.blob_len(),
+            outboard: RwLock::new(outboard),
+            held: Some(held),
+            origin: Origin::Plain {
+                path,
+                sealer: Box::new(Sealer::new(key, flags, meta)?),
+                file: Some(file),
             },
         })
     }
 
     /// A source serving from a ciphertext blob file.
-    pub const fn cipher(path: PathBuf, outboard: Outboard) -> Self {
+    pub fn cipher(path: PathBuf, outboard: Outboard) -> Self {
         Self {
-            outboard,
+            id: outboard.id(),
+            blob_len: outboard.blob_len(),
+            outboard: RwLock::new(outboard),
+            held: None,
             origin: Origin::Cipher { path },
         }
     }
 
     /// The blob id.
     pub const fn id(&self) -> BlobId {
-        self.outboard.id()
+        self.id
     }
 
-    /// The outboard.
-    pub const fn outboard(&self) -> &Outboard {
-        &self.outboard
+    /// The blob size in bytes.
+    pub const fn blob_len(&self) -> u64 {
+        self.blob_len
+    }
+
+    /// The outboard (read-locked: do not hold the guard across IO).
+    pub fn outboard(&self) -> RwLockReadGuard<'_, Outboard> {
+        self.outboard.read().expect("outboard lock poisoned")
+    }
+
+    /// Stores verified parent pairs `(position, pair)` (a download in progress).
+    pub fn set_pairs(&self, pairs: &[(u64, [u8; PARENT_LEN])]) {
+        let mut outboard = self.outboard.write().expect("outboard lock poisoned");
+        for (position, pair) in pairs {
+            outboard.set_pair(*position, pair);
+        }
+    }
+
+    /// The blocks held, for a download in progress; `None` when every block is.
+    pub fn held(&self) -> Option<&Arc<Held>> {
+        self.held.as_ref()
+    }
+
+    /// Whether every block of `ranges` can be served.
+    pub fn holds(&self, ranges: &[BlockRange]) -> bool {
+        self.held.as_ref().is_none_or(|h| h.contains_all(ranges))
+    }
+
+    /// Opens the backing file for reading.
+    ///
+    /// # Errors
+    /// If it cannot be opened.
+    pub fn open(&self) -> io::Result<File> {
+        match &self.origin {
+            Origin::Plain {
+                file: Some(file), ..
+            } => file.try_clone(),
+            _ => File::open(self.path()),
+        }
     }
 
     /// Appends block `index` to `out` (which may already hold parent hashes to send before
@@ -122,7 +254,7 @@ impl Source {
         index: BlockIndex,
         out: &mut Vec<u8>,
     ) -> Result<(), ReadBlockError> {
-        let blob_len = self.outboard.blob_len();
+        let blob_len = self.blob_len;
         let len = block_len(blob_len, index);
         if len == 0 {
             return Err(ReadBlockError::OutOfRange(index));
@@ -153,7 +285,8 @@ impl Source {
             }
         }
         let single = block_count(blob_len) == 1;
-        if self.outboard.expected_block_hash(index) != Some(block_hash(index, block, single)) {
+        let expected = self.outboard().expected_block_hash(index);
+        if expected != Some(block_hash(index, block, single)) {
             out.truncate(start);
             return Err(self.changed(index));
         }
@@ -304,9 +437,21 @@ impl Store {
             .cloned()
     }
 
-    /// Adds a source.
+    /// Stops serving `id`; returns the source if there was one.
+    pub fn remove(&self, id: &BlobId) -> Option<Arc<Source>> {
+        self.sources
+            .write()
+            .expect("store lock poisoned")
+            .remove(id)
+    }
+
+    /// Adds a source (replacing any earlier one for the same blob).
     pub fn insert(&self, source: Source) -> Arc<Source> {
-        let source = Arc::new(source);
+        self.insert_arc(Arc::new(source))
+    }
+
+    /// Adds a shared source (replacing any earlier one for the same blob).
+    pub fn insert_arc(&self, source: Arc<Source>) -> Arc<Source> {
         self.sources
             .write()
             .expect("store lock poisoned")
@@ -399,6 +544,51 @@ impl Store {
             metadata,
             reused: false,
         })
+    }
+
+    /// Serves a complete, verified file that was downloaded (plaintext at `path`, opened with
+    /// `key`), and remembers it in the data directory like a share so a later `shoal seed`
+    /// serves it too. Replaces a download-in-progress source for the same blob.
+    ///
+    /// # Errors
+    /// If the file cannot be read or the record cannot be saved.
+    pub fn add_downloaded(
+        &self,
+        path: &Path,
+        key: &ContentKey,
+        flags: u16,
+        metadata: Metadata,
+        outboard: Outboard,
+    ) -> Result<Arc<Source>, ShareError> {
+        let not_file = |source| ShareError::NotAFile {
+            path: path.display().to_string(),
+            source,
+        };
+        let path = fs::canonicalize(path).map_err(not_file)?;
+        let md = fs::metadata(&path).map_err(not_file)?;
+        let mtime_ns = md
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos());
+        if let Some(dir) = &self.data_dir {
+            let record = Record {
+                path: path.clone(),
+                file_len: metadata.file_len,
+                mtime_ns,
+                flags,
+                name: metadata.name.clone(),
+                media_type: metadata.media_type.clone(),
+                blob_len: outboard.blob_len(),
+            };
+            save_share(dir, &record, key, &outboard).map_err(|source| ShareError::Persist {
+                dir: dir.display().to_string(),
+                source,
+            })?;
+        }
+        let source =
+            Source::plain(path, key, flags, metadata, outboard).map_err(SealError::from)?;
+        Ok(self.insert(source))
     }
 
     fn find_share(&self, path: &Path, len: u64, mtime_ns: u128, meta: &Metadata) -> Option<Shared> {

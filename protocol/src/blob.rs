@@ -204,6 +204,32 @@ impl Outboard {
         &self.pairs
     }
 
+    /// An outboard to be filled in as blocks are verified (a downloader's): all pairs zero.
+    /// Only the pairs above blocks it has verified are meaningful, so only those blocks may
+    /// be served from it.
+    pub fn partial(id: BlobId, blob_len: u64) -> Self {
+        let size = usize::try_from(Self::size_for(blob_len)).expect("outboard fits in memory");
+        Self {
+            blob_len,
+            id,
+            pairs: vec![0; size],
+        }
+    }
+
+    /// Stores a verified pair at `position` (as returned by [`RangeDecoder::parent`]).
+    /// Positions past the end are ignored.
+    pub fn set_pair(&mut self, position: u64, pair: &[u8; PARENT_LEN]) {
+        let Ok(start) = usize::try_from(position.saturating_mul(PARENT_LEN as u64)) else {
+            return;
+        };
+        if let Some(slot) = start
+            .checked_add(PARENT_LEN)
+            .and_then(|end| self.pairs.get_mut(start..end))
+        {
+            slot.copy_from_slice(pair);
+        }
+    }
+
     fn pair(&self, node: bao_tree::TreeNode) -> Option<&[u8]> {
         let off = tree(self.blob_len).pre_order_offset(node)?;
         let start = usize::try_from(off).ok()? * PARENT_LEN;
@@ -560,15 +586,18 @@ impl RangeDecoder {
         }
     }
 
-    /// Feeds a parent pair.
+    /// Feeds a parent pair. On success returns its position in the outboard (in pairs: it
+    /// belongs at byte `position * PARENT_LEN`), so a downloader can keep the pairs it
+    /// verified and serve the blocks under them to others ([`Outboard::set_pair`]).
     ///
     /// # Errors
     /// [`VerifyError::Parent`] if it does not verify (the peer lied).
-    pub fn parent(&mut self, pair: &[u8; PARENT_LEN]) -> Result<(), VerifyError> {
+    pub fn parent(&mut self, pair: &[u8; PARENT_LEN]) -> Result<u64, VerifyError> {
         let Some(BaoChunk::Parent {
             is_root,
             left,
             right,
+            node,
             ..
         }) = self.pending
         else {
@@ -588,7 +617,8 @@ impl RangeDecoder {
             self.stack.push(l);
         }
         self.advance();
-        Ok(())
+        // `advance` fails closed on parents without a position, so this one has one.
+        Ok(tree(self.blob_len).pre_order_offset(node).unwrap_or(0))
     }
 
     /// Feeds a block's bytes; on success they are verified and may be stored or decrypted.
@@ -717,6 +747,48 @@ mod tests {
                 let idx = BlockIndex(i);
                 let data = &blob[idx.offset() as usize..][..block_len(len as u64, idx)];
                 prop_assert_eq!(ob.expected_block_hash(idx), Some(block_hash(idx, data, blocks == 1)));
+            }
+        }
+
+        /// A downloader that keeps the pairs it verified (`Outboard::partial` + `set_pair`)
+        /// can serve any block it received, byte for byte as the full outboard would.
+        #[test]
+        fn partial_outboard_serves_what_was_received(
+            blocks in 2u32..40,
+            tail in 1usize..=SEGMENT_LEN,
+            picks in proptest::collection::vec((0u32..40, 1u32..5), 1..6),
+        ) {
+            let len = (blocks as usize - 1) * SEGMENT_LEN + tail;
+            let blob = blob_of(len);
+            let full = outboard_of(&blob);
+            let mut partial = Outboard::partial(full.id(), len as u64);
+            let mut received = Vec::new();
+            for (start, n) in picks {
+                let start = start % blocks;
+                let range = [BlockRange { start, end: (start + n).min(blocks) }];
+                let wire = encode(&full, &blob, &range);
+                let mut d = RangeDecoder::new(full.id(), len as u64, &range);
+                let mut at = 0;
+                loop {
+                    match d.need() {
+                        Need::Done => break,
+                        Need::Parent => {
+                            let p: [u8; 64] = wire[at..at + 64].try_into().unwrap();
+                            at += 64;
+                            let pos = d.parent(&p).unwrap();
+                            partial.set_pair(pos, &p);
+                        }
+                        Need::Block { len, .. } => {
+                            received.push(d.block(&wire[at..at + len]).unwrap());
+                            at += len;
+                        }
+                    }
+                }
+            }
+            for idx in received {
+                let one = [BlockRange { start: idx.0, end: idx.0 + 1 }];
+                prop_assert_eq!(encode(&partial, &blob, &one), encode(&full, &blob, &one));
+                prop_assert_eq!(partial.expected_block_hash(idx), full.expected_block_hash(idx));
             }
         }
 

@@ -4,6 +4,8 @@
 //!
 //! - [`format`](mod@format): keys, the sealed header record, segment seal/open, blob layout.
 //! - [`blob`]: [`BlobId`], the outboard, and the sans-IO range encoder/decoder.
+//! - [`have`]: have-maps ([`have::BlockSet`]) and `/shoal/have/1`, which tells peers which
+//!   blocks a peer holds as it verifies them.
 //! - [`link`]: share links `shoal:<id>?<hints>#<key>`.
 //! - [`wire`]: `/shoal/blob/1` request and response headers.
 //! - [`schedule`]: the sans-IO download scheduler (which blocks to ask which peer for), driven
@@ -35,6 +37,7 @@
 
 pub mod blob;
 pub mod format;
+pub mod have;
 pub mod link;
 pub mod schedule;
 pub mod tracker;

@@ -311,6 +311,38 @@ impl<P: PeerHandle> Scheduler<P> {
         self.schedule(now);
     }
 
+    /// `peer` now has the blocks in `ranges`, in addition to what it had (an incremental
+    /// have-map update, or the first one: an unknown peer is added). Ranges past the end are
+    /// clamped. Ignored for banned and dropped peers.
+    pub fn handle_have_ranges(&mut self, now: Instant, peer: P, ranges: &[BlockRange]) {
+        if self.banned.contains(&peer) || self.dropped.contains(&peer) {
+            return;
+        }
+        let words = (self.total as usize).div_ceil(64);
+        let state = self.peers.entry(peer).or_insert_with(|| PeerState {
+            has: vec![0; words],
+            in_flight: 0,
+            requests: BTreeSet::new(),
+            rate: 0.0,
+            last_progress: now,
+            strikes: 0,
+            busy_streak: 0,
+            backoff_until: None,
+        });
+        let mut added = false;
+        for r in ranges {
+            for b in r.start..r.end.min(self.total) {
+                if set_bit(&mut state.has, b) {
+                    self.avail[b as usize] += 1;
+                    added = true;
+                }
+            }
+        }
+        if added {
+            self.schedule(now);
+        }
+    }
+
     /// `peer` now has block `b` (an incremental have-map update).
     pub fn handle_have_block(&mut self, now: Instant, peer: P, b: u32) {
         if b >= self.total {
@@ -560,11 +592,16 @@ impl<P: PeerHandle> Scheduler<P> {
                 // several peers a small blob is not requested from one peer all at once (which
                 // would put the swarm in endgame from the start).
                 let fair = self.missing.div_ceil(n_peers);
-                let room = self
-                    .capacity(state)
-                    .min(fair)
-                    .saturating_sub(state.in_flight);
-                let full = self.config.max_blocks_per_request.max(1);
+                let capacity = self.capacity(state);
+                let room = capacity.min(fair).saturating_sub(state.in_flight);
+                // Requests of at most half the pipeline, so a slow peer (a capped home
+                // uplink shared by many downloaders) gets small requests that complete and
+                // spread soon, while a fast one gets `max_blocks_per_request`.
+                let full = self
+                    .config
+                    .max_blocks_per_request
+                    .min(capacity.div_ceil(2))
+                    .max(1);
                 // Wait until a whole request fits (few, large requests), unless the peer is
                 // idle: then whatever fits goes out at once.
                 if room == 0 || (room < full && state.in_flight > 0) {
@@ -902,8 +939,9 @@ mod tests {
     #[test]
     fn endgame_duplicates_then_cancels() {
         let now = t0();
+        // Capacity 8, so whole requests of 4 (half the pipeline) and one covers the blob.
         let config = Config {
-            min_in_flight_blocks: 4,
+            min_in_flight_blocks: 8,
             max_blocks_per_request: 4,
             ..Config::default()
         };
@@ -945,6 +983,7 @@ mod tests {
         Fail(usize, u8),
         Leave(u32),
         Join(u32, u64),
+        HaveMore(u32, u32, u32),
         Tick(u16),
     }
 
@@ -954,6 +993,7 @@ mod tests {
             1 => (any::<usize>(), 0u8..4).prop_map(|(i, f)| Op::Fail(i, f)),
             1 => (0u32..6).prop_map(Op::Leave),
             1 => (0u32..6, any::<u64>()).prop_map(|(p, m)| Op::Join(p, m)),
+            1 => (0u32..6, 0u32..90, 1u32..10).prop_map(|(p, b, n)| Op::HaveMore(p, b, n)),
             1 => any::<u16>().prop_map(Op::Tick),
         ]
     }
@@ -973,6 +1013,7 @@ mod tests {
             for op in ops {
                 match op {
                     Op::Join(p, mask) => s.handle_have(t, p, (0..total).filter(|b| mask.rotate_left(*b) & 1 == 1 || b % 7 == p % 7)),
+                    Op::HaveMore(p, b, n) => s.handle_have_ranges(t, p, &[crate::blob::BlockRange { start: b, end: b + n }]),
                     Op::Leave(p) => { s.handle_peer_gone(t, p); open.retain(|(q, ..)| *q != p); }
                     Op::Deliver(i) if !open.is_empty() => {
                         let i = i % open.len();

@@ -17,6 +17,9 @@ pub const BLOB_PROTOCOL: &str = "/shoal/blob/1";
 pub const MAX_RANGES: usize = 256;
 /// Largest encoded request: a reader must stop reading past this.
 pub const MAX_REQUEST_LEN: usize = 1 + 32 + 2 + MAX_RANGES * 8;
+/// Most blocks a server must serve for one request (64 MiB): it may answer larger requests
+/// with `BadRequest`. Bounds a server's work per stream; clients ask for far less.
+pub const MAX_SERVE_BLOCKS: u64 = 1024;
 /// Length of an `Ok` response header; other statuses are one byte.
 pub const RESPONSE_HEADER_LEN: usize = 9;
 const TAG_REQUEST_V1: u8 = 0x01;

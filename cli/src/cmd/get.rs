@@ -32,6 +32,18 @@ pub(crate) struct Args {
     /// of rarest first.
     #[arg(long)]
     sequential: bool,
+    /// Keep serving the file to other downloaders after it is complete, until Ctrl-C
+    /// (and remember it in the data directory, so `shoal seed` serves it after a restart).
+    /// While it downloads, a node always serves the blocks it has verified.
+    #[arg(long)]
+    seed: bool,
+    /// Address to listen on for other downloaders, repeatable [default: QUIC and TCP on all
+    /// interfaces].
+    #[arg(long, value_name = "MULTIADDR")]
+    listen: Vec<Multiaddr>,
+    /// Upload cap per second, e.g. 1MiB [default: unlimited].
+    #[arg(long, value_parser = ui::parse_size, value_name = "SIZE")]
+    up_limit: Option<u64>,
     /// Print the result as JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -40,9 +52,13 @@ pub(crate) struct Args {
 pub(crate) fn run(args: &Args, data_dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let link = Link::parse(&args.link).context("the link is malformed")?;
     // A downloader needs no stable identity: an ephemeral one lets `share` and `get` run
-    // side by side on one machine with the same data directory. (`--data-dir` is accepted
-    // for symmetry and for future seeding after download.)
-    let _ = data_dir;
+    // side by side on one machine with the same data directory. With `--seed` the finished
+    // file is remembered there (with its key: this is the link holder's own machine).
+    let store = if args.seed {
+        Store::open(&ui::data_dir(data_dir)?)
+    } else {
+        Store::in_memory()
+    };
     let keypair = libp2p::identity::Keypair::generate_ed25519();
     let output = match &args.output {
         None => Output::Dir(PathBuf::from(".")),
@@ -56,8 +72,11 @@ pub(crate) fn run(args: &Args, data_dir: Option<PathBuf>) -> anyhow::Result<Exit
     let rt = ui::runtime()?;
     rt.block_on(async {
         let stop = CancellationToken::new();
-        // A downloader only dials out; it listens on loopback so it costs nothing to expose.
-        let node = Node::start(Config::loopback(), keypair, Arc::new(Store::in_memory()), stop.clone())?;
+        let mut config = Config::default().with_upload_limit(args.up_limit);
+        if !args.listen.is_empty() {
+            config = config.with_listen(args.listen.clone());
+        }
+        let node = Node::start(config, keypair, Arc::new(store), stop.clone())?;
         let (tx, rx) = watch::channel(Progress::default());
         let bar_task = tokio::spawn(show_progress(rx, args.json));
         let result = tokio::select! {
@@ -68,8 +87,13 @@ pub(crate) fn run(args: &Args, data_dir: Option<PathBuf>) -> anyhow::Result<Exit
             }
         };
         let _ = bar_task.await;
-        stop.cancel();
-        let done = result?;
+        let done = match result {
+            Ok(done) => done,
+            Err(e) => {
+                stop.cancel();
+                return Err(e.into());
+            }
+        };
         let len = done.metadata.file_len;
         let fetched_bytes = (done.fetched_blocks * SEGMENT_PLAINTEXT_LEN as u64).min(len);
         if args.json {
@@ -98,6 +122,13 @@ pub(crate) fn run(args: &Args, data_dir: Option<PathBuf>) -> anyhow::Result<Exit
             );
             ui::print_line(&done.path.display().to_string())?;
         }
+        if args.seed {
+            if !args.json {
+                eprintln!("seeding {}; Ctrl-C to stop", done.path.display());
+            }
+            ui::serve_until_ctrl_c(&node, args.json).await;
+        }
+        stop.cancel();
         anyhow::Ok(ExitCode::SUCCESS)
     })
 }

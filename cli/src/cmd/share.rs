@@ -1,6 +1,6 @@
 //! `shoal share FILE`: seal a file, print its link, serve it until Ctrl-C.
 
-use std::{path::PathBuf, process::ExitCode, sync::Arc, sync::atomic::Ordering, time::Duration};
+use std::{path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use libp2p::Multiaddr;
@@ -90,41 +90,8 @@ pub(crate) fn run(args: &Args, data_dir: Option<PathBuf>) -> anyhow::Result<Exit
                 node.peer_id()
             );
         }
-        serve_until_ctrl_c(&node, args.json).await;
+        ui::serve_until_ctrl_c(&node, args.json).await;
         stop.cancel();
         anyhow::Ok(ExitCode::SUCCESS)
     })
-}
-
-async fn serve_until_ctrl_c(node: &Node, json: bool) {
-    let status = indicatif::ProgressBar::new_spinner();
-    if json || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-        status.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-    }
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let mut last = 0u64;
-    let mut seconds = 0u64;
-    loop {
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => break,
-            _ = tick.tick() => {
-                let up = node.stats().uploaded_bytes.load(Ordering::Relaxed);
-                let peers = node.stats().connected_peers.load(Ordering::Relaxed);
-                let rate = up.saturating_sub(last);
-                last = up;
-                seconds += 1;
-                status.set_message(format!("{peers} peers connected, {} uploaded, {}/s", ui::size(up), ui::size(rate)));
-                status.tick();
-                if json && seconds.is_multiple_of(5) {
-                    let v = serde_json::json!({"uploaded_bytes": up, "connected_peers": peers, "upload_bytes_per_sec": rate});
-                    if ui::print_line(&v.to_string()).is_err() {
-                        break;
-                    }
-                }
-            }
-        }
-    }
-    status.finish_and_clear();
-    let up = node.stats().uploaded_bytes.load(Ordering::Relaxed);
-    eprintln!("stopped; uploaded {} in total", ui::size(up));
 }
