@@ -20,6 +20,8 @@ Examples:
   shoal demo                                 try it: share and fetch a file on this machine
   shoal share movie.mkv                      print a link and serve the file until Ctrl-C
   shoal get 'shoal:…#…' -o movie.mkv          fetch, verify, decrypt (run again to resume)
+  shoal get --seed 'shoal:…#…'               fetch, then keep serving it to others
+  shoal seed --up-limit 1MiB                 serve everything shared or kept here
   shoal encrypt report.pdf -o report.blob    write the ciphertext, print its link
   shoal decrypt report.blob 'shoal:…#…' -o report.pdf
   shoal inspect 'shoal:…#…'                  show blob id, size and hints (never the key)
@@ -59,6 +61,8 @@ enum Command {
     Decrypt(cmd::crypt::DecryptArgs),
     /// Show what a link names: blob id, size and hints. Never prints the key.
     Inspect(cmd::inspect::Args),
+    /// Seed everything this machine remembers (and given links) to other peers until Ctrl-C.
+    Seed(cmd::seed::Args),
     /// Share a generated file between two nodes on this machine and report how it went.
     Demo(cmd::demo::Args),
 }
@@ -72,6 +76,7 @@ fn main() -> ExitCode {
         Command::Encrypt(a) => cmd::crypt::encrypt(&a),
         Command::Decrypt(a) => cmd::crypt::decrypt(&a),
         Command::Inspect(a) => cmd::inspect::run(&a),
+        Command::Seed(a) => cmd::seed::run(&a, cli.data_dir),
         Command::Demo(a) => cmd::demo::run(&a),
     };
     match result {

@@ -129,7 +129,13 @@ pub(crate) async fn serve_until_ctrl_c(node: &Node, json: bool) {
                 status.set_message(format!("{peers} peers connected, {} uploaded, {}/s", size(up), size(rate)));
                 status.tick();
                 if json && seconds.is_multiple_of(5) {
-                    let v = serde_json::json!({"uploaded_bytes": up, "connected_peers": peers, "upload_bytes_per_sec": rate});
+                    let mut blobs: Vec<_> = node.store().sources().iter().map(|s| serde_json::json!({
+                        "blob_id": s.id().to_string(),
+                        "uploaded_bytes": s.uploaded(),
+                        "complete": s.held().is_none(),
+                    })).collect();
+                    blobs.sort_by_key(|b| b["blob_id"].as_str().map(str::to_owned));
+                    let v = serde_json::json!({"uploaded_bytes": up, "connected_peers": peers, "upload_bytes_per_sec": rate, "blobs": blobs});
                     if print_line(&v.to_string()).is_err() {
                         break;
                     }

@@ -407,3 +407,48 @@ fn unwritable_output_is_a_local_error_naming_the_path() {
         text(&o.stderr)
     );
 }
+
+/// A share remembered in the data directory is served again by `shoal seed` after the
+/// sharer is gone; with nothing remembered, `seed` says what to do.
+#[test]
+fn seed_serves_what_was_shared_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = run(shoal(dir.path()).args(["seed", "--listen", "/ip4/127.0.0.1/tcp/0"]));
+    assert_eq!(empty.status.code(), Some(1));
+    assert!(
+        text(&empty.stderr).contains("nothing to seed"),
+        "{}",
+        text(&empty.stderr)
+    );
+
+    let data = write_random(&dir.path().join("movie.bin"), 300_000);
+    let (sharer, link) = share(dir.path(), "movie.bin", &[]);
+    drop(sharer); // the sharing process is gone; only the data directory remains
+
+    let mut seeder = shoal(dir.path())
+        .args(["seed", "--json", "--listen", "/ip4/127.0.0.1/tcp/0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(seeder.stdout.take().unwrap()).lines();
+    let _seeder = Guard(seeder);
+    let first: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    let addr = first["addrs"][0].as_str().unwrap().to_owned();
+    let seeding: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(seeding["status"], "seeding");
+    assert_eq!(seeding["name"], "movie.bin");
+
+    let out_dir = dir.path().join("got");
+    std::fs::create_dir(&out_dir).unwrap();
+    let got = run(shoal(dir.path()).args([
+        "get",
+        &link,
+        "--peer",
+        &addr,
+        "-o",
+        out_dir.join("movie.bin").to_str().unwrap(),
+    ]));
+    assert!(got.status.success(), "{}", text(&got.stderr));
+    assert_eq!(std::fs::read(out_dir.join("movie.bin")).unwrap(), data);
+}

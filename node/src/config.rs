@@ -16,6 +16,12 @@ pub struct Config {
     pub max_upload_streams: usize,
     /// Upload cap in bytes per second across all peers; `None` = unlimited (default).
     pub upload_limit_bytes_per_sec: Option<u64>,
+    /// Most established connections in total (default 256; a home router copes) and
+    /// per peer (default 2: one each way when two peers dial each other at once). Further
+    /// connections are refused.
+    pub max_connections: u32,
+    /// See [`Config::max_connections`].
+    pub max_connections_per_peer: u32,
     /// How long a peer may take to send a request, or to send the next bytes of a
     /// response, before the stream is dropped. Default 20 s.
     pub request_timeout: Duration,
@@ -39,6 +45,8 @@ impl Default for Config {
             ],
             max_upload_streams: 32,
             upload_limit_bytes_per_sec: None,
+            max_connections: 256,
+            max_connections_per_peer: 2,
             request_timeout: Duration::from_secs(20),
             idle_timeout: Duration::from_secs(60),
             dial_timeout: Duration::from_secs(10),

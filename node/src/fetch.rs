@@ -38,6 +38,7 @@ use tracing::{debug, info, warn};
 
 use crate::{
     node::{DialError, Interest, Node, blob_protocol, have_protocol},
+    rate::RateLimiter,
     store::{Held, Source, Store, read_exact_at, write_all_at, write_atomic},
 };
 
@@ -75,6 +76,8 @@ pub struct FetchOptions {
     pub overwrite: bool,
     /// Fetch blocks in order (streaming playback) instead of rarest first.
     pub sequential: bool,
+    /// Download cap in bytes per second across all peers; `None` = unlimited.
+    pub down_limit: Option<u64>,
 }
 
 impl FetchOptions {
@@ -87,6 +90,7 @@ impl FetchOptions {
             blocks_per_request: 64,
             overwrite: false,
             sequential: false,
+            down_limit: None,
         }
     }
 }
@@ -626,11 +630,14 @@ pub async fn fetch(
         .as_bytes()
         .chunks_exact(PARENT_LEN)
         .all(|p| p.iter().any(|&b| b != 0))
-        && let Err(e) =
-            node.store()
-                .add_downloaded(&final_path, &link.key, flags, metadata.clone(), outboard)
     {
-        warn!(blob = %id, error = %e, "cannot seed the downloaded file");
+        match node
+            .store()
+            .add_downloaded(&final_path, &link.key, flags, metadata.clone(), outboard)
+        {
+            Ok(whole) => whole.add_uploaded(serving.uploaded()),
+            Err(e) => warn!(blob = %id, error = %e, "cannot seed the downloaded file"),
+        }
     }
     Ok(Fetched {
         path: final_path,
@@ -910,6 +917,7 @@ async fn drive(
         ..schedule::Config::default()
     };
     let mut sched = Scheduler::new(config, total, had);
+    let limiter = opts.down_limit.map(|r| Arc::new(RateLimiter::new(r)));
     let (events_tx, mut events) = mpsc::channel::<Event>(EVENT_QUEUE);
     // Owned by this future: dropping the fetch (Ctrl-C, an app cancelling it) aborts every
     // request task with it, so nothing keeps downloading into the part file afterwards.
@@ -952,6 +960,7 @@ async fn drive(
                         blob_len,
                         writer.clone(),
                         events_tx.clone(),
+                        limiter.clone(),
                     ));
                     tasks.insert(rid, handle);
                 }
@@ -1129,6 +1138,7 @@ async fn watch_have(node: Node, peer: PeerId, id: BlobId, total: u32, events: mp
     let _ = events.send(Event::HaveEnded { peer, result }).await;
 }
 
+#[allow(clippy::too_many_arguments)] // spawned from one place; a struct would only rename them
 /// One request: stream the verified blocks to the writer and tell the driver about each.
 async fn request_task(
     node: Node,
@@ -1138,12 +1148,19 @@ async fn request_task(
     blob_len: u64,
     writer: mpsc::Sender<Verified>,
     events: mpsc::Sender<Event>,
+    limiter: Option<Arc<RateLimiter>>,
 ) {
     let result = request(&node, peer, &req, blob_len, |v| {
         let index = v.index.0;
         let writer = writer.clone();
         let events = events.clone();
+        let limiter = limiter.clone();
         async move {
+            // Pausing here stops reading the stream: the transport's flow control slows the
+            // sender down to the limit.
+            if let Some(l) = limiter {
+                l.acquire(v.data.len() as u64).await;
+            }
             writer.send(v).await.map_err(|_| RequestError::Stopped)?;
             events
                 .send(Event::Block {

@@ -60,6 +60,7 @@ pub(crate) fn have_protocol() -> StreamProtocol {
 
 #[derive(NetworkBehaviour)]
 struct Behaviour {
+    limits: libp2p::connection_limits::Behaviour,
     stream: libp2p_stream::Behaviour,
     identify: identify::Behaviour,
     ping: ping::Behaviour,
@@ -183,6 +184,12 @@ impl Node {
             .map_err(|e| StartError::Transport(e.into()))?
             .with_quic()
             .with_behaviour(|key| Behaviour {
+                limits: libp2p::connection_limits::Behaviour::new(
+                    libp2p::connection_limits::ConnectionLimits::default()
+                        .with_max_established(Some(config.max_connections))
+                        .with_max_established_per_peer(Some(config.max_connections_per_peer))
+                        .with_max_pending_incoming(Some(64)),
+                ),
                 stream: libp2p_stream::Behaviour::new(),
                 identify: identify::Behaviour::new(identify::Config::new(
                     "/shoal/id/1".into(),
@@ -591,6 +598,7 @@ async fn serve(
     #[cfg(not(feature = "test-utils"))]
     let corrupt = false;
     let header = ResponseHeader::Ok { blob_len }.encode();
+    let counted = source.clone();
     let producer =
         tokio::task::spawn_blocking(move || produce(&source, &req, header, corrupt, &tx));
     while let Some(chunk) = rx.recv().await {
@@ -603,6 +611,7 @@ async fn serve(
             .stats
             .uploaded_bytes
             .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        counted.add_uploaded(chunk.len() as u64);
     }
     producer.await.map_err(std::io::Error::other)?;
     inner.stats.requests_served.fetch_add(1, Ordering::Relaxed);

@@ -14,7 +14,10 @@ use std::{
     fs::{self, File},
     io,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex, RwLock, RwLockReadGuard},
+    sync::{
+        Arc, Mutex, RwLock, RwLockReadGuard,
+        atomic::{AtomicU64, Ordering},
+    },
     time::UNIX_EPOCH,
 };
 
@@ -103,6 +106,8 @@ pub struct Source {
     /// `None`: every block.
     held: Option<Arc<Held>>,
     origin: Origin,
+    /// Blob bytes sent to peers from this source.
+    uploaded: AtomicU64,
 }
 
 /// Why a block could not be produced for serving. Never the requester's fault.
@@ -155,6 +160,7 @@ impl Source {
                 sealer: Box::new(Sealer::new(key, flags, meta)?),
                 file: None,
             },
+            uploaded: AtomicU64::new(0),
         })
     }
 
@@ -182,6 +188,7 @@ impl Source {
                 sealer: Box::new(Sealer::new(key, flags, meta)?),
                 file: Some(file),
             },
+            uploaded: AtomicU64::new(0),
         })
     }
 
@@ -193,6 +200,7 @@ impl Source {
             outboard: RwLock::new(outboard),
             held: None,
             origin: Origin::Cipher { path },
+            uploaded: AtomicU64::new(0),
         }
     }
 
@@ -217,6 +225,16 @@ impl Source {
         for (position, pair) in pairs {
             outboard.set_pair(*position, pair);
         }
+    }
+
+    /// Blob bytes sent to peers from this source so far.
+    pub fn uploaded(&self) -> u64 {
+        self.uploaded.load(Ordering::Relaxed)
+    }
+
+    /// Counts `bytes` more sent from this source.
+    pub fn add_uploaded(&self, bytes: u64) {
+        self.uploaded.fetch_add(bytes, Ordering::Relaxed);
     }
 
     /// The blocks held, for a download in progress; `None` when every block is.
@@ -459,6 +477,16 @@ impl Store {
         source
     }
 
+    /// Every source served, in no particular order.
+    pub fn sources(&self) -> Vec<Arc<Source>> {
+        self.sources
+            .read()
+            .expect("store lock poisoned")
+            .values()
+            .cloned()
+            .collect()
+    }
+
     /// Number of blobs served.
     pub fn len(&self) -> usize {
         self.sources.read().expect("store lock poisoned").len()
@@ -594,45 +622,30 @@ impl Store {
     fn find_share(&self, path: &Path, len: u64, mtime_ns: u128, meta: &Metadata) -> Option<Shared> {
         let dir = self.data_dir.as_ref()?.join("shares");
         for entry in fs::read_dir(dir).ok()?.flatten() {
-            let d = entry.path();
-            let Ok(record) = fs::read(d.join("record.json")) else {
+            let Ok(saved) = SavedShare::load(&entry.path()) else {
                 continue;
             };
-            let Ok(record) = serde_json::from_slice::<Record>(&record) else {
-                continue;
-            };
-            if record.path != path
-                || record.file_len != len
-                || record.mtime_ns != mtime_ns
-                || record.media_type != meta.media_type
+            let r = &saved.record;
+            if r.path != path
+                || r.file_len != len
+                || r.mtime_ns != mtime_ns
+                || r.media_type != meta.media_type
             {
                 continue;
             }
-            let Ok(id) = entry.file_name().to_string_lossy().parse::<BlobId>() else {
-                continue;
-            };
-            let Ok(key) = fs::read(d.join("key")) else {
-                continue;
-            };
-            let Ok(key) = <[u8; 32]>::try_from(key.as_slice()) else {
-                continue;
-            };
-            let key = ContentKey::from_bytes(key);
-            let Ok(pairs) = fs::read(d.join("outboard")) else {
-                continue;
-            };
-            let Ok(outboard) = Outboard::from_parts(id, record.blob_len, pairs) else {
-                continue;
-            };
-            let Ok(source) =
-                Source::plain(path.to_owned(), &key, record.flags, meta.clone(), outboard)
-            else {
+            let Ok(source) = Source::plain(
+                path.to_owned(),
+                &saved.key,
+                r.flags,
+                meta.clone(),
+                saved.outboard,
+            ) else {
                 continue;
             };
             // The outboard is checked against the id block by block when serving; a stale
             // record (file edited within the same mtime) is caught there.
-            let mut link = Link::new(id, key);
-            link.blob_len = Some(record.blob_len);
+            let mut link = Link::new(saved.id, saved.key);
+            link.blob_len = Some(r.blob_len);
             self.insert(source);
             return Some(Shared {
                 link,
@@ -641,6 +654,118 @@ impl Store {
             });
         }
         None
+    }
+
+    /// Serves every blob remembered in the data directory (shares and downloads kept with
+    /// `get --seed`) whose file is unchanged since (same size and modification time).
+    /// Returns what is served and what was skipped, with the reason.
+    pub fn load_saved(&self) -> Loaded {
+        let mut loaded = Loaded::default();
+        let Some(dir) = self.data_dir.as_ref().map(|d| d.join("shares")) else {
+            return loaded;
+        };
+        let Ok(entries) = fs::read_dir(&dir) else {
+            return loaded;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let saved = match SavedShare::load(&path) {
+                Ok(s) => s,
+                Err(why) => {
+                    loaded.skipped.push((path, why));
+                    continue;
+                }
+            };
+            let r = &saved.record;
+            let current = fs::metadata(&r.path).ok().map(|md| {
+                let mtime = md
+                    .modified()
+                    .ok()
+                    .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                    .map_or(0, |d| d.as_nanos());
+                (md.len(), mtime)
+            });
+            if current != Some((r.file_len, r.mtime_ns)) {
+                loaded.skipped.push((
+                    r.path.clone(),
+                    "missing or changed since it was shared; share it again".into(),
+                ));
+                continue;
+            }
+            let meta = Metadata {
+                name: r.name.clone(),
+                file_len: r.file_len,
+                media_type: r.media_type.clone(),
+            };
+            match Source::plain(r.path.clone(), &saved.key, r.flags, meta, saved.outboard) {
+                Ok(source) => {
+                    let source = self.insert(source);
+                    loaded.served.push(Served {
+                        id: source.id(),
+                        path: r.path.clone(),
+                        name: r.name.clone(),
+                        blob_len: r.blob_len,
+                    });
+                }
+                Err(e) => loaded.skipped.push((r.path.clone(), e.to_string())),
+            }
+        }
+        loaded.served.sort_by(|a, b| a.path.cmp(&b.path));
+        loaded
+    }
+}
+
+/// What [`Store::load_saved`] found.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    /// Blobs now served.
+    pub served: Vec<Served>,
+    /// Records or files skipped, and why.
+    pub skipped: Vec<(PathBuf, String)>,
+}
+
+/// A blob served from a remembered file.
+#[derive(Debug, Clone)]
+pub struct Served {
+    /// The blob.
+    pub id: BlobId,
+    /// The plaintext file.
+    pub path: PathBuf,
+    /// The name in its header.
+    pub name: String,
+    /// Blob size in bytes.
+    pub blob_len: u64,
+}
+
+/// A share record with its key and outboard, read back from `shares/<id>/`.
+struct SavedShare {
+    id: BlobId,
+    record: Record,
+    key: ContentKey,
+    outboard: Outboard,
+}
+
+impl SavedShare {
+    fn load(dir: &Path) -> Result<Self, String> {
+        let id = dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.parse::<BlobId>().ok())
+            .ok_or("not a share directory")?;
+        let record = fs::read(dir.join("record.json")).map_err(|e| e.to_string())?;
+        let record: Record =
+            serde_json::from_slice(&record).map_err(|e| format!("bad record.json: {e}"))?;
+        let key = fs::read(dir.join("key")).map_err(|e| e.to_string())?;
+        let key = <[u8; 32]>::try_from(key.as_slice()).map_err(|_| "bad key file")?;
+        let pairs = fs::read(dir.join("outboard")).map_err(|e| e.to_string())?;
+        let outboard =
+            Outboard::from_parts(id, record.blob_len, pairs).map_err(|e| e.to_string())?;
+        Ok(Self {
+            id,
+            record,
+            key: ContentKey::from_bytes(key),
+            outboard,
+        })
     }
 }
 

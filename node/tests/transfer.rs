@@ -4,7 +4,11 @@
 // Helpers outside #[test] fns: a panic there is a test failure, which is what we want.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::{path::Path, sync::Arc, time::Duration};
+use std::{
+    path::Path,
+    sync::{Arc, atomic::Ordering},
+    time::Duration,
+};
 
 use shoal_node::{
     CancellationToken, Config, Store,
@@ -412,5 +416,59 @@ async fn two_seeders_both_serve_one_download() {
         "duplicated too much: {}",
         sa + sb
     );
+    stop.cancel();
+}
+
+/// `down_limit` holds a download to its rate (it cannot finish sooner than the bytes allow,
+/// less one burst), and the file is still complete and correct.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn download_limit_holds_the_rate() {
+    let dir = tempfile::tempdir().unwrap();
+    let stop = CancellationToken::new();
+    let a = seeder(dir.path(), 2_000_000, Config::loopback(), &stop).await;
+    let mut link = a.link.clone();
+    link.peers = vec![testing::addr(&a.node, "tcp").await.to_string()];
+    let getter = testing::node(Config::loopback(), Arc::new(Store::in_memory()), &stop);
+    let out = dir.path().join("slow.bin");
+    let mut opts = FetchOptions::new(Output::File(out.clone()));
+    opts.down_limit = Some(1_000_000);
+    let started = std::time::Instant::now();
+    timeout(LIMIT, fetch(&getter, &link, opts, progress()))
+        .await
+        .unwrap()
+        .unwrap();
+    let took = started.elapsed();
+    // 2 MB at 1 MB/s, minus the 0.25 s burst and the two bootstrap blocks (not limited).
+    assert!(took >= Duration::from_millis(1500), "took only {took:?}");
+    assert_eq!(std::fs::read(&out).unwrap(), a.data);
+    stop.cancel();
+}
+
+/// A node at its connection limit refuses more peers, and the refused downloader says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_limit_refuses_extra_peers() {
+    let dir = tempfile::tempdir().unwrap();
+    let stop = CancellationToken::new();
+    let config = Config {
+        max_connections: 1,
+        ..Config::loopback()
+    };
+    let a = seeder(dir.path(), 100_000, config, &stop).await;
+    let addr = testing::addr(&a.node, "tcp").await;
+    let first = testing::node(Config::loopback(), Arc::new(Store::in_memory()), &stop);
+    first.dial(addr.clone(), LIMIT).await.unwrap();
+    let second = testing::node(Config::loopback(), Arc::new(Store::in_memory()), &stop);
+    // The dialer may see the connection complete before the listener refuses and closes it.
+    let _ = second.dial(addr, LIMIT).await;
+    let peers = |n: &shoal_node::Node| n.stats().connected_peers.load(Ordering::Relaxed);
+    timeout(LIMIT, async {
+        while peers(&second) != 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the refused connection is closed");
+    assert_eq!(peers(&a.node), 1, "the seeder kept only the first peer");
+    assert_eq!(peers(&first), 1);
     stop.cancel();
 }

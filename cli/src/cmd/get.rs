@@ -44,6 +44,9 @@ pub(crate) struct Args {
     /// Upload cap per second, e.g. 1MiB [default: unlimited].
     #[arg(long, value_parser = ui::parse_size, value_name = "SIZE")]
     up_limit: Option<u64>,
+    /// Download cap per second, e.g. 4MiB [default: unlimited].
+    #[arg(long, value_parser = ui::parse_size, value_name = "SIZE")]
+    down_limit: Option<u64>,
     /// Print the result as JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -69,6 +72,7 @@ pub(crate) fn run(args: &Args, data_dir: Option<PathBuf>) -> anyhow::Result<Exit
     opts.peers.clone_from(&args.peer);
     opts.overwrite = args.force;
     opts.sequential = args.sequential;
+    opts.down_limit = args.down_limit;
     let rt = ui::runtime()?;
     rt.block_on(async {
         let stop = CancellationToken::new();

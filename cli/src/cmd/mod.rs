@@ -4,6 +4,7 @@ pub(crate) mod crypt;
 pub(crate) mod demo;
 pub(crate) mod get;
 pub(crate) mod inspect;
+pub(crate) mod seed;
 pub(crate) mod share;
 
 use libp2p::{Multiaddr, multiaddr::Protocol};
