@@ -37,6 +37,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use crate::{
+    announce::{Announcer, Status},
     node::{DialError, Interest, Node, blob_protocol, have_protocol},
     rate::RateLimiter,
     store::{Held, Source, Store, read_exact_at, write_all_at, write_atomic},
@@ -78,6 +79,9 @@ pub struct FetchOptions {
     pub sequential: bool,
     /// Download cap in bytes per second across all peers; `None` = unlimited.
     pub down_limit: Option<u64>,
+    /// Trackers to announce to besides the link's `tr` hints (multiaddrs ending in
+    /// `/p2p/<peer id>`).
+    pub trackers: Vec<Multiaddr>,
 }
 
 impl FetchOptions {
@@ -91,6 +95,7 @@ impl FetchOptions {
             overwrite: false,
             sequential: false,
             down_limit: None,
+            trackers: Vec::new(),
         }
     }
 }
@@ -127,6 +132,9 @@ pub struct Fetched {
     pub elapsed: Duration,
     /// Peers dropped for sending bad data, with the reason.
     pub banned: Vec<(PeerId, String)>,
+    /// Still announcing this node to the link's trackers, now as a seeder: keep it while the
+    /// node seeds the file; dropping it tells the trackers this node left.
+    pub announcer: Option<Announcer>,
 }
 
 /// Why a fetch failed. Blocks verified before the failure are kept for the next run.
@@ -352,9 +360,18 @@ pub async fn fetch(
         return Err(FetchError::InUse(part_path));
     }
 
+    // Trackers: from the link (`tr=`) and the options. They list more peers as they join.
+    let mut trackers: Vec<Multiaddr> = opts.trackers.clone();
+    let mut tried = Vec::new();
+    for t in &link.trackers {
+        match t.parse::<Multiaddr>() {
+            Ok(a) if !trackers.contains(&a) => trackers.push(a),
+            Ok(_) => {}
+            Err(e) => tried.push(format!("tracker {t}: not a valid multiaddr ({e})")),
+        }
+    }
     // Connect to every known peer at once.
     let mut addrs: Vec<Multiaddr> = opts.peers.clone();
-    let mut tried = Vec::new();
     for p in &link.peers {
         match p.parse::<Multiaddr>() {
             Ok(a) if !addrs.contains(&a) => addrs.push(a),
@@ -362,9 +379,25 @@ pub async fn fetch(
             Err(e) => tried.push(format!("{p}: not a valid multiaddr ({e})")),
         }
     }
-    if addrs.is_empty() && tried.is_empty() {
+    if addrs.is_empty() && trackers.is_empty() && tried.is_empty() {
         return Err(FetchError::NoPeersGiven);
     }
+    // Peers that subscribe to our have-map of this blob are downloading it too: ask them.
+    let interest = node.interest(id);
+    let (found_tx, mut found) = mpsc::channel(FOUND_QUEUE);
+    let total_hint = link
+        .blob_len
+        .and_then(|l| u32::try_from(block_count(l)).ok())
+        .unwrap_or(0);
+    let announcer = (!trackers.is_empty()).then(|| {
+        Announcer::start(
+            node,
+            id,
+            trackers.clone(),
+            Status::leecher(0, total_hint),
+            Some(found_tx),
+        )
+    });
     let timeout = node.config().dial_timeout;
     let dials = join_all(addrs.iter().map(|a| node.dial(a.clone(), timeout))).await;
     let mut peers: Vec<PeerId> = Vec::new();
@@ -375,14 +408,27 @@ pub async fn fetch(
             Err(DialError { addr, why }) => tried.push(format!("{addr}: {why}")),
         }
     }
+    if peers.is_empty() && announcer.is_some() {
+        // Only trackers can tell us who has the blob: wait for the first peer they list.
+        let first = tokio::time::timeout(GIVE_UP_AFTER, found.recv()).await;
+        match first {
+            Ok(Some(p)) => peers.push(p),
+            _ => tried.extend(trackers.iter().map(|t| {
+                format!("tracker {t}: listed no reachable peer within {GIVE_UP_AFTER:?}")
+            })),
+        }
+    }
+    while let Ok(p) = found.try_recv() {
+        if !peers.contains(&p) {
+            peers.push(p);
+        }
+    }
     if peers.is_empty() {
         return Err(FetchError::Unreachable { tried });
     }
     progress.send_modify(|p| p.peers = peers.len());
     info!(blob = %id, peers = peers.len(), "connected");
 
-    // Peers that subscribe to our have-map of this blob are downloading it too: ask them.
-    let interest = node.interest(id);
     let mut state = State::load(state_path.clone(), id, link.blob_len);
     let resumed = state.as_ref().map_or(0, State::count);
     let mut banned: Vec<(PeerId, String)> = Vec::new();
@@ -401,6 +447,12 @@ pub async fn fetch(
         let mut backoff = BOOTSTRAP_BACKOFF;
         let deadline = tokio::time::Instant::now() + GIVE_UP_AFTER;
         while got.is_none() && !retry.is_empty() {
+            while let Ok(p) = found.try_recv() {
+                if !retry.contains(&p) {
+                    retry.push(p);
+                    peers.push(p);
+                }
+            }
             let round = std::mem::take(&mut retry);
             why.clear();
             for peer in round {
@@ -553,6 +605,7 @@ pub async fn fetch(
         .map(|i| u32::try_from(i).expect("MAX_FILE_LEN keeps indices in u32"))
         .collect();
     let fetched_blocks = total - had.len() as u64;
+    let state_count_at_start = had.len();
     let overwrite = opts.overwrite;
     let (writer_tx, writer_rx) = mpsc::channel(WRITE_QUEUE);
     let writer = {
@@ -580,8 +633,26 @@ pub async fn fetch(
             )
         })
     };
+    if let Some(a) = &announcer {
+        a.set(Status::leecher(
+            u32::try_from(state_count_at_start).unwrap_or(0),
+            total32,
+        ));
+    }
     let ended = drive(
-        node, id, blob_len, &opts, &peers, interest, had, writer_tx, &progress,
+        node,
+        id,
+        blob_len,
+        &opts,
+        Discovery {
+            peers: &peers,
+            interest,
+            found,
+            announcer: announcer.as_ref(),
+        },
+        had,
+        writer_tx,
+        &progress,
     )
     .await;
     let state = writer.await.map_err(|e| FetchError::Disk {
@@ -620,6 +691,9 @@ pub async fn fetch(
     let _ = fs::remove_file(&state_path);
     let _ = fs::remove_file(&obao_path);
     info!(blob = %id, blocks = total, "fetch complete");
+    if let Some(a) = &announcer {
+        a.set(Status::seeder(total32));
+    }
     // Keep serving the whole file while the node runs. Every pair is known unless blocks were
     // resumed from a run that lost its sparse outboard; then only new downloads seed it.
     let outboard = serving.outboard().clone();
@@ -646,6 +720,7 @@ pub async fn fetch(
         resumed_blocks: resumed,
         elapsed: started.elapsed(),
         banned,
+        announcer,
     })
 }
 
@@ -878,6 +953,23 @@ enum Event {
 
 /// First wait before asking busy peers again for the first blocks; doubles up to 2 s.
 const BOOTSTRAP_BACKOFF: Duration = Duration::from_millis(100);
+/// Peers found through trackers, queued for the fetch.
+const FOUND_QUEUE: usize = 64;
+/// The tracker hears about progress every this many blocks (at the next re-announce).
+const ANNOUNCE_PROGRESS_EVERY: u32 = 64;
+
+/// Where the main phase learns about peers.
+struct Discovery<'a> {
+    /// Connected at the start.
+    peers: &'a [PeerId],
+    /// Peers that subscribed to our have-map of this blob.
+    interest: Interest,
+    /// Peers trackers listed (dialled already).
+    found: mpsc::Receiver<PeerId>,
+    /// The announcer, told about progress.
+    announcer: Option<&'a Announcer>,
+}
+
 /// Bound of the event queue from request tasks to the driver.
 const EVENT_QUEUE: usize = 256;
 /// With nothing in flight and no block arriving for this long, the peers left cannot help
@@ -894,8 +986,7 @@ async fn drive(
     id: BlobId,
     blob_len: u64,
     opts: &FetchOptions,
-    peers: &[PeerId],
-    mut interest: Interest,
+    discovery: Discovery<'_>,
     had: Vec<u32>,
     writer: mpsc::Sender<Verified>,
     progress: &watch::Sender<Progress>,
@@ -940,9 +1031,16 @@ async fn drive(
             e.insert(set.spawn(watch_have(node.clone(), peer, id, total, events_tx.clone())));
         }
     };
+    let Discovery {
+        peers,
+        mut interest,
+        mut found,
+        announcer,
+    } = discovery;
     for &p in peers {
         watch(&mut set, &mut watching, p);
     }
+    let mut announced_at = 0u32;
     loop {
         while let Some(action) = sched.poll_action() {
             match action {
@@ -1005,6 +1103,14 @@ async fn drive(
                     Event::Block { peer, id: rid, index } => {
                         last_block = tokio::time::Instant::now();
                         sched.handle_block(now, peer, rid, index);
+                        let held = total - sched.missing();
+                        if let Some(a) = announcer
+                            && held >= announced_at + ANNOUNCE_PROGRESS_EVERY
+                            && held < total
+                        {
+                            a.set(Status::leecher(held, total));
+                            announced_at = held;
+                        }
                     }
                     Event::Have { peer, ranges } => {
                         let set = known.entry(peer).or_insert_with(|| BlockSet::new(total));
@@ -1068,6 +1174,12 @@ async fn drive(
             Some(peer) = interest.peers.recv() => {
                 if !ended.banned.iter().any(|(b, _)| *b == peer) {
                     debug!(peer = %peer, blob = %id, "peer fetching the same blob found us");
+                    watch(&mut set, &mut watching, peer);
+                }
+            }
+            Some(peer) = found.recv() => {
+                if !ended.banned.iter().any(|(b, _)| *b == peer) {
+                    debug!(peer = %peer, blob = %id, "a tracker listed a peer");
                     watch(&mut set, &mut watching, peer);
                 }
             }

@@ -8,6 +8,9 @@
 //!   and checked against the outboard) or from a ciphertext file.
 //! - [`fetch::fetch`]: download a link's blob, resumable and crash-safe.
 //! - [`seal::seal_file`]: the publish pipeline (encrypt + outboard, all cores).
+//! - [`announce::Announcer`]: announcing a blob to trackers and connecting to the peers they
+//!   list.
+//! - [`tracker_codec`]: the `/shoal/tracker/1` request-response codec (trackers and peers).
 //!
 //! # Example
 //!
@@ -35,6 +38,7 @@
 //! Features: `test-utils` adds the `testing` module (ephemeral loopback nodes, test files)
 //! and a lying-peer mode (`Config::corrupt_uploads`) for tests.
 
+pub mod announce;
 pub mod config;
 pub mod fetch;
 pub mod identity;
@@ -45,6 +49,7 @@ pub mod seal;
 pub mod store;
 #[cfg(feature = "test-utils")]
 pub mod testing;
+pub mod tracker_codec;
 
 pub use config::Config;
 pub use node::{DialError, Node, StartError, Stats};

@@ -15,7 +15,7 @@ use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use libp2p::{
     Multiaddr, PeerId, Stream, StreamProtocol, Swarm, identify,
     identity::Keypair,
-    noise, ping,
+    noise, ping, request_response,
     swarm::{ConnectionId, NetworkBehaviour, SwarmEvent, dial_opts::DialOpts},
     tcp,
 };
@@ -24,6 +24,7 @@ use shoal_protocol::{
     blob::{BlockRange, EncodeItem, PARENT_LEN, RangeEncoder, block_count},
     format::SEGMENT_LEN,
     have::{self, HAVE_PROTOCOL, HaveMsg, SUBSCRIBE_LEN, Subscribe},
+    tracker::{Request as TrackerRequest, Response as TrackerResponse},
     wire::{BLOB_PROTOCOL, BlobRequest, MAX_SERVE_BLOCKS, ResponseHeader},
 };
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
@@ -34,6 +35,7 @@ use crate::{
     config::Config,
     rate::RateLimiter,
     store::{Source, Store},
+    tracker_codec::{self, TrackerCodec},
 };
 
 /// Bound of the command queue into the event loop.
@@ -64,6 +66,8 @@ struct Behaviour {
     stream: libp2p_stream::Behaviour,
     identify: identify::Behaviour,
     ping: ping::Behaviour,
+    /// Announces and scrapes to trackers (outbound only: a node answers no tracker requests).
+    tracker: request_response::Behaviour<TrackerCodec>,
 }
 
 /// Live counters of a node, readable at any time.
@@ -86,6 +90,12 @@ enum Command {
     },
     Disconnect {
         peer: PeerId,
+    },
+    Tracker {
+        peer: PeerId,
+        addr: Multiaddr,
+        request: TrackerRequest,
+        reply: oneshot::Sender<Result<TrackerResponse, String>>,
     },
 }
 
@@ -196,6 +206,10 @@ impl Node {
                     key.public(),
                 )),
                 ping: ping::Behaviour::default(),
+                tracker: tracker_codec::behaviour(
+                    request_response::ProtocolSupport::Outbound,
+                    config.request_timeout,
+                ),
             })
             .map_err(|e| StartError::Transport(e.into()))?
             .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
@@ -317,6 +331,45 @@ impl Node {
         }
     }
 
+    /// Sends one request to the tracker at `addr` (a multiaddr ending in `/p2p/<peer id>`)
+    /// and returns its answer. Cancel-safe.
+    ///
+    /// # Errors
+    /// If `addr` names no peer id, the tracker cannot be reached, or it does not answer
+    /// within the request timeout.
+    pub async fn tracker_request(
+        &self,
+        addr: &Multiaddr,
+        request: TrackerRequest,
+    ) -> Result<TrackerResponse, DialError> {
+        let err = |why: String| DialError {
+            addr: addr.clone(),
+            why,
+        };
+        let mut bare = addr.clone();
+        let Some(libp2p::multiaddr::Protocol::P2p(peer)) = bare.pop() else {
+            return Err(err("a tracker address must end in /p2p/<peer id>".into()));
+        };
+        let (reply, rx) = oneshot::channel();
+        self.inner
+            .commands
+            .send(Command::Tracker {
+                peer,
+                addr: bare,
+                request,
+                reply,
+            })
+            .await
+            .map_err(|_| err("node is shut down".into()))?;
+        // request-response applies the request timeout itself; this bounds the dial too.
+        let limit = self.inner.config.dial_timeout + self.inner.config.request_timeout;
+        match tokio::time::timeout(limit, rx).await {
+            Ok(Ok(result)) => result.map_err(err),
+            Ok(Err(_)) => Err(err("node is shut down".into())),
+            Err(_) => Err(err(format!("no answer within {limit:?}"))),
+        }
+    }
+
     /// Closes every connection to `peer` (used when it sent data that does not verify).
     /// Best effort: does nothing if the node is shutting down.
     pub async fn disconnect(&self, peer: PeerId) {
@@ -338,6 +391,10 @@ async fn event_loop(
 ) {
     let mut dials: HashMap<ConnectionId, (Multiaddr, oneshot::Sender<Result<PeerId, String>>)> =
         HashMap::new();
+    let mut tracker_calls: HashMap<
+        request_response::OutboundRequestId,
+        oneshot::Sender<Result<TrackerResponse, String>>,
+    > = HashMap::new();
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,
@@ -345,6 +402,10 @@ async fn event_loop(
                 None => break,
                 Some(Command::Disconnect { peer }) => {
                     let _ = swarm.disconnect_peer_id(peer);
+                }
+                Some(Command::Tracker { peer, addr, request, reply }) => {
+                    let id = swarm.behaviour_mut().tracker.send_request_with_addresses(&peer, request, vec![addr]);
+                    tracker_calls.insert(id, reply);
                 }
                 Some(Command::Dial { addr, reply }) => {
                     let opts = dial_opts(&addr);
@@ -375,6 +436,22 @@ async fn event_loop(
                         stats.connected_peers.fetch_sub(1, Ordering::Relaxed);
                     }
                 }
+                SwarmEvent::Behaviour(BehaviourEvent::Tracker(event)) => match event {
+                    request_response::Event::Message {
+                        message: request_response::Message::Response { request_id, response },
+                        ..
+                    } => {
+                        if let Some(reply) = tracker_calls.remove(&request_id) {
+                            let _ = reply.send(Ok(response));
+                        }
+                    }
+                    request_response::Event::OutboundFailure { request_id, error, .. } => {
+                        if let Some(reply) = tracker_calls.remove(&request_id) {
+                            let _ = reply.send(Err(error.to_string()));
+                        }
+                    }
+                    _ => {}
+                },
                 SwarmEvent::OutgoingConnectionError { connection_id, error, .. } => {
                     if let Some((addr, reply)) = dials.remove(&connection_id) {
                         debug!(%addr, %error, "dial failed");

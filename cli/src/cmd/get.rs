@@ -25,6 +25,10 @@ pub(crate) struct Args {
     /// Another peer to fetch from (multiaddr ending in /p2p/PEER_ID); repeatable.
     #[arg(long, value_name = "MULTIADDR")]
     peer: Vec<Multiaddr>,
+    /// A tracker to ask for peers besides the link's (multiaddr ending in /p2p/PEER_ID);
+    /// repeatable.
+    #[arg(long, value_name = "MULTIADDR")]
+    tracker: Vec<Multiaddr>,
     /// Replace the output file if it already exists.
     #[arg(long)]
     force: bool,
@@ -70,6 +74,7 @@ pub(crate) fn run(args: &Args, data_dir: Option<PathBuf>) -> anyhow::Result<Exit
     };
     let mut opts = FetchOptions::new(output);
     opts.peers.clone_from(&args.peer);
+    opts.trackers.clone_from(&args.tracker);
     opts.overwrite = args.force;
     opts.sequential = args.sequential;
     opts.down_limit = args.down_limit;
@@ -131,6 +136,9 @@ pub(crate) fn run(args: &Args, data_dir: Option<PathBuf>) -> anyhow::Result<Exit
                 eprintln!("seeding {}; Ctrl-C to stop", done.path.display());
             }
             ui::serve_until_ctrl_c(&node, args.json).await;
+        }
+        if let Some(a) = done.announcer {
+            a.leave().await;
         }
         stop.cancel();
         anyhow::Ok(ExitCode::SUCCESS)

@@ -7,10 +7,11 @@ use anyhow::Context;
 use libp2p::Multiaddr;
 use shoal_node::{
     CancellationToken, Config, Node, Store,
+    announce::{Announcer, Status},
     fetch::{self, FetchOptions, Output, Progress},
     identity,
 };
-use shoal_protocol::Link;
+use shoal_protocol::{Link, blob::block_count};
 use tokio::sync::watch;
 
 use crate::ui;
@@ -28,6 +29,10 @@ pub(crate) struct Args {
     /// leaves room on a typical home uplink.
     #[arg(long, value_parser = ui::parse_size, value_name = "SIZE", default_value = "2MiB")]
     up_limit: u64,
+    /// A tracker to announce every seeded blob to (multiaddr ending in /p2p/PEER_ID);
+    /// repeatable. Links' own trackers are announced to as well.
+    #[arg(long, value_name = "MULTIADDR")]
+    tracker: Vec<Multiaddr>,
     /// Address to listen on, repeatable [default: QUIC and TCP on all interfaces].
     #[arg(long, value_name = "MULTIADDR")]
     listen: Vec<Multiaddr>,
@@ -73,8 +78,19 @@ pub(crate) fn run(args: &Args, data_dir: Option<PathBuf>) -> anyhow::Result<Exit
         } else {
             eprintln!("seeding as peer {} on {}", node.peer_id(), hints.join(" "));
         }
+        let mut announcers = Vec::new();
         for s in &loaded.served {
             report(args.json, &s.id.to_string(), &s.name, "seeding", None)?;
+            if !args.tracker.is_empty() {
+                let total = u32::try_from(block_count(s.blob_len))?;
+                announcers.push(Announcer::start(
+                    &node,
+                    s.id,
+                    args.tracker.clone(),
+                    Status::seeder(total),
+                    None,
+                ));
+            }
         }
         let dir = args.dir.clone().unwrap_or_else(|| PathBuf::from("."));
         for link in &links {
@@ -82,7 +98,8 @@ pub(crate) fn run(args: &Args, data_dir: Option<PathBuf>) -> anyhow::Result<Exit
                 continue; // already complete here
             }
             let (tx, _rx) = watch::channel(Progress::default());
-            let opts = FetchOptions::new(Output::Dir(dir.clone()));
+            let mut opts = FetchOptions::new(Output::Dir(dir.clone()));
+            opts.trackers.clone_from(&args.tracker);
             let got = tokio::select! {
                 r = fetch::fetch(&node, link, opts, tx) => r,
                 _ = tokio::signal::ctrl_c() => {
@@ -100,6 +117,7 @@ pub(crate) fn run(args: &Args, data_dir: Option<PathBuf>) -> anyhow::Result<Exit
                         "fetched",
                         Some(&done.path),
                     )?;
+                    announcers.extend(done.announcer);
                 }
                 // One link failing does not stop seeding the others.
                 Err(e) => report(
@@ -112,6 +130,8 @@ pub(crate) fn run(args: &Args, data_dir: Option<PathBuf>) -> anyhow::Result<Exit
             }
         }
         ui::serve_until_ctrl_c(&node, args.json).await;
+        // Tell the trackers this node left.
+        futures::future::join_all(announcers.into_iter().map(Announcer::leave)).await;
         stop.cancel();
         anyhow::Ok(ExitCode::SUCCESS)
     })

@@ -4,7 +4,11 @@ use std::{path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use libp2p::Multiaddr;
-use shoal_node::{CancellationToken, Config, Node, Store, identity};
+use shoal_node::{
+    CancellationToken, Config, Node, Store,
+    announce::{Announcer, Status},
+    identity,
+};
 
 use crate::{
     cmd::{KeyArgs, peer_hints},
@@ -30,6 +34,10 @@ pub(crate) struct Args {
     /// Upload cap per second, e.g. 2MiB [default: unlimited].
     #[arg(long, value_parser = ui::parse_size, value_name = "SIZE")]
     up_limit: Option<u64>,
+    /// A tracker to announce to and to name in the link (multiaddr ending in
+    /// /p2p/PEER_ID, as `shoal tracker` prints it); repeatable.
+    #[arg(long, value_name = "MULTIADDR")]
+    tracker: Vec<Multiaddr>,
     /// Machine-readable output: one JSON object per line on stdout (the link first).
     #[arg(long)]
     json: bool,
@@ -69,6 +77,19 @@ pub(crate) fn run(args: &Args, data_dir: Option<PathBuf>) -> anyhow::Result<Exit
         addrs.dedup();
         let mut link = shared.link.clone();
         link.peers = peer_hints(&addrs, node.peer_id(), MAX_LINK_PEERS);
+        link.trackers = args.tracker.iter().map(ToString::to_string).collect();
+        let total = u32::try_from(shoal_protocol::blob::block_count(
+            link.blob_len.unwrap_or_default(),
+        ))?;
+        let announcer = (!args.tracker.is_empty()).then(|| {
+            Announcer::start(
+                &node,
+                link.id,
+                args.tracker.clone(),
+                Status::seeder(total),
+                None,
+            )
+        });
         let text = link.to_secret_string();
         if args.json {
             let v = serde_json::json!({
@@ -91,6 +112,9 @@ pub(crate) fn run(args: &Args, data_dir: Option<PathBuf>) -> anyhow::Result<Exit
             );
         }
         ui::serve_until_ctrl_c(&node, args.json).await;
+        if let Some(a) = announcer {
+            a.leave().await;
+        }
         stop.cancel();
         anyhow::Ok(ExitCode::SUCCESS)
     })
