@@ -107,8 +107,8 @@ pub(crate) fn os_random() -> [u8; 32] {
     rand::random()
 }
 
-/// Shows a status line (peers, uploaded, rate; a JSON line every 5 s with `json`) while the
-/// node serves, until Ctrl-C.
+/// Shows a status line (peers, uploaded, rate; a JSON line every second with `json`) while
+/// the node serves, until Ctrl-C.
 pub(crate) async fn serve_until_ctrl_c(node: &Node, json: bool) {
     let status = indicatif::ProgressBar::new_spinner();
     if json || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
@@ -116,7 +116,6 @@ pub(crate) async fn serve_until_ctrl_c(node: &Node, json: bool) {
     }
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut last = 0u64;
-    let mut seconds = 0u64;
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
@@ -125,10 +124,9 @@ pub(crate) async fn serve_until_ctrl_c(node: &Node, json: bool) {
                 let peers = node.stats().connected_peers.load(Ordering::Relaxed);
                 let rate = up.saturating_sub(last);
                 last = up;
-                seconds += 1;
                 status.set_message(format!("{peers} peers connected, {} uploaded, {}/s", size(up), size(rate)));
                 status.tick();
-                if json && seconds.is_multiple_of(5) {
+                if json {
                     let mut blobs: Vec<_> = node.store().sources().iter().map(|s| serde_json::json!({
                         "blob_id": s.id().to_string(),
                         "uploaded_bytes": s.uploaded(),

@@ -112,6 +112,9 @@ pub(crate) fn run(args: &Args, data_dir: Option<PathBuf>) -> anyhow::Result<Exit
                 "name": done.metadata.name,
                 "media_type": done.metadata.media_type,
                 "seconds": done.elapsed.as_secs_f64(),
+                "finished_unix": std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0.0, |d| d.as_secs_f64()),
                 "mb_per_s": ui::mb_per_s(fetched_bytes, done.elapsed),
                 "fetched_blocks": done.fetched_blocks,
                 "resumed_blocks": done.resumed_blocks,
