@@ -8,6 +8,7 @@
 //!   and checked against the outboard) or from a ciphertext file.
 //! - [`fetch::fetch`]: download a link's blob, resumable and crash-safe.
 //! - [`seal::seal_file`]: the publish pipeline (encrypt + outboard, all cores).
+//! - [`tracker_codec`]: the `/shoal/tracker/1` request-response codec (trackers and peers).
 //!
 //! # Example
 //!
@@ -45,6 +46,7 @@ pub mod seal;
 pub mod store;
 #[cfg(feature = "test-utils")]
 pub mod testing;
+pub mod tracker_codec;
 
 pub use config::Config;
 pub use node::{DialError, Node, StartError, Stats};
