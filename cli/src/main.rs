@@ -25,6 +25,7 @@ Examples:
   shoal encrypt report.pdf -o report.blob    write the ciphertext, print its link
   shoal decrypt report.blob 'shoal:…#…' -o report.pdf
   shoal inspect 'shoal:…#…'                  show blob id, size and hints (never the key)
+  shoal tracker                              run a tracker; prints its address for tr= hints
 
 Exit codes: 0 ok, 1 other error, 2 usage, 3 bad link, 4 no peer could deliver,
 5 integrity (wrong key, data does not match the blob id), 6 local file error
@@ -37,7 +38,8 @@ Exit codes: 0 ok, 1 other error, 2 usage, 3 bad link, 4 no peer could deliver,
 #[derive(Parser, Debug)]
 #[command(name = "shoal", version, about, after_help = AFTER_HELP)]
 struct Cli {
-    /// Where the node keeps its identity and shares [default: the platform data dir].
+    /// Where the node (and tracker) keep their identity and shares [default: the platform
+    /// data dir].
     #[arg(long, global = true, env = "SHOAL_DATA_DIR", value_name = "DIR")]
     data_dir: Option<PathBuf>,
 
@@ -65,6 +67,8 @@ enum Command {
     Seed(cmd::seed::Args),
     /// Share a generated file between two nodes on this machine and report how it went.
     Demo(cmd::demo::Args),
+    /// Run a tracker: peers announce the swarms they are in and learn about each other.
+    Tracker(cmd::tracker::Args),
 }
 
 fn main() -> ExitCode {
@@ -78,6 +82,7 @@ fn main() -> ExitCode {
         Command::Inspect(a) => cmd::inspect::run(&a),
         Command::Seed(a) => cmd::seed::run(&a, cli.data_dir),
         Command::Demo(a) => cmd::demo::run(&a),
+        Command::Tracker(a) => cmd::tracker::run(&a, cli.data_dir),
     };
     match result {
         Ok(code) => code,

@@ -10,6 +10,7 @@ use shoal_protocol::{
     ContentKey, Link,
     blob::{BlobId, BlockRange, Need, PARENT_LEN, RangeDecoder},
     format::{HEADER_LEN, Header, Opener, SegmentCipher},
+    tracker::{Request, Response},
     wire::{BlobRequest, ResponseHeader},
 };
 
@@ -23,6 +24,8 @@ pub const TARGETS: &[(&str, Body)] = &[
     ("header_decode", header_decode),
     ("range_decoder", range_decoder),
     ("segment_open", segment_open),
+    ("tracker_request", tracker_request),
+    ("tracker_response", tracker_response),
 ];
 
 /// Share links: accepted links print back to the same link.
@@ -120,4 +123,22 @@ pub fn segment_open(data: &[u8]) {
     let _ = SegmentCipher::new(&key).open_in_place(index, head[8] & 1 == 1, &mut buf);
     let mut buf = body.to_vec();
     let _ = Opener::new(&key, index % (1 << 40), &mut buf);
+}
+
+/// `/shoal/tracker/1` requests as a tracker reads them: accepted requests obey every rule
+/// and are canonical (decode-encode is the identity).
+pub fn tracker_request(data: &[u8]) {
+    if let Ok(req) = Request::decode(data) {
+        assert_eq!(req.validate(), Ok(()), "accepted request breaks a rule");
+        assert_eq!(req.encode(), data, "decode-encode is not the identity");
+    }
+}
+
+/// `/shoal/tracker/1` responses as a peer reads them: accepted responses obey every rule and
+/// are canonical.
+pub fn tracker_response(data: &[u8]) {
+    if let Ok(res) = Response::decode(data) {
+        assert_eq!(res.validate(), Ok(()), "accepted response breaks a rule");
+        assert_eq!(res.encode(), data, "decode-encode is not the identity");
+    }
 }

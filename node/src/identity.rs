@@ -33,7 +33,16 @@ pub enum IdentityError {
 /// # Errors
 /// If the file cannot be read or written, or is corrupt.
 pub fn load_or_create(data_dir: &Path) -> Result<Keypair, IdentityError> {
-    let path = data_dir.join(IDENTITY_FILE);
+    load_or_create_file(data_dir, IDENTITY_FILE)
+}
+
+/// Like [`load_or_create`], with the identity in `data_dir/file_name`: a second role on the
+/// same machine (a tracker, `tracker.key`) keeps an identity of its own.
+///
+/// # Errors
+/// If the file cannot be read or written, or is corrupt.
+pub fn load_or_create_file(data_dir: &Path, file_name: &str) -> Result<Keypair, IdentityError> {
+    let path = data_dir.join(file_name);
     let io_err = |source| IdentityError::Io {
         path: path.display().to_string(),
         source,
@@ -63,6 +72,10 @@ mod tests {
         let a = load_or_create(dir.path()).unwrap();
         let b = load_or_create(dir.path()).unwrap();
         assert_eq!(a.public(), b.public());
+        let other = load_or_create_file(dir.path(), "tracker.key").unwrap();
+        assert_ne!(a.public(), other.public());
+        let again = load_or_create_file(dir.path(), "tracker.key").unwrap();
+        assert_eq!(other.public(), again.public());
         fs::write(dir.path().join(IDENTITY_FILE), b"junk").unwrap();
         let err = load_or_create(dir.path()).unwrap_err().to_string();
         assert!(err.contains("corrupt"), "{err}");

@@ -1,21 +1,27 @@
-//! The Shoal tracker's core: a bounded, clock-injected peer table (issue 3,
-//! docs/tracker.md).
+//! The Shoal tracker (issue 3, docs/tracker.md): the `/shoal/tracker/1` libp2p service, its
+//! HTTP `/stats` and `/metrics` endpoints, and the bounded, clock-injected peer table at its
+//! core.
 //!
 //! Peers announce to a tracker which blob's swarm they are in (`/shoal/tracker/1`, messages in
-//! [`shoal_protocol::tracker`]); the tracker answers with a random subset of the other peers
-//! in that swarm and the interval after which to announce again. Scrapes return swarm sizes.
-//! The tracker learns blob ids, peer ids, listen addresses and swarm sizes — never keys, file
-//! names or plaintext.
+//! [`shoal_protocol::tracker`], codec in [`shoal_node::tracker_codec`]); the tracker answers
+//! with a random subset of the other peers in that swarm and the interval after which to
+//! announce again. Scrapes return swarm sizes. The tracker learns blob ids, peer ids, listen
+//! addresses and swarm sizes — never keys, file names or plaintext.
 //!
-//! This crate is the pure part: [`table::PeerTable`] is a plain struct that takes `now` with
-//! every call, draws randomness from a seed, and bounds its memory (per-swarm and total entry
-//! caps, bounded addresses and answers). The libp2p request-response service and the HTTP
-//! `/stats` and `/metrics` endpoints will be thin shells around it (STYLE.md §2, §3).
-//!
-//! - [`table`]: [`table::PeerTable`], its [`table::Config`], answers, refusals and stats.
+//! - [`table`]: the pure part. [`table::PeerTable`] is a plain struct that takes `now` with
+//!   every call, draws randomness from a seed, and bounds its memory (per-swarm and total
+//!   entry caps, bounded addresses and answers).
+//! - [`service`]: the thin async shell (STYLE.md §3). [`Tracker::start`] runs one event loop
+//!   that owns the libp2p swarm (TCP+Noise+Yamux, QUIC, identify, ping) and the table; it
+//!   takes each announcing peer's id from its connection, checks announced addresses against
+//!   the connection's IP, authorises the seed-node role, rate limits scrapes, limits
+//!   connections per IP and subnet, and expires entries on the table's schedule. HTTP serves
+//!   [`service::Stats`] as JSON and as Prometheus metrics.
 //! - [`AddrList`]: how a peer's listen addresses are stored and handed out.
 //!
-//! # Example
+//! The `shoal tracker` command runs the service (`shoal-cli`).
+//!
+//! # Example: the table
 //!
 //! ```
 //! use std::time::{Duration, Instant};
@@ -44,11 +50,32 @@
 //! assert!(table.is_empty());
 //! ```
 //!
+//! # Example: the service
+//!
+//! ```no_run
+//! # async fn run() -> anyhow::Result<()> {
+//! use std::time::Duration;
+//! use shoal_tracker::{ServiceConfig, Tracker};
+//! use tokio_util::sync::CancellationToken;
+//!
+//! let stop = CancellationToken::new();
+//! let keypair = libp2p::identity::Keypair::generate_ed25519();
+//! let tracker = Tracker::start(ServiceConfig::loopback(), keypair, stop.clone())?;
+//! let addr = &tracker.listen_addrs(Duration::from_secs(5)).await[0];
+//! println!("tracker at {addr}/p2p/{}", tracker.peer_id());
+//! println!("metrics at http://{}/metrics", tracker.http_addr().unwrap());
+//! println!("{} swarms", tracker.stats().table.swarms);
+//! stop.cancel();
+//! # Ok(()) }
+//! ```
+//!
 //! No features.
 
 mod addrs;
 mod peers;
 mod rng;
+pub mod service;
 pub mod table;
 
 pub use addrs::AddrList;
+pub use service::{Config as ServiceConfig, StartError, Stats, Tracker};

@@ -376,7 +376,7 @@ pub struct EntryInfo {
 
 /// Counters and gauges for `/stats` and Prometheus. Gauges describe the table now;
 /// counters count since the table was created.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Stats {
     /// Gauge: entries (peer × swarm).
     pub entries: u64,

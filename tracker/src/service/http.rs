@@ -1,0 +1,377 @@
+//! The HTTP endpoints: `GET /stats` (JSON) and `GET /metrics` (Prometheus text format).
+//!
+//! Both read the latest [`Stats`] snapshot the event loop publishes; neither touches the
+//! swarm or the table. The listener is bounded: at most [`MAX_HTTP_CONNECTIONS`] at once
+//! (more are closed at accept), each for at most [`HTTP_CONNECTION_LIFETIME`] (a
+//! Prometheus scraper reconnects), so a slow or idle client cannot pile up tasks. Meant for
+//! a monitoring network or loopback, not the open internet.
+
+use std::{
+    fmt::Write as _,
+    io,
+    net::SocketAddr,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use axum::{
+    Json, Router,
+    extract::State,
+    http::{StatusCode, header},
+    response::IntoResponse,
+    routing::get,
+};
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::{TcpListener, TcpStream},
+    sync::{OwnedSemaphorePermit, Semaphore, watch},
+    time::Sleep,
+};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use super::Stats;
+
+/// Concurrent HTTP connections; more are closed as they are accepted.
+pub const MAX_HTTP_CONNECTIONS: usize = 32;
+/// How long one HTTP connection may stay open, keep-alive included.
+pub const HTTP_CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
+/// Pause after an accept error that is not about one connection (out of file descriptors).
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(500);
+/// Content type of the Prometheus text exposition format.
+const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Binds the HTTP listener now, so `Tracker::start` reports a taken port at once.
+pub(crate) fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let listener = std::net::TcpListener::bind(addr)?;
+    listener.set_nonblocking(true)?;
+    TcpListener::from_std(listener)
+}
+
+/// Serves the endpoints on `listener` until `shutdown`.
+pub(crate) fn spawn(
+    listener: TcpListener,
+    stats: watch::Receiver<Stats>,
+    shutdown: CancellationToken,
+) {
+    let router = Router::new()
+        .route("/stats", get(stats_json))
+        .route("/metrics", get(metrics))
+        .with_state(stats);
+    let listener = Bounded {
+        inner: listener,
+        permits: Arc::new(Semaphore::new(MAX_HTTP_CONNECTIONS)),
+    };
+    tokio::spawn(async move {
+        let serve =
+            axum::serve(listener, router).with_graceful_shutdown(shutdown.cancelled_owned());
+        if let Err(e) = serve.await {
+            warn!(error = %e, "HTTP endpoint stopped");
+        }
+        debug!("HTTP endpoint stopped");
+    });
+}
+
+async fn stats_json(State(stats): State<watch::Receiver<Stats>>) -> Json<Stats> {
+    Json(stats.borrow().clone())
+}
+
+async fn metrics(State(stats): State<watch::Receiver<Stats>>) -> impl IntoResponse {
+    let text = render_metrics(&stats.borrow());
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, PROMETHEUS_TEXT)],
+        text,
+    )
+}
+
+/// The Prometheus text exposition of `s`: every metric with `# HELP` and `# TYPE`, names
+/// prefixed `shoal_tracker_`, counters suffixed `_total`.
+pub(crate) fn render_metrics(s: &Stats) -> String {
+    let t = &s.table;
+    let v = &s.service;
+    let mut out = String::with_capacity(4096);
+    let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, u64)]| {
+        let _ = writeln!(out, "# HELP shoal_tracker_{name} {help}");
+        let _ = writeln!(out, "# TYPE shoal_tracker_{name} {kind}");
+        for (labels, value) in samples {
+            let _ = writeln!(out, "shoal_tracker_{name}{labels} {value}");
+        }
+    };
+    let one = |x: u64| [("", x)];
+    metric(
+        "entries",
+        "gauge",
+        "Entries (peer x swarm) in the peer table.",
+        &one(t.entries),
+    );
+    metric(
+        "established_entries",
+        "gauge",
+        "Entries that re-announced on schedule at least once (never evicted by newcomers).",
+        &one(t.established),
+    );
+    metric(
+        "swarms",
+        "gauge",
+        "Swarms with at least one entry.",
+        &one(t.swarms),
+    );
+    metric(
+        "peers",
+        "gauge",
+        "Distinct peers with at least one entry.",
+        &one(t.peers),
+    );
+    metric(
+        "role_entries",
+        "gauge",
+        "Entries by role.",
+        &[
+            ("{role=\"seeder\"}", t.seeders),
+            ("{role=\"leecher\"}", t.leechers),
+            ("{role=\"seed_node\"}", t.seed_nodes),
+        ],
+    );
+    metric(
+        "connected_peers",
+        "gauge",
+        "Peers with at least one open connection.",
+        &one(v.connected_peers),
+    );
+    metric(
+        "connections",
+        "gauge",
+        "Open connections.",
+        &one(v.connections),
+    );
+    metric(
+        "announce_requests_total",
+        "counter",
+        "Announce requests received and decoded.",
+        &one(v.announce_requests),
+    );
+    metric(
+        "announces_accepted_total",
+        "counter",
+        "Announces the peer table accepted (stopped included).",
+        &one(t.announces),
+    );
+    metric(
+        "announce_refusals_total",
+        "counter",
+        "Announces refused, by reason.",
+        &[
+            ("{reason=\"rate_limited\"}", t.refused_rate_limited),
+            ("{reason=\"swarm_full\"}", t.refused_swarm_full),
+            ("{reason=\"tracker_full\"}", t.refused_tracker_full),
+            ("{reason=\"bad_request\"}", t.refused_bad_request),
+        ],
+    );
+    metric(
+        "scrape_requests_total",
+        "counter",
+        "Scrape requests received and decoded.",
+        &one(v.scrape_requests),
+    );
+    metric(
+        "scraped_swarms_total",
+        "counter",
+        "Swarms looked up by answered scrapes.",
+        &one(t.scrapes),
+    );
+    metric(
+        "scrapes_rate_limited_total",
+        "counter",
+        "Scrape requests dropped by the per-peer scrape rate limit.",
+        &one(v.scrapes_rate_limited),
+    );
+    metric(
+        "stopped_total",
+        "counter",
+        "Entries removed by a stopped announce.",
+        &one(t.stopped),
+    );
+    metric(
+        "expired_total",
+        "counter",
+        "Entries removed because they were not refreshed in time.",
+        &one(t.expired),
+    );
+    metric(
+        "evicted_total",
+        "counter",
+        "Fresh entries evicted to make room for newcomers.",
+        &one(t.evicted),
+    );
+    metric(
+        "decode_errors_total",
+        "counter",
+        "Request streams dropped because the bytes were not a valid request.",
+        &one(v.decode_errors),
+    );
+    metric(
+        "stream_failures_total",
+        "counter",
+        "Request streams that failed otherwise (timeouts, closed connections).",
+        &one(v.stream_failures),
+    );
+    metric(
+        "addrs_dropped_total",
+        "counter",
+        "Announced addresses dropped: unparsable, naming another peer, or not the connection's IP.",
+        &one(v.addrs_dropped),
+    );
+    metric(
+        "seed_node_downgrades_total",
+        "counter",
+        "Seed-node claims from peers not on the allow-list, listed as seeder or leecher.",
+        &one(v.seed_node_downgrades),
+    );
+    metric(
+        "connections_denied_total",
+        "counter",
+        "Inbound connections denied by the connection limits.",
+        &one(v.connections_denied),
+    );
+    metric(
+        "internal_errors_total",
+        "counter",
+        "Answers not sent because the tracker built an invalid message (a bug).",
+        &one(v.internal_errors),
+    );
+    out
+}
+
+/// A TCP listener that keeps at most [`MAX_HTTP_CONNECTIONS`] connections open, each for at
+/// most [`HTTP_CONNECTION_LIFETIME`].
+struct Bounded {
+    inner: TcpListener,
+    permits: Arc<Semaphore>,
+}
+
+impl axum::serve::Listener for Bounded {
+    type Io = Limited;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Limited, SocketAddr) {
+        loop {
+            let (stream, addr) = match self.inner.accept().await {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    debug!(error = %e, "HTTP accept failed");
+                    if !matches!(
+                        e.kind(),
+                        io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset
+                    ) {
+                        tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    }
+                    continue;
+                }
+            };
+            let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+                debug!(%addr, "too many HTTP connections; closing this one");
+                continue;
+            };
+            let io = Limited {
+                stream,
+                deadline: Box::pin(tokio::time::sleep(HTTP_CONNECTION_LIFETIME)),
+                _permit: permit,
+            };
+            return (io, addr);
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.inner.local_addr()
+    }
+}
+
+/// A connection that fails its reads and writes once its lifetime is over; the server then
+/// drops it, releasing its slot.
+struct Limited {
+    stream: TcpStream,
+    deadline: Pin<Box<Sleep>>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Limited {
+    fn expired(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        match self.deadline.as_mut().poll(cx) {
+            Poll::Ready(()) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "HTTP connection lifetime is over",
+            )),
+            Poll::Pending => Ok(()),
+        }
+    }
+}
+
+impl AsyncRead for Limited {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.expired(cx)?;
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Limited {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.expired(cx)?;
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_have_help_type_and_prefix() {
+        let mut s = Stats::default();
+        s.table.entries = 3;
+        s.table.refused_rate_limited = 2;
+        s.service.decode_errors = 1;
+        let text = render_metrics(&s);
+        assert!(text.contains("\nshoal_tracker_entries 3\n"), "{text}");
+        assert!(
+            text.contains("shoal_tracker_announce_refusals_total{reason=\"rate_limited\"} 2\n")
+        );
+        assert!(text.contains("shoal_tracker_decode_errors_total 1\n"));
+        let mut helped = std::collections::HashSet::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# HELP ") {
+                helped.insert(rest.split(' ').next().unwrap().to_owned());
+            } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let mut parts = rest.split(' ');
+                let name = parts.next().unwrap();
+                let kind = parts.next().unwrap();
+                assert!(helped.contains(name), "TYPE before HELP for {name}");
+                assert_eq!(kind == "counter", name.ends_with("_total"), "{name}");
+            } else {
+                let name = line.split(['{', ' ']).next().unwrap();
+                assert!(name.starts_with("shoal_tracker_"), "{line}");
+                assert!(helped.contains(name), "sample without HELP: {line}");
+                let value = line.rsplit(' ').next().unwrap();
+                assert!(value.parse::<u64>().is_ok(), "{line}");
+            }
+        }
+    }
+}
