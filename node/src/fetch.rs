@@ -442,16 +442,29 @@ pub async fn fetch(
         let mut got = None;
         // Peers that are busy (upload slots full in a flash crowd), lack the first blocks
         // (partial) or fail in transit are asked again with back-off until `GIVE_UP_AFTER`;
-        // not-found, unreachable and lying ones are not.
+        // unreachable and lying ones are not. With trackers, a peer that does not have the
+        // blob yet is asked again too (a tracker lists downloaders that are just starting),
+        // and peers the trackers list later join the rounds.
+        let tracked = announcer.is_some();
         let mut retry = peers.clone();
         let mut backoff = BOOTSTRAP_BACKOFF;
         let deadline = tokio::time::Instant::now() + GIVE_UP_AFTER;
-        while got.is_none() && !retry.is_empty() {
+        loop {
             while let Ok(p) = found.try_recv() {
-                if !retry.contains(&p) {
+                if !retry.contains(&p) && !banned.iter().any(|(b, _)| *b == p) {
                     retry.push(p);
                     peers.push(p);
                 }
+            }
+            if retry.is_empty() {
+                if !tracked || tokio::time::Instant::now() >= deadline {
+                    break;
+                }
+                if let Ok(Some(p)) = tokio::time::timeout_at(deadline, found.recv()).await {
+                    retry.push(p);
+                    peers.push(p);
+                }
+                continue;
             }
             let round = std::mem::take(&mut retry);
             why.clear();
@@ -468,19 +481,26 @@ pub async fn fetch(
                         banned.push((peer, w));
                     }
                     Err(e) => {
-                        if matches!(
-                            e,
-                            RequestError::Status(ResponseHeader::Busy | ResponseHeader::Missing)
-                                | RequestError::Io(_)
-                                | RequestError::Timeout
-                        ) {
+                        let again = match &e {
+                            RequestError::Status(ResponseHeader::NotFound) => tracked,
+                            RequestError::Status(
+                                ResponseHeader::Busy | ResponseHeader::Missing,
+                            )
+                            | RequestError::Io(_)
+                            | RequestError::Timeout => true,
+                            _ => false,
+                        };
+                        if again {
                             retry.push(peer);
                         }
                         why.push(format!("{peer}: {e}"));
                     }
                 }
             }
-            if got.is_none() && !retry.is_empty() {
+            if got.is_some() {
+                break;
+            }
+            if !retry.is_empty() {
                 if tokio::time::Instant::now() + backoff > deadline {
                     break;
                 }

@@ -1,0 +1,135 @@
+//! A swarm coordinated by a real tracker on 127.0.0.1: a link that names only the tracker
+//! (no peer hints), leechers that find the seeder and each other through it, and a tracker
+//! that dies mid-download while the swarm carries on with the peers it knows. Every wait has
+//! a timeout; nothing sleeps to synchronise.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::{
+    sync::{Arc, atomic::Ordering},
+    time::Duration,
+};
+
+use futures::future::join_all;
+use libp2p::{Multiaddr, identity::Keypair};
+use shoal_node::{
+    CancellationToken, Config, Node, Store,
+    announce::{Announcer, Status},
+    fetch::{FetchOptions, Output, Progress, fetch},
+    seal::KeyMode,
+    testing,
+};
+use shoal_protocol::blob::block_count;
+use shoal_tracker::{ServiceConfig, Tracker};
+use tokio::{sync::watch, time::timeout};
+
+const LIMIT: Duration = Duration::from_secs(90);
+const LEECHERS: usize = 6;
+
+async fn tracker_addr(tracker: &Tracker) -> Multiaddr {
+    let addrs = tracker.listen_addrs(Duration::from_secs(10)).await;
+    let tcp = addrs
+        .iter()
+        .find(|a| a.to_string().contains("/tcp/"))
+        .expect("the tracker listens on TCP");
+    format!("{tcp}/p2p/{}", tracker.peer_id()).parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leechers_find_each_other_through_the_tracker_and_finish_after_it_dies() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let dir = tempfile::tempdir().unwrap();
+    let stop = CancellationToken::new();
+    let tracker_stop = CancellationToken::new();
+    let tracker = Tracker::start(
+        ServiceConfig::loopback(),
+        Keypair::generate_ed25519(),
+        tracker_stop.clone(),
+    )
+    .unwrap();
+    let tr = tracker_addr(&tracker).await;
+
+    let len = 6 << 20;
+    let path = dir.path().join("source.bin");
+    let data = testing::write_file(&path, len, 11);
+    let store = Arc::new(Store::in_memory());
+    let shared = store
+        .share_file(&path, "", &KeyMode::Random, rand::random(), &|_| {})
+        .unwrap();
+    let cap = |r| Config::loopback().with_upload_limit(Some(r));
+    let seeder = testing::node(cap(1_500_000), store, &stop);
+    testing::addr(&seeder, "tcp").await; // listening before it announces
+    let blob_len = shared.link.blob_len.unwrap();
+    let total = u32::try_from(block_count(blob_len)).unwrap();
+    let _seeding = Announcer::start(
+        &seeder,
+        shared.link.id,
+        vec![tr.clone()],
+        Status::seeder(total),
+        None,
+    );
+    // The link names only the tracker.
+    let mut link = shared.link.clone();
+    link.peers.clear();
+    link.trackers = vec![tr.to_string()];
+
+    let leechers: Vec<Node> = (0..LEECHERS)
+        .map(|_| testing::node(cap(1_500_000), Arc::new(Store::in_memory()), &stop))
+        .collect();
+    for l in &leechers {
+        testing::addr(l, "tcp").await;
+    }
+    let (first_tx, mut first_rx) = watch::channel(Progress::default());
+    let mut first_tx = Some(first_tx);
+    let runs = leechers.iter().enumerate().map(|(i, node)| {
+        let own = dir.path().join(format!("leecher-{i}"));
+        std::fs::create_dir(&own).unwrap();
+        let out = own.join("got.bin");
+        let opts = FetchOptions::new(Output::File(out.clone()));
+        let link = link.clone();
+        let tx = first_tx
+            .take()
+            .unwrap_or_else(|| watch::channel(Progress::default()).0);
+        async move { (out.clone(), fetch(node, &link, opts, tx).await) }
+    });
+    // Kill the tracker once the first leecher is a quarter done: the swarm must finish with
+    // the peers it already knows.
+    let kill = async {
+        timeout(
+            LIMIT,
+            first_rx.wait_for(|p| p.total_blocks > 0 && p.done_blocks * 4 >= p.total_blocks),
+        )
+        .await
+        .expect("the first leecher progresses")
+        .ok(); // Err: that fetch already ended; its result says why
+        let announces = tracker.stats().service.announce_requests;
+        tracker_stop.cancel();
+        announces
+    };
+    let (results, announces) = tokio::join!(timeout(LIMIT, join_all(runs)), kill);
+    assert!(
+        announces >= 1 + LEECHERS as u64,
+        "seeder and leechers announced: {announces}"
+    );
+    let results = results.expect("swarm finishes");
+    for (out, got) in results {
+        got.unwrap_or_else(|e| panic!("{}: {e:#}", out.display()));
+        assert!(
+            std::fs::read(&out).unwrap() == data,
+            "{} differs",
+            out.display()
+        );
+    }
+    let sent = |n: &Node| n.stats().uploaded_bytes.load(Ordering::Relaxed);
+    let copies = sent(&seeder) as f64 / blob_len as f64;
+    let from_leechers: Vec<u64> = leechers.iter().map(sent).collect();
+    eprintln!("seeder sent {copies:.2} copies; leechers sent {from_leechers:?}");
+    assert!(
+        copies < LEECHERS as f64 * 0.6,
+        "the seeder sent {copies:.2} copies; leechers sent {from_leechers:?}"
+    );
+    stop.cancel();
+}
