@@ -109,3 +109,81 @@ fn shared_blob_len(file_len: usize) -> u64 {
         .unwrap()
         .blob_len()
 }
+
+/// A peer that corrupts what it serves, inside a swarm: every downloader that asks it is
+/// caught at the first bad block, bans it, and completes from the seeder and the other
+/// downloaders.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lying_peer_in_a_swarm_is_banned_and_everyone_completes() {
+    let dir = tempfile::tempdir().unwrap();
+    let stop = CancellationToken::new();
+    let len = 2 << 20;
+    let path = dir.path().join("source.bin");
+    let data = testing::write_file(&path, len, 5);
+    let store = Arc::new(Store::in_memory());
+    let shared = store
+        .share_file(&path, "", &KeyMode::Random, rand::random(), &|_| {})
+        .unwrap();
+    let outboard = store.get(&shared.link.id).unwrap().outboard().clone();
+    // The seeder is slow, so downloaders ask the (fast) liar for most blocks.
+    let seeder = testing::node(
+        Config::loopback().with_upload_limit(Some(2_000_000)),
+        store,
+        &stop,
+    );
+    // The liar holds the whole blob too, and flips a byte in every block it serves.
+    let liar_store = Arc::new(Store::in_memory());
+    liar_store.insert(
+        shoal_node::Source::plain(
+            path.clone(),
+            &shared.link.key,
+            0,
+            shared.metadata.clone(),
+            outboard,
+        )
+        .unwrap(),
+    );
+    let mut liar_config = Config::loopback();
+    liar_config.corrupt_uploads = true;
+    let liar = testing::node(liar_config, liar_store, &stop);
+    let mut link = shared.link.clone();
+    link.peers = vec![
+        testing::addr(&seeder, "tcp").await.to_string(),
+        testing::addr(&liar, "tcp").await.to_string(),
+    ];
+    let leechers: Vec<Node> = (0..3)
+        .map(|_| testing::node(Config::loopback(), Arc::new(Store::in_memory()), &stop))
+        .collect();
+    let runs = leechers.iter().enumerate().map(|(i, node)| {
+        let own = dir.path().join(format!("leecher-{i}"));
+        std::fs::create_dir(&own).unwrap();
+        let out = own.join("got.bin");
+        let opts = FetchOptions::new(Output::File(out.clone()));
+        let link = link.clone();
+        async move {
+            let (tx, _rx) = watch::channel(Default::default());
+            (out, fetch(node, &link, opts, tx).await)
+        }
+    });
+    let results = timeout(LIMIT, join_all(runs))
+        .await
+        .expect("swarm finishes");
+    let mut caught = 0;
+    for (out, got) in results {
+        let got = got.unwrap_or_else(|e| panic!("{}: {e:#}", out.display()));
+        assert!(
+            std::fs::read(&out).unwrap() == data,
+            "{} differs",
+            out.display()
+        );
+        assert!(
+            got.banned.iter().all(|(p, _)| *p == liar.peer_id()),
+            "only the liar is banned: {:?}",
+            got.banned
+        );
+        caught += usize::from(got.banned.iter().any(|(p, _)| *p == liar.peer_id()));
+    }
+    // The liar was asked by at least one downloader (it has every block and is fast).
+    assert!(caught >= 1, "nobody asked the liar");
+    stop.cancel();
+}
