@@ -5,7 +5,7 @@ use std::time::Duration;
 use libp2p::Multiaddr;
 
 /// Upload rate per slot when the upload is capped ([`Config::upload_slots`]).
-const SLOT_RATE: u64 = 512 * 1024;
+const SLOT_RATE: u64 = 256 * 1024;
 
 /// How a node listens, serves and fetches.
 #[derive(Clone, Debug)]
@@ -78,7 +78,7 @@ impl Config {
 
     /// Upload slots: how many requests are served at once; further ones are answered `busy`
     /// so the requester goes to another peer instead of queueing. With an upload cap, one
-    /// slot per 512 KiB/s (at least 2, at most `max_upload_streams`): each served request
+    /// slot per 256 KiB/s (at least 2, at most `max_upload_streams`): each served request
     /// then moves at a useful rate and completes soon, and the slots turn over among the
     /// requesters (round robin by arrival; see docs/node.md on choking).
     pub fn upload_slots(&self) -> usize {
