@@ -438,6 +438,7 @@ pub async fn fetch(
     // before fetching the body.
     let mut first_block: Option<Vec<u8>> = None;
     let mut boot_parents: Vec<Pair> = Vec::new();
+    let mut boot_last: Option<(u64, Vec<u8>)> = None;
     if state.as_ref().is_none_or(|s| s.header.is_none()) {
         let mut got = None;
         // Peers that are busy (upload slots full in a flash crowd), lack the first blocks
@@ -447,6 +448,7 @@ pub async fn fetch(
         // and peers the trackers list later join the rounds.
         let tracked = announcer.is_some();
         let mut retry = peers.clone();
+        let mut not_found: Vec<PeerId> = Vec::new();
         let mut backoff = BOOTSTRAP_BACKOFF;
         let deadline = tokio::time::Instant::now() + GIVE_UP_AFTER;
         loop {
@@ -472,6 +474,7 @@ pub async fn fetch(
                 let trusted = link.blob_len.or(state.as_ref().map(|s| s.blob_len));
                 match bootstrap(node, peer, id, trusted).await {
                     Ok(x) => {
+                        debug!(blob = %id, peer = %peer, after = ?started.elapsed(), "bootstrapped");
                         got = Some(x);
                         break;
                     }
@@ -481,8 +484,12 @@ pub async fn fetch(
                         banned.push((peer, w));
                     }
                     Err(e) => {
+                        debug!(blob = %id, peer = %peer, error = %e, "bootstrap attempt failed");
                         let again = match &e {
-                            RequestError::Status(ResponseHeader::NotFound) => tracked,
+                            RequestError::Status(ResponseHeader::NotFound) => {
+                                not_found.push(peer);
+                                tracked
+                            }
                             RequestError::Status(
                                 ResponseHeader::Busy | ResponseHeader::Missing,
                             )
@@ -500,6 +507,16 @@ pub async fn fetch(
             if got.is_some() {
                 break;
             }
+            // Someone has the blob (busy or partial): the peers that did not have it yet are
+            // likely downloaders just starting, worth asking again.
+            if !retry.is_empty() {
+                for p in not_found.drain(..) {
+                    if !retry.contains(&p) {
+                        retry.push(p);
+                    }
+                }
+            }
+            not_found.clear();
             if !retry.is_empty() {
                 if tokio::time::Instant::now() + backoff > deadline {
                     break;
@@ -511,6 +528,7 @@ pub async fn fetch(
         let Some(Boot {
             blob_len,
             block0,
+            last,
             parents,
         }) = got
         else {
@@ -526,6 +544,7 @@ pub async fn fetch(
         }
         first_block = Some(block0);
         boot_parents = parents;
+        boot_last = last;
     }
     // A peer caught lying is never asked again for this blob.
     peers.retain(|p| !banned.iter().any(|(b, _)| b == p));
@@ -582,13 +601,36 @@ pub async fn fetch(
 
     // Not preallocated: the file grows as blocks land, so a full disk shows up as a write
     // error mid-run (verified blocks so far are kept) and sparse-hostile filesystems cope.
+    // The last block too, so this node can bootstrap others (they ask for blocks 0 and
+    // last first) — if it can be written now: it lies at the end of the file, and a file
+    // size limit or a full disk should stop the download where the data is, not here.
+    let mut last_written = None;
+    if let Some((index, mut data)) = boot_last.take()
+        && !state.has(index)
+        && let Ok(range) = opener.open_segment(index, &mut data)
+    {
+        let (file_off, _) = opener.layout().file_offset(index);
+        if write_all_at(&part, &data[range], file_off).is_ok() {
+            last_written = Some(index);
+        }
+    }
+    let mut first_written = false;
     if let Some(body) = seg0_body
         && !state.has(0)
     {
         write_all_at(&part, &body, 0).map_err(disk(&part_path))?;
+        first_written = true;
+    }
+    // Durable before the state claims them.
+    if first_written || last_written.is_some() || !boot_parents.is_empty() {
         part.sync_data().map_err(disk(&part_path))?;
         obao.sync_data().map_err(disk(&obao_path))?;
+    }
+    if first_written {
         state.set(0);
+    }
+    if let Some(index) = last_written {
+        state.set(index);
     }
     state.save().map_err(disk(&state_path))?;
     progress.send_modify(|p| p.done_blocks = state.count());
@@ -758,6 +800,8 @@ fn default_name(meta: &Metadata, id: BlobId) -> String {
 struct Boot {
     blob_len: u64,
     block0: Vec<u8>,
+    /// The last block (sealed), when the blob has more than one.
+    last: Option<(u64, Vec<u8>)>,
     parents: Vec<Pair>,
 }
 
@@ -786,11 +830,14 @@ async fn bootstrap(
         .map_err(|_| RequestError::Lied("size out of range".into()))?;
     let req = BlobRequest::new(id, [0, last]).expect("at most two ranges");
     let mut block0 = None;
+    let mut last_block = None;
     let mut parents = Vec::new();
     request(node, peer, &req, blob_len, |v| {
         parents.extend(v.parents);
         if v.index.0 == 0 {
             block0 = Some(v.data);
+        } else {
+            last_block = Some((u64::from(v.index.0), v.data));
         }
         async { Ok(()) }
     })
@@ -798,6 +845,7 @@ async fn bootstrap(
     Ok(Boot {
         blob_len,
         block0: block0.expect("block 0 was requested and verified"),
+        last: last_block,
         parents,
     })
 }
@@ -973,6 +1021,10 @@ enum Event {
 
 /// First wait before asking busy peers again for the first blocks; doubles up to 2 s.
 const BOOTSTRAP_BACKOFF: Duration = Duration::from_millis(100);
+/// A peer that does not have the blob yet is asked again this many times for its have-map,
+/// after this wait (doubling): 0.3 + 0.6 + 1.2 s covers a downloader's bootstrap.
+const HAVE_RETRIES: u32 = 3;
+const HAVE_RETRY: Duration = Duration::from_millis(300);
 /// Peers found through trackers, queued for the fetch.
 const FOUND_QUEUE: usize = 64;
 /// The tracker hears about progress every this many blocks (at the next re-announce).
@@ -1037,6 +1089,7 @@ async fn drive(
     // Have-map subscriptions, and what each peer told us it holds.
     let mut watching: HashMap<PeerId, tokio::task::AbortHandle> = HashMap::new();
     let mut known: HashMap<PeerId, BlockSet> = HashMap::new();
+    let mut again: std::collections::HashSet<PeerId> = std::collections::HashSet::new();
     let mut ended = Ended {
         banned: Vec::new(),
         gave_up: Vec::new(),
@@ -1048,6 +1101,7 @@ async fn drive(
                  watching: &mut HashMap<PeerId, tokio::task::AbortHandle>,
                  peer: PeerId| {
         if let std::collections::hash_map::Entry::Vacant(e) = watching.entry(peer) {
+            debug!(peer = %peer, blob = %id, "subscribing to have-map");
             e.insert(set.spawn(watch_have(node.clone(), peer, id, total, events_tx.clone())));
         }
     };
@@ -1140,7 +1194,14 @@ async fn drive(
                         sched.handle_have_ranges(now, peer, &ranges);
                     }
                     Event::HaveEnded { peer, result } => {
+                        debug!(peer = %peer, blob = %id, result = ?result.as_ref().err(), "have-map stream ended");
                         watching.remove(&peer);
+                        if again.remove(&peer)
+                            && matches!(result, Err(RequestError::Status(ResponseHeader::NotFound)))
+                        {
+                            watch(&mut set, &mut watching, peer);
+                            continue;
+                        }
                         let full = known.get(&peer).is_some_and(BlockSet::is_full);
                         match result {
                             Ok(()) if full => {} // said everything: it has the whole blob
@@ -1194,6 +1255,11 @@ async fn drive(
             Some(peer) = interest.peers.recv() => {
                 if !ended.banned.iter().any(|(b, _)| *b == peer) {
                     debug!(peer = %peer, blob = %id, "peer fetching the same blob found us");
+                    if watching.contains_key(&peer) && !known.contains_key(&peer) {
+                        // Our subscription may be about to hear "not found" from before the
+                        // peer was ready: subscribe again when it ends.
+                        again.insert(peer);
+                    }
                     watch(&mut set, &mut watching, peer);
                 }
             }
@@ -1229,45 +1295,64 @@ async fn drive(
 /// Subscribes to `peer`'s have-map of blob `id` and reports it to the driver until the
 /// stream ends.
 async fn watch_have(node: Node, peer: PeerId, id: BlobId, total: u32, events: mpsc::Sender<Event>) {
-    let result = async {
-        let timeout = node.config().request_timeout;
-        let mut control = node.control();
-        let mut stream = tokio::time::timeout(timeout, control.open_stream(peer, have_protocol()))
-            .await
-            .map_err(|_| RequestError::Timeout)?
-            .map_err(|e| RequestError::Io(io::Error::other(e.to_string())))?;
-        tokio::time::timeout(timeout, stream.write_all(&Subscribe { id }.encode()))
-            .await
-            .map_err(|_| RequestError::Timeout)??;
-        loop {
-            // No timeout between frames: a peer with nothing new says nothing.
-            let mut prefix = [0u8; 2];
-            match stream.read_exact(&mut prefix).await {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
-                Err(e) => return Err(RequestError::Io(e)),
+    // A peer that does not have the blob yet may be a downloader still bootstrapping (it
+    // found us through a tracker or the link): ask again a few times before giving up on it.
+    let mut wait = HAVE_RETRY;
+    let mut result = subscribe_have(&node, peer, id, total, &events).await;
+    for _ in 0..HAVE_RETRIES {
+        if !matches!(result, Err(RequestError::Status(ResponseHeader::NotFound))) {
+            break;
+        }
+        tokio::time::sleep(wait).await;
+        wait *= 2;
+        result = subscribe_have(&node, peer, id, total, &events).await;
+    }
+    let _ = events.send(Event::HaveEnded { peer, result }).await;
+}
+
+/// One have-map subscription, until the stream ends.
+async fn subscribe_have(
+    node: &Node,
+    peer: PeerId,
+    id: BlobId,
+    total: u32,
+    events: &mpsc::Sender<Event>,
+) -> Result<(), RequestError> {
+    let timeout = node.config().request_timeout;
+    let mut control = node.control();
+    let mut stream = tokio::time::timeout(timeout, control.open_stream(peer, have_protocol()))
+        .await
+        .map_err(|_| RequestError::Timeout)?
+        .map_err(|e| RequestError::Io(io::Error::other(e.to_string())))?;
+    tokio::time::timeout(timeout, stream.write_all(&Subscribe { id }.encode()))
+        .await
+        .map_err(|_| RequestError::Timeout)??;
+    loop {
+        // No timeout between frames: a peer with nothing new says nothing.
+        let mut prefix = [0u8; 2];
+        match stream.read_exact(&mut prefix).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
+            Err(e) => return Err(RequestError::Io(e)),
+        }
+        let len = HaveMsg::frame_len(prefix).map_err(|e| RequestError::Lied(e.to_string()))?;
+        let mut body = vec![0u8; len];
+        read_exact_timeout(&mut stream, &mut body, timeout).await?;
+        match HaveMsg::decode(&body).map_err(|e| RequestError::Lied(e.to_string()))? {
+            HaveMsg::NotFound => return Err(RequestError::Status(ResponseHeader::NotFound)),
+            HaveMsg::Have { total: t, .. } if t != total => {
+                return Err(RequestError::Lied(format!(
+                    "have-map for {t} blocks, the blob has {total}"
+                )));
             }
-            let len = HaveMsg::frame_len(prefix).map_err(|e| RequestError::Lied(e.to_string()))?;
-            let mut body = vec![0u8; len];
-            read_exact_timeout(&mut stream, &mut body, timeout).await?;
-            match HaveMsg::decode(&body).map_err(|e| RequestError::Lied(e.to_string()))? {
-                HaveMsg::NotFound => return Err(RequestError::Status(ResponseHeader::NotFound)),
-                HaveMsg::Have { total: t, .. } if t != total => {
-                    return Err(RequestError::Lied(format!(
-                        "have-map for {t} blocks, the blob has {total}"
-                    )));
-                }
-                HaveMsg::Have { ranges, .. } => {
-                    events
-                        .send(Event::Have { peer, ranges })
-                        .await
-                        .map_err(|_| RequestError::Stopped)?;
-                }
+            HaveMsg::Have { ranges, .. } => {
+                events
+                    .send(Event::Have { peer, ranges })
+                    .await
+                    .map_err(|_| RequestError::Stopped)?;
             }
         }
     }
-    .await;
-    let _ = events.send(Event::HaveEnded { peer, result }).await;
 }
 
 #[allow(clippy::too_many_arguments)] // spawned from one place; a struct would only rename them

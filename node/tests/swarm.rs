@@ -90,15 +90,18 @@ async fn leechers_serve_each_other_so_the_seeder_sends_far_fewer_than_n_copies()
     let from_leechers: Vec<u64> = leechers.iter().map(sent).collect();
     let copies = from_seeder as f64 / blob as f64;
     eprintln!("seeder sent {copies:.2} copies; leechers sent {from_leechers:?}");
-    // Without peers helping each other the seeder sends 8 copies; measured 1.4–3.6 with
+    for l in &leechers {
+        eprintln!("leecher {} sent {}", l.peer_id(), sent(l));
+    }
+    // Without peers helping each other the seeder sends 8 copies; measured 1.4–1.5 with
     // them (docs/benchmarks.md has the flash-crowd figures). The margin is for loaded CI.
     assert!(
-        copies < 5.0,
+        copies < 3.0,
         "the seeder sent {copies:.2} copies; leechers sent {from_leechers:?}"
     );
     let helping = from_leechers.iter().filter(|&&b| b > blob / 16).count();
     assert!(
-        helping >= 4,
+        helping >= 6,
         "only {helping} of 8 leechers uploaded a real share: {from_leechers:?}"
     );
     stop.cancel();
