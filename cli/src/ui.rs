@@ -124,7 +124,20 @@ pub(crate) async fn serve_until_ctrl_c(node: &Node, json: bool) {
                 let peers = node.stats().connected_peers.load(Ordering::Relaxed);
                 let rate = up.saturating_sub(last);
                 last = up;
-                status.set_message(format!("{peers} peers connected, {} uploaded, {}/s", size(up), size(rate)));
+                // Per-blob totals: the three blobs that sent the most.
+                let mut blobs: Vec<(u64, String)> = node.store().sources().iter()
+                    .map(|s| (s.uploaded(), s.id().to_string()))
+                    .collect();
+                blobs.sort_unstable_by(|a, b| b.cmp(a));
+                let top: Vec<String> = blobs.iter().take(3)
+                    .map(|(b, id)| format!("{}…: {}", &id[..8], size(*b)))
+                    .collect();
+                status.set_message(format!(
+                    "{peers} peers connected, {} uploaded, {}/s{}",
+                    size(up),
+                    size(rate),
+                    if blobs.len() > 1 { format!(" [{}]", top.join(", ")) } else { String::new() },
+                ));
                 status.tick();
                 if json {
                     let mut blobs: Vec<_> = node.store().sources().iter().map(|s| serde_json::json!({

@@ -10,6 +10,7 @@ use shoal_protocol::{
     ContentKey, Link,
     blob::{BlobId, BlockRange, Need, PARENT_LEN, RangeDecoder},
     format::{HEADER_LEN, Header, Opener, SegmentCipher},
+    have::{BlockSet, HaveMsg, SUBSCRIBE_LEN, Subscribe},
     tracker::{Request, Response},
     wire::{BlobRequest, ResponseHeader},
 };
@@ -26,6 +27,7 @@ pub const TARGETS: &[(&str, Body)] = &[
     ("segment_open", segment_open),
     ("tracker_request", tracker_request),
     ("tracker_response", tracker_response),
+    ("have_msg", have_msg),
 ];
 
 /// Share links: accepted links print back to the same link.
@@ -140,5 +142,46 @@ pub fn tracker_response(data: &[u8]) {
     if let Ok(res) = Response::decode(data) {
         assert_eq!(res.validate(), Ok(()), "accepted response breaks a rule");
         assert_eq!(res.encode(), data, "decode-encode is not the identity");
+    }
+}
+
+/// `/shoal/have/1`: frames as a subscriber reads them (length prefix, then message) and
+/// subscriptions as a server reads them. Accepted `have` frames re-encode to the same bytes
+/// and their ranges fit a set of the announced size.
+pub fn have_msg(data: &[u8]) {
+    if let Some(sub) = data
+        .get(..SUBSCRIBE_LEN)
+        .and_then(|p| <&[u8; SUBSCRIBE_LEN]>::try_from(p).ok())
+        && let Ok(s) = Subscribe::decode(sub)
+    {
+        assert_eq!(&s.encode(), sub, "subscribe is not canonical");
+    }
+    let Some((prefix, body)) = data.split_first_chunk::<2>() else {
+        return;
+    };
+    let Ok(len) = HaveMsg::frame_len(*prefix) else {
+        return;
+    };
+    let Some(msg) = body.get(..len) else {
+        return;
+    };
+    if let Ok(decoded) = HaveMsg::decode(msg) {
+        assert_eq!(
+            &decoded.encode_frame()[2..],
+            msg,
+            "decode-encode is not the identity"
+        );
+        // Sets are only built for the blob's own size, which the subscriber knows; keep the
+        // check to sizes a bitmap is cheap for.
+        if let HaveMsg::Have { total, ranges } = decoded
+            && total <= 1 << 20
+        {
+            let mut set = BlockSet::new(total);
+            for r in &ranges {
+                set.insert_range(*r);
+            }
+            let blocks: u32 = ranges.iter().map(|r| r.len()).sum();
+            assert_eq!(set.len(), blocks, "ranges overlap or exceed the blob");
+        }
     }
 }

@@ -45,9 +45,10 @@ pub(crate) struct Args {
     /// interfaces].
     #[arg(long, value_name = "MULTIADDR")]
     listen: Vec<Multiaddr>,
-    /// Upload cap per second, e.g. 1MiB [default: unlimited].
-    #[arg(long, value_parser = ui::parse_size, value_name = "SIZE")]
-    up_limit: Option<u64>,
+    /// Upload cap per second for serving other downloaders, e.g. 1MiB; 0 = unlimited. The
+    /// default leaves room on a typical home uplink.
+    #[arg(long, value_parser = ui::parse_size, value_name = "SIZE", default_value = "2MiB")]
+    up_limit: u64,
     /// Download cap per second, e.g. 4MiB [default: unlimited].
     #[arg(long, value_parser = ui::parse_size, value_name = "SIZE")]
     down_limit: Option<u64>,
@@ -81,7 +82,8 @@ pub(crate) fn run(args: &Args, data_dir: Option<PathBuf>) -> anyhow::Result<Exit
     let rt = ui::runtime()?;
     rt.block_on(async {
         let stop = CancellationToken::new();
-        let mut config = Config::default().with_upload_limit(args.up_limit);
+        let mut config =
+            Config::default().with_upload_limit((args.up_limit > 0).then_some(args.up_limit));
         if !args.listen.is_empty() {
             config = config.with_listen(args.listen.clone());
         }
