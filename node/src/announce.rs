@@ -25,6 +25,8 @@ use crate::node::Node;
 const MIN_INTERVAL: Duration = Duration::from_secs(15);
 /// Longest wait between announces (so a tracker restarted with an empty table relearns us).
 const MAX_INTERVAL: Duration = Duration::from_secs(30 * 60);
+/// Wait before announcing again when a leecher was told of no peer at all.
+const LONELY_RETRY: Duration = Duration::from_secs(3);
 /// Wait after a tracker could not be reached or answered badly.
 const RETRY: Duration = Duration::from_secs(30);
 /// How long the `stopped` announce may take when the handle is dropped.
@@ -125,8 +127,14 @@ async fn run(
                 seed_nodes,
             }) => {
                 debug!(%tracker, blob = %blob, peers = peers.len(), seed_nodes = seed_nodes.len(), "announced");
+                let lonely = peers.is_empty() && seed_nodes.is_empty();
                 connect(&node, peers.iter().chain(&seed_nodes), &dialled, &found);
-                Duration::from_secs(interval_secs.into()).clamp(MIN_INTERVAL, MAX_INTERVAL)
+                if lonely && now.role == Role::Leecher {
+                    // Nobody to download from yet (we may have been first): ask again soon.
+                    LONELY_RETRY
+                } else {
+                    Duration::from_secs(interval_secs.into()).clamp(MIN_INTERVAL, MAX_INTERVAL)
+                }
             }
             Ok(AnnounceResponse::Refused { reason }) => {
                 warn!(%tracker, blob = %blob, ?reason, "tracker refused the announce");

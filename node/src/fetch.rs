@@ -383,7 +383,7 @@ pub async fn fetch(
         return Err(FetchError::NoPeersGiven);
     }
     // Peers that subscribe to our have-map of this blob are downloading it too: ask them.
-    let interest = node.interest(id);
+    let mut interest = node.interest(id);
     let (found_tx, mut found) = mpsc::channel(FOUND_QUEUE);
     let total_hint = link
         .blob_len
@@ -409,8 +409,15 @@ pub async fn fetch(
         }
     }
     if peers.is_empty() && announcer.is_some() {
-        // Only trackers can tell us who has the blob: wait for the first peer they list.
-        let first = tokio::time::timeout(GIVE_UP_AFTER, found.recv()).await;
+        // Only trackers can tell us who has the blob: wait for the first peer they list, or
+        // the first downloader that finds us through them.
+        let first = tokio::time::timeout(GIVE_UP_AFTER, async {
+            tokio::select! {
+                p = found.recv() => p,
+                p = interest.peers.recv() => p,
+            }
+        })
+        .await;
         match first {
             Ok(Some(p)) => peers.push(p),
             _ => tried.extend(trackers.iter().map(|t| {

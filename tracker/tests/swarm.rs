@@ -71,6 +71,13 @@ async fn leechers_find_each_other_through_the_tracker_and_finish_after_it_dies()
         Status::seeder(total),
         None,
     );
+    // The seeder is in the swarm before the downloaders arrive (each would find it later
+    // anyway, by re-announcing; this keeps the test short).
+    let mut stats = tracker.subscribe_stats();
+    timeout(LIMIT, stats.wait_for(|s| s.service.announce_requests >= 1))
+        .await
+        .expect("the seeder announces")
+        .unwrap();
     // The link names only the tracker.
     let mut link = shared.link.clone();
     link.peers.clear();
