@@ -145,6 +145,75 @@ async fn a_link_naming_only_an_unreachable_tracker_completes_through_the_dht() {
     stop.cancel();
 }
 
+/// The only peer the link names goes away mid-download: with no tracker left, the fetch asks
+/// the DHT, finds another seeder of the same blob, and completes from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_the_last_peer_leaves_mid_download_the_dht_finds_another() {
+    init_logs();
+    let dir = tempfile::tempdir().unwrap();
+    let stop = CancellationToken::new();
+    let (b, boot) = bootstrap_node(&stop).await;
+    // Two seeders of one blob (convergent keys: same file, same blob id). The first, named in
+    // the link, is slow and not in the DHT; the second is only in the DHT.
+    let path = dir.path().join("d.bin");
+    let data = testing::write_file(&path, 2_000_000, 4);
+    let convergent = KeyMode::Convergent { secret: Vec::new() };
+    let share = |store: &Store| {
+        store
+            .share_file(&path, "", &convergent, rand::random(), &|_| {})
+            .unwrap()
+            .link
+    };
+    let (first_store, second_store) = (Arc::new(Store::in_memory()), Arc::new(Store::in_memory()));
+    let mut link = share(&first_store);
+    assert_eq!(share(&second_store).id, link.id);
+    let first_stop = CancellationToken::new();
+    let first = testing::node(
+        Config::loopback()
+            .with_dht(false)
+            .with_upload_limit(Some(1_000_000)),
+        first_store,
+        &first_stop,
+    );
+    let second = testing::node(boot.clone(), second_store, &stop);
+    timeout(LIMIT, second.provide(link.id))
+        .await
+        .unwrap()
+        .unwrap();
+    wait_listed(&b, link.id, second.peer_id(), true).await;
+    link.peers = vec![testing::addr(&first, "tcp").await.to_string()];
+    link.trackers.clear();
+
+    let l = testing::node(boot, Arc::new(Store::in_memory()), &stop);
+    let out = dir.path().join("got.bin");
+    let (tx, mut rx) = watch::channel(Default::default());
+    let run = fetch(&l, &link, FetchOptions::new(Output::File(out.clone())), tx);
+    let kill = async {
+        // Some blocks came from the first seeder: now it goes.
+        rx.wait_for(|p: &shoal_node::fetch::Progress| p.done_blocks >= 4)
+            .await
+            .unwrap();
+        first_stop.cancel();
+        std::future::pending::<()>().await;
+    };
+    let done = timeout(LIMIT, async {
+        tokio::select! {
+            r = run => r,
+            () = kill => unreachable!(),
+        }
+    })
+    .await
+    .expect("fetch ends in time")
+    .unwrap();
+    assert!(std::fs::read(&out).unwrap() == data, "the file differs");
+    assert!(
+        first_stop.is_cancelled(),
+        "finished before the first seeder left"
+    );
+    assert!(done.fetched_blocks > 4);
+    stop.cancel();
+}
+
 /// Nobody has the blob: no peer hints, no tracker, no provider in the DHT. The fetch fails
 /// soon with an error that says what was tried and what to do.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
