@@ -1362,10 +1362,19 @@ async fn drive(
         if sched.is_complete() || writer_gone {
             break;
         }
-        // No usable peer left: the DHT may know providers the trackers no longer list (at
-        // most one lookup per DHT_RETRY); without one running, give up.
-        if usable == 0 && tasks.is_empty() && watching.is_empty() && !dht.start() {
-            break;
+        if usable == 0 && tasks.is_empty() && watching.is_empty() {
+            // Peers found meanwhile first: a lookup sends its providers before it ends, and
+            // its end may be seen before them.
+            while let Ok(peer) = found.try_recv() {
+                if !ended.banned.iter().any(|(b, _)| *b == peer) {
+                    watch(&mut set, &mut watching, peer);
+                }
+            }
+            // No usable peer left: the DHT may know providers the trackers no longer list
+            // (at most one lookup per DHT_RETRY); without one running, give up.
+            if watching.is_empty() && !dht.start() {
+                break;
+            }
         }
         while set.try_join_next().is_some() {} // reap finished tasks
         let wake = sched.poll_timeout().map(tokio::time::Instant::from_std);
