@@ -26,6 +26,10 @@ Examples:
   shoal decrypt report.blob 'shoal:…#…' -o report.pdf
   shoal inspect 'shoal:…#…'                  show blob id, size and hints (never the key)
   shoal tracker                              run a tracker; prints its address for tr= hints
+  shoal get --bootstrap /ip4/…/p2p/… 'shoal:…#…'
+                                             find peers in the Shoal DHT (no tracker needed);
+                                             share and seed take --bootstrap too, or set
+                                             SHOAL_BOOTSTRAP=ADDR,ADDR
 
 Exit codes: 0 ok, 1 other error, 2 usage, 3 bad link, 4 no peer could deliver,
 5 integrity (wrong key, data does not match the blob id), 6 local file error

@@ -14,8 +14,11 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 /// Installs the stderr log subscriber. Default level `warn`; `-v` info, `-vv` debug.
 pub(crate) fn init_logging(verbose: u8) {
+    // libp2p-kad warns "Failed to trigger bootstrap: No known peers" when a node without
+    // bootstrap peers starts listening: expected here (the DHT then learns peers from the
+    // peers the node meets), so kad's own warnings show from -v on.
     let default = match verbose {
-        0 => "warn",
+        0 => "warn,libp2p_kad=error",
         1 => "info",
         _ => "debug",
     };
@@ -65,6 +68,20 @@ pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
         .parse::<bytesize::ByteSize>()
         .map(|b| b.as_u64())
         .map_err(|e| format!("{s:?} is not a size like 64MiB, 4MB or 1000 ({e})"))
+}
+
+/// A peer's multiaddr, which must end in `/p2p/PEER_ID`.
+pub(crate) fn parse_peer_addr(s: &str) -> Result<libp2p::Multiaddr, String> {
+    let addr: libp2p::Multiaddr = s
+        .trim()
+        .parse()
+        .map_err(|e| format!("{s:?} is not a multiaddr ({e})"))?;
+    match addr.iter().last() {
+        Some(libp2p::multiaddr::Protocol::P2p(_)) => Ok(addr),
+        _ => Err(format!(
+            "{s:?} names no peer: it must end in /p2p/PEER_ID (a running Shoal node's address, as `shoal seed` prints it)"
+        )),
+    }
 }
 
 /// Human-readable size.
@@ -122,6 +139,7 @@ pub(crate) async fn serve_until_ctrl_c(node: &Node, json: bool) {
             _ = tick.tick() => {
                 let up = node.stats().uploaded_bytes.load(Ordering::Relaxed);
                 let peers = node.stats().connected_peers.load(Ordering::Relaxed);
+                let dht_peers = node.stats().dht_peers.load(Ordering::Relaxed);
                 let rate = up.saturating_sub(last);
                 last = up;
                 // Per-blob totals: the three blobs that sent the most.
@@ -146,7 +164,7 @@ pub(crate) async fn serve_until_ctrl_c(node: &Node, json: bool) {
                         "complete": s.held().is_none(),
                     })).collect();
                     blobs.sort_by_key(|b| b["blob_id"].as_str().map(str::to_owned));
-                    let v = serde_json::json!({"uploaded_bytes": up, "connected_peers": peers, "upload_bytes_per_sec": rate, "blobs": blobs});
+                    let v = serde_json::json!({"uploaded_bytes": up, "connected_peers": peers, "dht_peers": dht_peers, "upload_bytes_per_sec": rate, "blobs": blobs});
                     if print_line(&v.to_string()).is_err() {
                         break;
                     }

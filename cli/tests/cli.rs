@@ -18,7 +18,8 @@ fn shoal(dir: &Path) -> Command {
     let mut c = Command::new(SHOAL);
     c.current_dir(dir)
         .env("SHOAL_DATA_DIR", dir.join("data"))
-        .env_remove("RUST_LOG");
+        .env_remove("RUST_LOG")
+        .env_remove("SHOAL_BOOTSTRAP");
     c
 }
 
@@ -451,4 +452,60 @@ fn seed_serves_what_was_shared_after_a_restart() {
     ]));
     assert!(got.status.success(), "{}", text(&got.stderr));
     assert_eq!(std::fs::read(out_dir.join("movie.bin")).unwrap(), data);
+}
+
+/// Trackerless (issue 3): a link without hints, fetched with `--bootstrap` only. One `shoal
+/// share` serves as the bootstrap node; a second one shares the file and announces it in the
+/// DHT; `shoal get` finds it there.
+#[test]
+fn get_finds_a_sharer_through_the_dht_from_a_link_without_hints() {
+    let dir = tempfile::tempdir().unwrap();
+    let (b_dir, s_dir) = (dir.path().join("b"), dir.path().join("s"));
+    std::fs::create_dir(&b_dir).unwrap();
+    std::fs::create_dir(&s_dir).unwrap();
+    write_random(&b_dir.join("other.bin"), 1000);
+    let (_bootstrap, b_link) = share(&b_dir, "other.bin", &[]);
+    let b_link = shoal_protocol::Link::parse(&b_link).unwrap();
+    let b_addr = b_link
+        .peers
+        .iter()
+        .find(|p| p.contains("/tcp/"))
+        .expect("the link names the sharer's TCP address")
+        .clone();
+
+    let data = write_random(&s_dir.join("movie.bin"), 300_000);
+    let (_sharer, link, log) = share_logged(&s_dir, "movie.bin", &["--bootstrap", &b_addr]);
+    let deadline = Instant::now() + LIMIT;
+    while !text(&log.lock().unwrap()).contains("announced in the DHT") {
+        assert!(
+            Instant::now() < deadline,
+            "the sharer never announced in the DHT: {}",
+            text(&log.lock().unwrap())
+        );
+        std::thread::sleep(Duration::from_millis(50)); // polling its log, not synchronising
+    }
+    let mut hintless = shoal_protocol::Link::parse(&link).unwrap();
+    hintless.peers.clear();
+    hintless.trackers.clear();
+
+    let out = dir.path().join("got.bin");
+    let got = run(shoal(dir.path()).args([
+        "get",
+        &hintless.to_secret_string(),
+        "-o",
+        out.to_str().unwrap(),
+        "--bootstrap",
+        &b_addr,
+    ]));
+    assert!(got.status.success(), "{}", text(&got.stderr));
+    assert_eq!(std::fs::read(&out).unwrap(), data);
+
+    // Without --bootstrap the error says which flags give the fetch a source.
+    let alone = run(shoal(dir.path()).args(["get", &hintless.to_secret_string()]));
+    assert_eq!(alone.status.code(), Some(4), "{}", text(&alone.stderr));
+    assert!(
+        text(&alone.stderr).contains("--bootstrap"),
+        "{}",
+        text(&alone.stderr)
+    );
 }

@@ -63,12 +63,27 @@ impl Status {
     }
 }
 
+/// What the last announce to one tracker gave (for a fetch deciding whether to wait for
+/// trackers, and for its error messages).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// No answer yet.
+    Pending,
+    /// The tracker answered, listing this many peers (seed nodes included).
+    Answered(usize),
+    /// The tracker refused the announce for now (rate limited, full): it is asked again.
+    Refused(String),
+    /// The tracker could not be reached, answered badly, or took the blob down.
+    Failed(String),
+}
+
 /// Keeps announcing a blob while it lives; dropping it announces `stopped` (best effort,
 /// in the background).
 #[derive(Debug)]
 pub struct Announcer {
     status: watch::Sender<Status>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    outcomes: watch::Receiver<Vec<(Multiaddr, Outcome)>>,
 }
 
 impl Announcer {
@@ -83,19 +98,47 @@ impl Announcer {
         found: Option<mpsc::Sender<PeerId>>,
     ) -> Self {
         let (tx, rx) = watch::channel(status);
+        let (outcomes_tx, outcomes) = watch::channel(
+            trackers
+                .iter()
+                .map(|t| (t.clone(), Outcome::Pending))
+                .collect::<Vec<_>>(),
+        );
+        let outcomes_tx = Arc::new(outcomes_tx);
         let tasks = trackers
             .into_iter()
-            .map(|tracker| {
-                tokio::spawn(run(node.clone(), blob, tracker, rx.clone(), found.clone()))
+            .enumerate()
+            .map(|(i, tracker)| {
+                let report = Report {
+                    index: i,
+                    to: outcomes_tx.clone(),
+                };
+                tokio::spawn(run(
+                    node.clone(),
+                    blob,
+                    tracker,
+                    rx.clone(),
+                    found.clone(),
+                    report,
+                ))
             })
             .collect();
-        Self { status: tx, tasks }
+        Self {
+            status: tx,
+            tasks,
+            outcomes,
+        }
+    }
+
+    /// Each tracker and what its last announce gave; changes as announces complete.
+    pub(crate) fn outcomes(&self) -> watch::Receiver<Vec<(Multiaddr, Outcome)>> {
+        self.outcomes.clone()
     }
 
     /// Announces `stopped` to every tracker and waits for them (at most a few seconds), so a
     /// process about to exit leaves its swarms cleanly.
     pub async fn leave(self) {
-        let Self { status, tasks } = self;
+        let Self { status, tasks, .. } = self;
         drop(status);
         let _ = tokio::time::timeout(STOP_TIMEOUT, futures::future::join_all(tasks)).await;
     }
@@ -108,6 +151,22 @@ impl Announcer {
     }
 }
 
+/// Where one tracker's task reports its outcomes.
+struct Report {
+    index: usize,
+    to: Arc<watch::Sender<Vec<(Multiaddr, Outcome)>>>,
+}
+
+impl Report {
+    fn set(&self, outcome: Outcome) {
+        self.to.send_modify(|v| {
+            if let Some(slot) = v.get_mut(self.index) {
+                slot.1 = outcome;
+            }
+        });
+    }
+}
+
 /// Announces to one tracker until the [`Announcer`] is dropped.
 async fn run(
     node: Node,
@@ -115,6 +174,7 @@ async fn run(
     tracker: Multiaddr,
     mut status: watch::Receiver<Status>,
     found: Option<mpsc::Sender<PeerId>>,
+    report: Report,
 ) {
     let dialled = Arc::new(Mutex::new(HashSet::new()));
     let mut event = Event::Started;
@@ -128,6 +188,7 @@ async fn run(
             }) => {
                 debug!(%tracker, blob = %blob, peers = peers.len(), seed_nodes = seed_nodes.len(), "announced");
                 let lonely = peers.is_empty() && seed_nodes.is_empty();
+                report.set(Outcome::Answered(peers.len() + seed_nodes.len()));
                 connect(&node, peers.iter().chain(&seed_nodes), &dialled, &found);
                 if lonely && now.role == Role::Leecher {
                     // Nobody to download from yet (we may have been first): ask again soon.
@@ -138,6 +199,12 @@ async fn run(
             }
             Ok(AnnounceResponse::Refused { reason }) => {
                 warn!(%tracker, blob = %blob, ?reason, "tracker refused the announce");
+                let why = format!("refused the announce ({reason:?})");
+                report.set(if reason == RefusalReason::TakenDown {
+                    Outcome::Failed(why)
+                } else {
+                    Outcome::Refused(why)
+                });
                 match reason {
                     RefusalReason::RateLimited { retry_after_secs } => {
                         Duration::from_secs(retry_after_secs.into()).max(Duration::from_secs(1))
@@ -151,6 +218,7 @@ async fn run(
             }
             Err(why) => {
                 debug!(%tracker, blob = %blob, %why, "announce failed");
+                report.set(Outcome::Failed(why));
                 RETRY
             }
         };

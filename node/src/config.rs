@@ -6,6 +6,12 @@ use libp2p::Multiaddr;
 
 /// Upload rate per slot when the upload is capped ([`Config::upload_slots`]).
 const SLOT_RATE: u64 = 256 * 1024;
+/// Default lifetime of the provider records other nodes keep for us ([`Config::dht_provider_ttl`]).
+pub const DHT_PROVIDER_TTL: Duration = Duration::from_secs(3 * 60 * 60);
+/// Default interval at which this node republishes its provider records
+/// ([`Config::dht_republish_interval`]): well within the TTL, so a record outlives one missed
+/// republication.
+pub const DHT_REPUBLISH_INTERVAL: Duration = Duration::from_secs(60 * 60);
 
 /// How a node listens, serves and fetches.
 #[derive(Clone, Debug)]
@@ -29,6 +35,21 @@ pub struct Config {
     pub idle_timeout: Duration,
     /// How long to wait for a connection to a peer. Default 10 s.
     pub dial_timeout: Duration,
+    /// Take part in the Shoal DHT (Kademlia on `/shoal/kad/1`, docs/node.md "Trackerless"):
+    /// answer other nodes' lookups, keep provider records for them, and look up providers
+    /// when trackers and link hints give no peer. Default `true`.
+    pub dht: bool,
+    /// DHT bootstrap peers: multiaddrs ending in `/p2p/<peer id>`. Added to the routing
+    /// table at start (then a bootstrap lookup runs, and again every 5 minutes). Default
+    /// empty: the node then only learns DHT peers from the peers it meets.
+    pub bootstrap: Vec<Multiaddr>,
+    /// How long other nodes keep the provider records this node stores for them (and how
+    /// long this node keeps theirs). Default [`DHT_PROVIDER_TTL`] (3 h).
+    pub dht_provider_ttl: Duration,
+    /// How often this node republishes a provider record for every blob it provides, so
+    /// the record outlives its TTL and reaches peers that joined since. Default
+    /// [`DHT_REPUBLISH_INTERVAL`] (1 h); keep it well below the TTL.
+    pub dht_republish_interval: Duration,
     /// Test only: flip a byte in every block served, to play a lying peer.
     #[cfg(feature = "test-utils")]
     pub corrupt_uploads: bool,
@@ -50,6 +71,10 @@ impl Default for Config {
             request_timeout: Duration::from_secs(20),
             idle_timeout: Duration::from_secs(60),
             dial_timeout: Duration::from_secs(10),
+            dht: true,
+            bootstrap: Vec::new(),
+            dht_provider_ttl: DHT_PROVIDER_TTL,
+            dht_republish_interval: DHT_REPUBLISH_INTERVAL,
             #[cfg(feature = "test-utils")]
             corrupt_uploads: false,
         }
@@ -74,6 +99,24 @@ impl Config {
     pub fn with_listen(mut self, listen: Vec<Multiaddr>) -> Self {
         self.listen = listen;
         self
+    }
+
+    /// Sets the DHT bootstrap peers (multiaddrs ending in `/p2p/<peer id>`).
+    pub fn with_bootstrap(mut self, bootstrap: Vec<Multiaddr>) -> Self {
+        self.bootstrap = bootstrap;
+        self
+    }
+
+    /// Turns the DHT on or off.
+    pub const fn with_dht(mut self, dht: bool) -> Self {
+        self.dht = dht;
+        self
+    }
+
+    /// Whether provider lookups can reach anyone: the DHT is on and bootstrap peers are
+    /// configured. (A node without bootstrap peers still serves the DHT to peers it meets.)
+    pub fn dht_configured(&self) -> bool {
+        self.dht && !self.bootstrap.is_empty()
     }
 
     /// Upload slots: how many requests are served at once; further ones are answered `busy`

@@ -22,7 +22,7 @@ use std::{
 };
 
 use futures::{AsyncReadExt, AsyncWriteExt, future::join_all};
-use libp2p::{Multiaddr, PeerId, Stream};
+use libp2p::{Multiaddr, PeerId, Stream, multiaddr::Protocol};
 use shoal_protocol::{
     BlobId, Link,
     blob::{
@@ -37,7 +37,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use crate::{
-    announce::{Announcer, Status},
+    announce::{Announcer, Outcome, Status},
     node::{DialError, Interest, Node, blob_protocol, have_protocol},
     rate::RateLimiter,
     store::{Held, Source, Store, read_exact_at, write_all_at, write_atomic},
@@ -82,6 +82,10 @@ pub struct FetchOptions {
     /// Trackers to announce to besides the link's `tr` hints (multiaddrs ending in
     /// `/p2p/<peer id>`).
     pub trackers: Vec<Multiaddr>,
+    /// Once the file is complete, provide it in the DHT ([`Node::provide`]): the node seeds
+    /// it while it runs. Default `true`; turn it off when the node stops right after the
+    /// fetch (a provider record would then point at a peer that is gone).
+    pub provide: bool,
 }
 
 impl FetchOptions {
@@ -96,6 +100,7 @@ impl FetchOptions {
             sequential: false,
             down_limit: None,
             trackers: Vec::new(),
+            provide: true,
         }
     }
 }
@@ -141,13 +146,19 @@ pub struct Fetched {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum FetchError {
-    /// The link names no peer and none was given.
-    #[error("the link names no peer to fetch from; pass one with --peer ADDR")]
+    /// The link names no peer or tracker, none was given, and the DHT cannot be asked.
+    #[error(
+        "the link names no peer or tracker to fetch from and no DHT bootstrap peer is configured; pass a peer with --peer ADDR, a tracker with --tracker ADDR, or a DHT bootstrap peer with --bootstrap ADDR"
+    )]
     NoPeersGiven,
-    /// No peer could be reached.
-    #[error("no peer could be reached; tried:\n{}", list(.tried))]
+    /// No peer could be reached: not the link's or given peers, none listed by a tracker,
+    /// none found in the DHT.
+    #[error(
+        "no peer could be reached; tried:\n{}\npass a peer that has the file with --peer ADDR, a tracker with --tracker ADDR or a DHT bootstrap peer with --bootstrap ADDR, and check that someone is seeding it",
+        list(.tried)
+    )]
     Unreachable {
-        /// Each address and why it failed.
+        /// Each source (peer address, tracker, the DHT) and what it gave.
         tried: Vec<String>,
     },
     /// Peers were reached but none could deliver the missing blocks.
@@ -379,11 +390,12 @@ pub async fn fetch(
             Err(e) => tried.push(format!("{p}: not a valid multiaddr ({e})")),
         }
     }
-    if addrs.is_empty() && trackers.is_empty() && tried.is_empty() {
+    if addrs.is_empty() && trackers.is_empty() && tried.is_empty() && !node.dht_usable() {
         return Err(FetchError::NoPeersGiven);
     }
     // Peers that subscribe to our have-map of this blob are downloading it too: ask them.
     let mut interest = node.interest(id);
+    // Peers found by trackers and the DHT, dialled already.
     let (found_tx, mut found) = mpsc::channel(FOUND_QUEUE);
     let total_hint = link
         .blob_len
@@ -395,9 +407,13 @@ pub async fn fetch(
             id,
             trackers.clone(),
             Status::leecher(0, total_hint),
-            Some(found_tx),
+            Some(found_tx.clone()),
         )
     });
+    let mut dht = DhtSearch::new(node, id, found_tx);
+    if addrs.is_empty() && trackers.is_empty() {
+        dht.start(); // nothing else names a peer: ask the DHT at once
+    }
     let timeout = node.config().dial_timeout;
     let dials = join_all(addrs.iter().map(|a| node.dial(a.clone(), timeout))).await;
     let mut peers: Vec<PeerId> = Vec::new();
@@ -408,21 +424,22 @@ pub async fn fetch(
             Err(DialError { addr, why }) => tried.push(format!("{addr}: {why}")),
         }
     }
-    if peers.is_empty() && announcer.is_some() {
-        // Only trackers can tell us who has the blob: wait for the first peer they list, or
-        // the first downloader that finds us through them.
-        let first = tokio::time::timeout(GIVE_UP_AFTER, async {
-            tokio::select! {
-                p = found.recv() => p,
-                p = interest.peers.recv() => p,
-            }
-        })
-        .await;
-        match first {
-            Ok(Some(p)) => peers.push(p),
-            _ => tried.extend(trackers.iter().map(|t| {
-                format!("tracker {t}: listed no reachable peer within {GIVE_UP_AFTER:?}")
-            })),
+    if peers.is_empty() {
+        // Nobody named in the link or given answered: trackers and the DHT are left. The
+        // DHT is asked at once if the named peers failed or there is no tracker, else when
+        // the trackers list nobody in time.
+        if !addrs.is_empty() || trackers.is_empty() {
+            dht.start();
+        }
+        if let Some(p) = first_peer(
+            &mut found,
+            &mut interest.peers,
+            &mut dht,
+            announcer.as_ref(),
+        )
+        .await
+        {
+            peers.push(p);
         }
     }
     while let Ok(p) = found.try_recv() {
@@ -431,6 +448,20 @@ pub async fn fetch(
         }
     }
     if peers.is_empty() {
+        if addrs.is_empty() {
+            tried.push("peers: none named in the link or given with --peer".into());
+        }
+        match &announcer {
+            None => tried.push("trackers: none named in the link or given with --tracker".into()),
+            Some(a) => tried.extend(a.outcomes().borrow().iter().map(|(t, o)| match o {
+                Outcome::Failed(why) | Outcome::Refused(why) => format!("tracker {t}: {why}"),
+                Outcome::Pending => format!("tracker {t}: no answer within {GIVE_UP_AFTER:?}"),
+                Outcome::Answered(n) => {
+                    format!("tracker {t}: listed {n} peer(s), none reachable")
+                }
+            })),
+        }
+        tried.push(dht.describe());
         return Err(FetchError::Unreachable { tried });
     }
     progress.send_modify(|p| p.peers = peers.len());
@@ -466,12 +497,23 @@ pub async fn fetch(
                 }
             }
             if retry.is_empty() {
-                if !tracked || tokio::time::Instant::now() >= deadline {
+                if tokio::time::Instant::now() >= deadline {
                     break;
                 }
-                if let Ok(Some(p)) = tokio::time::timeout_at(deadline, found.recv()).await {
-                    retry.push(p);
-                    peers.push(p);
+                // Nobody left to ask: trackers may list more peers, and the DHT may know
+                // some (at most one lookup per DHT_RETRY).
+                let searching = dht.start();
+                if !tracked && !searching {
+                    break;
+                }
+                tokio::select! {
+                    p = tokio::time::timeout_at(deadline, found.recv()) => {
+                        if let Ok(Some(p)) = p {
+                            retry.push(p);
+                            peers.push(p);
+                        }
+                    }
+                    () = dht.done() => {}
                 }
                 continue;
             }
@@ -540,6 +582,7 @@ pub async fn fetch(
         }) = got
         else {
             why.extend(banned.iter().map(|(p, w)| format!("{p}: {w}")));
+            why.push(dht.describe());
             return Err(FetchError::Exhausted {
                 done: 0,
                 total: link.blob_len.map_or(0, block_count),
@@ -718,6 +761,7 @@ pub async fn fetch(
             interest,
             found,
             announcer: announcer.as_ref(),
+            dht: &mut dht,
         },
         had,
         writer_tx,
@@ -737,6 +781,7 @@ pub async fn fetch(
                 .iter()
                 .map(|(p, w)| format!("{p}: sent bad data ({w})")),
         );
+        why.push(dht.describe());
         return Err(FetchError::Exhausted { done, total, why });
     }
     // Complete: every block verified, decrypted and synced. Publish under the final name.
@@ -781,6 +826,18 @@ pub async fn fetch(
             Ok(whole) => whole.add_uploaded(serving.uploaded()),
             Err(e) => warn!(blob = %id, error = %e, "cannot seed the downloaded file"),
         }
+    }
+    // Seeding the whole blob now: tell the DHT, in the background.
+    if opts.provide
+        && node.config().dht
+        && node.store().get(&id).is_some_and(|s| s.held().is_none())
+    {
+        let node = node.clone();
+        tokio::spawn(async move {
+            if let Err(e) = node.provide(id).await {
+                debug!(blob = %id, error = %e, "downloaded blob not provided in the DHT");
+            }
+        });
     }
     Ok(Fetched {
         path: final_path,
@@ -1026,6 +1083,201 @@ enum Event {
     },
 }
 
+/// How long trackers get to list a reachable peer before the DHT is asked too (at once if
+/// every tracker failed).
+pub const TRACKER_GRACE: Duration = Duration::from_secs(5);
+/// How long one DHT provider lookup may take.
+const DHT_LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Shortest time between two DHT provider lookups of one fetch.
+const DHT_RETRY: Duration = Duration::from_secs(30);
+
+/// Provider lookups in the DHT for one fetch: one at a time, at most one per [`DHT_RETRY`].
+/// Providers that answer a dial go on the same `found` channel as tracker-listed peers, so
+/// bootstrap and the main phase use them alike. A running lookup is aborted on drop.
+struct DhtSearch {
+    node: Node,
+    id: BlobId,
+    found: mpsc::Sender<PeerId>,
+    last: Option<tokio::time::Instant>,
+    running: Option<tokio::task::JoinHandle<String>>,
+    /// What the last finished lookup gave, for error messages.
+    outcome: Option<String>,
+}
+
+impl DhtSearch {
+    fn new(node: &Node, id: BlobId, found: mpsc::Sender<PeerId>) -> Self {
+        Self {
+            node: node.clone(),
+            id,
+            found,
+            last: None,
+            running: None,
+            outcome: None,
+        }
+    }
+
+    /// Starts a lookup unless one runs, the DHT cannot be used, or the last one started less
+    /// than [`DHT_RETRY`] ago. Returns whether a lookup is running now.
+    fn start(&mut self) -> bool {
+        if self.running.is_some() {
+            return true;
+        }
+        let now = tokio::time::Instant::now();
+        if !self.node.dht_usable() || self.last.is_some_and(|t| now < t + DHT_RETRY) {
+            return false;
+        }
+        debug!(blob = %self.id, "looking up providers in the DHT");
+        self.last = Some(now);
+        self.running = Some(tokio::spawn(dht_lookup(
+            self.node.clone(),
+            self.id,
+            self.found.clone(),
+        )));
+        true
+    }
+
+    fn running(&self) -> bool {
+        self.running.is_some()
+    }
+
+    /// Waits for the running lookup to end; never returns if none runs (for `select!`).
+    /// Cancel-safe.
+    async fn done(&mut self) {
+        let Some(handle) = self.running.as_mut() else {
+            return std::future::pending().await;
+        };
+        let outcome = handle
+            .await
+            .unwrap_or_else(|e| format!("DHT: the lookup failed ({e})"));
+        self.running = None;
+        self.outcome = Some(outcome);
+    }
+
+    /// What the DHT gave, for error messages.
+    fn describe(&self) -> String {
+        if let Some(o) = &self.outcome {
+            o.clone()
+        } else if !self.node.config().dht {
+            "DHT: off".into()
+        } else if self.running.is_some() {
+            "DHT: a provider lookup is still running".into()
+        } else if !self.node.dht_usable() {
+            "DHT: not asked (no bootstrap peer configured and no DHT peer known)".into()
+        } else {
+            "DHT: not asked".into()
+        }
+    }
+}
+
+impl Drop for DhtSearch {
+    fn drop(&mut self) {
+        if let Some(h) = &self.running {
+            h.abort();
+        }
+    }
+}
+
+/// One provider lookup: dials the providers found (by peer id first, which succeeds at once
+/// if the lookup connected them, then their addresses) and sends those that answer on
+/// `found`. Returns what happened, for error messages.
+async fn dht_lookup(node: Node, id: BlobId, found: mpsc::Sender<PeerId>) -> String {
+    let providers = node.find_providers(id, DHT_LOOKUP_TIMEOUT).await;
+    if providers.is_empty() {
+        let known = node
+            .stats()
+            .dht_peers
+            .load(std::sync::atomic::Ordering::Relaxed);
+        return format!("DHT: no provider of this blob found ({known} DHT peer(s) known)");
+    }
+    let timeout = node.config().dial_timeout;
+    let reached = join_all(providers.iter().map(|(peer, addrs)| {
+        let (node, found) = (&node, &found);
+        async move {
+            let by_id = std::iter::once(Multiaddr::empty().with(Protocol::P2p(*peer)));
+            let addrs = addrs
+                .iter()
+                .map(|a| a.clone().with_p2p(*peer).unwrap_or_else(|a| a));
+            // One dial timeout per provider in all: the node dialled it on every address it
+            // knew while the lookup ran, so this mostly confirms that connection.
+            let reached = tokio::time::timeout(timeout, async {
+                for addr in by_id.chain(addrs) {
+                    if node.dial(addr, timeout).await.is_ok() {
+                        return true;
+                    }
+                }
+                false
+            })
+            .await
+            .unwrap_or(false);
+            if reached {
+                let _ = found.try_send(*peer);
+            }
+            reached
+        }
+    }))
+    .await
+    .into_iter()
+    .filter(|reached| *reached)
+    .count();
+    info!(blob = %id, providers = providers.len(), reached, "DHT providers found");
+    format!(
+        "DHT: {} provider(s) found, {reached} reachable",
+        providers.len()
+    )
+}
+
+/// Waits for the first peer that trackers or the DHT find. The DHT is asked (unless it
+/// already was) after [`TRACKER_GRACE`], or at once when every tracker failed or refused.
+/// Gives up when every tracker failed (or there is none) and no lookup runs, or after
+/// [`GIVE_UP_AFTER`].
+async fn first_peer(
+    found: &mut mpsc::Receiver<PeerId>,
+    interest: &mut mpsc::Receiver<PeerId>,
+    dht: &mut DhtSearch,
+    announcer: Option<&Announcer>,
+) -> Option<PeerId> {
+    let start = tokio::time::Instant::now();
+    let grace = start + TRACKER_GRACE;
+    let deadline = start + GIVE_UP_AFTER;
+    let mut outcomes = announcer.map(Announcer::outcomes);
+    loop {
+        // (every tracker failed, every tracker failed or refused for now)
+        let (failed, out) = outcomes.as_mut().map_or((true, true), |o| {
+            let o = o.borrow_and_update();
+            (
+                o.iter().all(|(_, x)| matches!(x, Outcome::Failed(_))),
+                o.iter()
+                    .all(|(_, x)| matches!(x, Outcome::Failed(_) | Outcome::Refused(_))),
+            )
+        });
+        let now = tokio::time::Instant::now();
+        if out || now >= grace {
+            dht.start();
+        }
+        if failed && !dht.running() {
+            return None;
+        }
+        tokio::select! {
+            p = found.recv() => return p,
+            // A downloader that found us (through a tracker) is as good a start.
+            Some(p) = interest.recv() => return Some(p),
+            () = dht.done() => {}
+            changed = async {
+                match outcomes.as_mut() {
+                    Some(o) => o.changed().await.is_ok(),
+                    None => std::future::pending().await,
+                }
+            } => {
+                if !changed {
+                    outcomes = None; // the announcer is gone: no tracker will answer
+                }
+            }
+            () = tokio::time::sleep_until(grace), if now < grace => {}
+            () = tokio::time::sleep_until(deadline) => return None,
+        }
+    }
+}
+
 /// First wait before asking busy peers again for the first blocks; doubles up to 2 s.
 const BOOTSTRAP_BACKOFF: Duration = Duration::from_millis(100);
 /// A peer that does not have the blob yet is asked again this many times for its have-map,
@@ -1047,6 +1299,8 @@ struct Discovery<'a> {
     found: mpsc::Receiver<PeerId>,
     /// The announcer, told about progress.
     announcer: Option<&'a Announcer>,
+    /// Provider lookups, asked again when no usable peer is left.
+    dht: &'a mut DhtSearch,
 }
 
 /// Bound of the event queue from request tasks to the driver.
@@ -1117,6 +1371,7 @@ async fn drive(
         mut interest,
         mut found,
         announcer,
+        dht,
     } = discovery;
     for &p in peers {
         watch(&mut set, &mut watching, p);
@@ -1168,11 +1423,22 @@ async fn drive(
         }
         let usable = sched.peers().count();
         progress.send_if_modified(|p| std::mem::replace(&mut p.peers, usable) != usable);
-        if sched.is_complete()
-            || writer_gone
-            || (usable == 0 && tasks.is_empty() && watching.is_empty())
-        {
+        if sched.is_complete() || writer_gone {
             break;
+        }
+        if usable == 0 && tasks.is_empty() && watching.is_empty() {
+            // Peers found meanwhile first: a lookup sends its providers before it ends, and
+            // its end may be seen before them.
+            while let Ok(peer) = found.try_recv() {
+                if !ended.banned.iter().any(|(b, _)| *b == peer) {
+                    watch(&mut set, &mut watching, peer);
+                }
+            }
+            // No usable peer left: the DHT may know providers the trackers no longer list
+            // (at most one lookup per DHT_RETRY); without one running, give up.
+            if watching.is_empty() && !dht.start() {
+                break;
+            }
         }
         while set.try_join_next().is_some() {} // reap finished tasks
         let wake = sched.poll_timeout().map(tokio::time::Instant::from_std);
@@ -1272,10 +1538,11 @@ async fn drive(
             }
             Some(peer) = found.recv() => {
                 if !ended.banned.iter().any(|(b, _)| *b == peer) {
-                    debug!(peer = %peer, blob = %id, "a tracker listed a peer");
+                    debug!(peer = %peer, blob = %id, "a tracker or the DHT found a peer");
                     watch(&mut set, &mut watching, peer);
                 }
             }
+            () = dht.done() => {}
             () = async {
                 match wake {
                     Some(t) => tokio::time::sleep_until(t).await,

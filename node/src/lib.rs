@@ -11,6 +11,9 @@
 //! - [`announce::Announcer`]: announcing a blob to trackers and connecting to the peers they
 //!   list.
 //! - [`tracker_codec`]: the `/shoal/tracker/1` request-response codec (trackers and peers).
+//! - [`dht`]: trackerless discovery — Kademlia provider records on `/shoal/kad/1`
+//!   ([`Node::provide`], [`Node::find_providers`]), used when no tracker or link hint
+//!   yields a peer.
 //!
 //! # Example
 //!
@@ -40,6 +43,7 @@
 
 pub mod announce;
 pub mod config;
+pub mod dht;
 pub mod fetch;
 pub mod identity;
 mod muxer;
@@ -52,6 +56,7 @@ pub mod testing;
 pub mod tracker_codec;
 
 pub use config::Config;
+pub use dht::DhtError;
 pub use node::{DialError, Node, StartError, Stats};
 pub use rate::RateLimiter;
 pub use store::{Source, Store};

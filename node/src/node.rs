@@ -16,7 +16,9 @@ use libp2p::{
     Multiaddr, PeerId, Stream, StreamProtocol, Swarm, identify,
     identity::Keypair,
     noise, ping, request_response,
-    swarm::{ConnectionId, NetworkBehaviour, SwarmEvent, dial_opts::DialOpts},
+    swarm::{
+        ConnectionId, NetworkBehaviour, SwarmEvent, behaviour::toggle::Toggle, dial_opts::DialOpts,
+    },
     tcp,
 };
 use shoal_protocol::{
@@ -33,6 +35,7 @@ use tracing::{debug, info, warn};
 
 use crate::{
     config::Config,
+    dht::{self, Dht, DhtError, Kad, Providers},
     rate::RateLimiter,
     store::{Source, Store},
     tracker_codec::{self, TrackerCodec},
@@ -51,6 +54,9 @@ const HAVE_UPDATE_EVERY: Duration = Duration::from_millis(100);
 /// Peers queued for a fetch that has not picked them up yet (more are dropped: the fetch
 /// also learns them from trackers).
 const INTEREST_QUEUE: usize = 64;
+/// How much longer than a lookup's own timeout a caller waits for its answer (the event loop
+/// answers at the timeout; this only covers a stalled loop).
+const LOOKUP_GRACE: Duration = Duration::from_secs(2);
 
 pub(crate) fn blob_protocol() -> StreamProtocol {
     StreamProtocol::new(BLOB_PROTOCOL)
@@ -61,13 +67,15 @@ pub(crate) fn have_protocol() -> StreamProtocol {
 }
 
 #[derive(NetworkBehaviour)]
-struct Behaviour {
+pub(crate) struct Behaviour {
     limits: libp2p::connection_limits::Behaviour,
     stream: libp2p_stream::Behaviour,
     identify: identify::Behaviour,
     ping: ping::Behaviour,
     /// Announces and scrapes to trackers (outbound only: a node answers no tracker requests).
     tracker: request_response::Behaviour<TrackerCodec>,
+    /// The Shoal DHT (off when `Config::dht` is false).
+    pub(crate) kad: Toggle<Kad>,
 }
 
 /// Live counters of a node, readable at any time.
@@ -81,6 +89,8 @@ pub struct Stats {
     pub requests_served: AtomicU64,
     /// Requests answered `busy` (every upload slot taken).
     pub busy_answers: AtomicU64,
+    /// Peers in the DHT routing table.
+    pub dht_peers: AtomicU64,
 }
 
 enum Command {
@@ -96,6 +106,23 @@ enum Command {
         addr: Multiaddr,
         request: TrackerRequest,
         reply: oneshot::Sender<Result<TrackerResponse, String>>,
+    },
+    Provide {
+        id: BlobId,
+        reply: oneshot::Sender<Result<(), DhtError>>,
+    },
+    StopProviding {
+        id: BlobId,
+    },
+    FindProviders {
+        id: BlobId,
+        timeout: Duration,
+        reply: oneshot::Sender<Providers>,
+    },
+    #[cfg(feature = "test-utils")]
+    StoredProviders {
+        id: BlobId,
+        reply: oneshot::Sender<Vec<PeerId>>,
     },
 }
 
@@ -114,6 +141,12 @@ pub enum StartError {
         /// Cause.
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A DHT bootstrap address does not end in `/p2p/<peer id>`.
+    #[error("DHT bootstrap address {addr} must end in /p2p/<peer id>")]
+    Bootstrap {
+        /// The address.
+        addr: Multiaddr,
     },
 }
 
@@ -184,6 +217,13 @@ impl Node {
         shutdown: CancellationToken,
     ) -> Result<Self, StartError> {
         let idle = config.idle_timeout;
+        let bootstrap = config
+            .bootstrap
+            .iter()
+            .map(|addr| {
+                dht::split_p2p(addr).ok_or_else(|| StartError::Bootstrap { addr: addr.clone() })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
             .with_tokio()
             .with_tcp(
@@ -210,6 +250,11 @@ impl Node {
                     request_response::ProtocolSupport::Outbound,
                     config.request_timeout,
                 ),
+                kad: Toggle::from(
+                    config
+                        .dht
+                        .then(|| dht::behaviour(key.public().to_peer_id(), &config)),
+                ),
             })
             .map_err(|e| StartError::Transport(e.into()))?
             .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
@@ -223,6 +268,13 @@ impl Node {
                 })?;
         }
         let peer_id = *swarm.local_peer_id();
+        let mut dht = Dht::new(peer_id, bootstrap);
+        if config.dht {
+            dht.log_start();
+            if dht.has_bootstrap() {
+                dht.rebootstrap(&mut swarm);
+            }
+        }
         let mut control = swarm.behaviour().stream.new_control();
         let incoming = control
             .accept(blob_protocol())
@@ -246,6 +298,7 @@ impl Node {
         });
         tokio::spawn(event_loop(
             swarm,
+            dht,
             command_rx,
             listen_tx,
             stats,
@@ -370,6 +423,100 @@ impl Node {
         }
     }
 
+    /// Announces in the DHT that this node provides blob `id` (the key is the blob id's 32
+    /// raw bytes; the record names this node's peer id, never a content key). The record is
+    /// kept locally and republished every `Config::dht_republish_interval` until
+    /// [`Node::stop_providing`]; this waits for the first publication. Cancel-safe (the
+    /// record stays provided).
+    ///
+    /// # Errors
+    /// [`DhtError::NoPeers`] if no DHT peer took the record now (it is republished later),
+    /// [`DhtError::Disabled`] without the DHT, and [`DhtError::StoreFull`],
+    /// [`DhtError::Busy`], [`DhtError::Timeout`] or [`DhtError::Shutdown`].
+    pub async fn provide(&self, id: BlobId) -> Result<(), DhtError> {
+        if !self.inner.config.dht {
+            return Err(DhtError::Disabled);
+        }
+        let (reply, rx) = oneshot::channel();
+        self.inner
+            .commands
+            .send(Command::Provide { id, reply })
+            .await
+            .map_err(|_| DhtError::Shutdown)?;
+        let limit = dht::QUERY_TIMEOUT + LOOKUP_GRACE;
+        match tokio::time::timeout(limit, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(DhtError::Shutdown),
+            Err(_) => Err(DhtError::Timeout(limit)),
+        }
+    }
+
+    /// Stops republishing this node's provider record for `id`. Records other nodes hold
+    /// expire after their TTL (`Config::dht_provider_ttl`). Best effort; does nothing
+    /// without the DHT or once the node is shut down.
+    pub async fn stop_providing(&self, id: BlobId) {
+        if self.inner.config.dht {
+            let _ = self
+                .inner
+                .commands
+                .send(Command::StopProviding { id })
+                .await;
+        }
+    }
+
+    /// Looks up providers of blob `id` in the DHT for at most `timeout` and returns them
+    /// (at most [`dht::MAX_PROVIDERS`], never this node) with the addresses known for them.
+    /// Providers found are dialled as they are found, so those that answer are connected
+    /// when this returns. Empty without the DHT or when nothing was found. Cancel-safe.
+    pub async fn find_providers(
+        &self,
+        id: BlobId,
+        timeout: Duration,
+    ) -> Vec<(PeerId, Vec<Multiaddr>)> {
+        if !self.inner.config.dht {
+            return Vec::new();
+        }
+        let (reply, rx) = oneshot::channel();
+        if self
+            .inner
+            .commands
+            .send(Command::FindProviders { id, timeout, reply })
+            .await
+            .is_err()
+        {
+            return Vec::new();
+        }
+        match tokio::time::timeout(timeout + LOOKUP_GRACE, rx).await {
+            Ok(Ok(providers)) => providers,
+            _ => Vec::new(),
+        }
+    }
+
+    /// Test only: the providers of `id` whose unexpired records this node's DHT store holds
+    /// (its own record included if it provides `id`).
+    #[cfg(feature = "test-utils")]
+    pub async fn stored_providers(&self, id: BlobId) -> Vec<PeerId> {
+        let (reply, rx) = oneshot::channel();
+        if self
+            .inner
+            .commands
+            .send(Command::StoredProviders { id, reply })
+            .await
+            .is_err()
+        {
+            return Vec::new();
+        }
+        rx.await.unwrap_or_default()
+    }
+
+    /// Whether a DHT lookup can reach anyone: the DHT is on and bootstrap peers are
+    /// configured or the routing table holds peers.
+    pub fn dht_usable(&self) -> bool {
+        self.inner.config.dht
+            && (!self.inner.config.bootstrap.is_empty()
+                || self.inner.stats.dht_peers.load(Ordering::Relaxed) > 0)
+    }
+
     /// Closes every connection to `peer` (used when it sent data that does not verify).
     /// Best effort: does nothing if the node is shutting down.
     pub async fn disconnect(&self, peer: PeerId) {
@@ -384,6 +531,7 @@ impl Node {
 
 async fn event_loop(
     mut swarm: Swarm<Behaviour>,
+    mut dht: Dht,
     mut commands: mpsc::Receiver<Command>,
     listen: watch::Sender<Vec<Multiaddr>>,
     stats: Arc<Stats>,
@@ -395,19 +543,55 @@ async fn event_loop(
         request_response::OutboundRequestId,
         oneshot::Sender<Result<TrackerResponse, String>>,
     > = HashMap::new();
+    // Bootstrap again now and then (only with bootstrap peers: without, there is nothing to
+    // re-add), and drop expired foreign provider records.
+    let mut rebootstrap = tokio::time::interval_at(
+        tokio::time::Instant::now() + dht::BOOTSTRAP_EVERY,
+        dht::BOOTSTRAP_EVERY,
+    );
+    rebootstrap.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        let lookup_due = dht.next_deadline().map(tokio::time::Instant::from_std);
         tokio::select! {
             () = shutdown.cancelled() => break,
+            _ = rebootstrap.tick() => {
+                if dht.has_bootstrap() {
+                    dht.rebootstrap(&mut swarm);
+                }
+                dht.sweep(&mut swarm);
+            }
+            () = async {
+                match lookup_due {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending().await,
+                }
+            } => dht.on_deadline(&mut swarm),
             cmd = commands.recv() => match cmd {
                 None => break,
                 Some(Command::Disconnect { peer }) => {
                     let _ = swarm.disconnect_peer_id(peer);
+                }
+                Some(Command::Provide { id, reply }) => dht.provide(&mut swarm, id, reply),
+                Some(Command::StopProviding { id }) => Dht::stop_providing(&mut swarm, id),
+                Some(Command::FindProviders { id, timeout, reply }) => {
+                    dht.find_providers(&mut swarm, id, timeout, reply);
+                }
+                #[cfg(feature = "test-utils")]
+                Some(Command::StoredProviders { id, reply }) => {
+                    let _ = reply.send(Dht::stored_providers(&mut swarm, id));
                 }
                 Some(Command::Tracker { peer, addr, request, reply }) => {
                     let id = swarm.behaviour_mut().tracker.send_request_with_addresses(&peer, request, vec![addr]);
                     tracker_calls.insert(id, reply);
                 }
                 Some(Command::Dial { addr, reply }) => {
+                    // Already connected: that is what the caller wants.
+                    if let Some((peer, _)) = dht::split_p2p(&addr)
+                        && swarm.is_connected(&peer)
+                    {
+                        let _ = reply.send(Ok(peer));
+                        continue;
+                    }
                     let opts = dial_opts(&addr);
                     let id = opts.connection_id();
                     match swarm.dial(opts) {
@@ -421,7 +605,7 @@ async fn event_loop(
                     info!(%address, "listening");
                     listen.send_modify(|a| a.push(address));
                 }
-                SwarmEvent::ConnectionEstablished { peer_id, connection_id, num_established, .. } => {
+                SwarmEvent::ConnectionEstablished { peer_id, connection_id, num_established, endpoint, .. } => {
                     debug!(peer = %peer_id, "connected");
                     if num_established.get() == 1 {
                         stats.connected_peers.fetch_add(1, Ordering::Relaxed);
@@ -429,12 +613,23 @@ async fn event_loop(
                     if let Some((_, reply)) = dials.remove(&connection_id) {
                         let _ = reply.send(Ok(peer_id));
                     }
+                    let dialled = endpoint.is_dialer().then(|| endpoint.get_remote_address());
+                    dht.on_connected(&mut swarm, peer_id, dialled);
                 }
                 SwarmEvent::ConnectionClosed { peer_id, num_established, .. } => {
                     debug!(peer = %peer_id, "disconnected");
                     if num_established == 0 {
                         stats.connected_peers.fetch_sub(1, Ordering::Relaxed);
+                        dht.on_disconnected(peer_id);
                     }
+                }
+                SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
+                    dht.on_identify(&mut swarm, peer_id, &info);
+                    count_dht_peers(&mut swarm, &stats);
+                }
+                SwarmEvent::Behaviour(BehaviourEvent::Kad(event)) => {
+                    dht.on_event(&mut swarm, event);
+                    count_dht_peers(&mut swarm, &stats);
                 }
                 SwarmEvent::Behaviour(BehaviourEvent::Tracker(event)) => match event {
                     request_response::Event::Message {
@@ -452,10 +647,14 @@ async fn event_loop(
                     }
                     _ => {}
                 },
-                SwarmEvent::OutgoingConnectionError { connection_id, error, .. } => {
+                SwarmEvent::OutgoingConnectionError { connection_id, error, peer_id } => {
                     if let Some((addr, reply)) = dials.remove(&connection_id) {
                         debug!(%addr, %error, "dial failed");
                         let _ = reply.send(Err(error.to_string()));
+                    }
+                    if let Some(peer) = peer_id {
+                        dht.dial_ended(&mut swarm, peer);
+                        count_dht_peers(&mut swarm, &stats);
                     }
                 }
                 _ => {}
@@ -465,13 +664,19 @@ async fn event_loop(
     debug!("event loop stopped");
 }
 
+/// Publishes the routing table's size (it changes on DHT events, identify and failed dials).
+fn count_dht_peers(swarm: &mut Swarm<Behaviour>, stats: &Stats) {
+    let n = Dht::routing_table_len(swarm) as u64;
+    stats.dht_peers.store(n, Ordering::Relaxed);
+}
+
+/// How to dial `addr`: a bare `/p2p/<id>` dials that peer on the addresses the behaviours
+/// (the DHT's routing table) know for it.
 fn dial_opts(addr: &Multiaddr) -> DialOpts {
-    let mut bare = addr.clone();
-    match bare.pop() {
-        Some(libp2p::multiaddr::Protocol::P2p(peer)) => {
-            DialOpts::peer_id(peer).addresses(vec![bare]).build()
-        }
-        _ => DialOpts::unknown_peer_id().address(addr.clone()).build(),
+    match dht::split_p2p(addr) {
+        Some((peer, bare)) if bare.is_empty() => DialOpts::peer_id(peer).build(),
+        Some((peer, bare)) => DialOpts::peer_id(peer).addresses(vec![bare]).build(),
+        None => DialOpts::unknown_peer_id().address(addr.clone()).build(),
     }
 }
 

@@ -11,7 +11,7 @@ use shoal_node::{
 use shoal_protocol::{Link, format::SEGMENT_PLAINTEXT_LEN};
 use tokio::sync::watch;
 
-use crate::ui;
+use crate::{cmd::DhtArgs, ui};
 
 /// Fetch a link's file.
 #[derive(clap::Args, Debug)]
@@ -29,6 +29,8 @@ pub(crate) struct Args {
     /// repeatable.
     #[arg(long, value_name = "MULTIADDR")]
     tracker: Vec<Multiaddr>,
+    #[command(flatten)]
+    dht: DhtArgs,
     /// Replace the output file if it already exists.
     #[arg(long)]
     force: bool,
@@ -79,11 +81,14 @@ pub(crate) fn run(args: &Args, data_dir: Option<PathBuf>) -> anyhow::Result<Exit
     opts.overwrite = args.force;
     opts.sequential = args.sequential;
     opts.down_limit = args.down_limit;
+    // Only a node that stays up to seed should tell the DHT it has the file.
+    opts.provide = args.seed;
     let rt = ui::runtime()?;
     rt.block_on(async {
         let stop = CancellationToken::new();
-        let mut config =
-            Config::default().with_upload_limit((args.up_limit > 0).then_some(args.up_limit));
+        let mut config = args.dht.apply(
+            Config::default().with_upload_limit((args.up_limit > 0).then_some(args.up_limit)),
+        );
         if !args.listen.is_empty() {
             config = config.with_listen(args.listen.clone());
         }

@@ -8,8 +8,73 @@ pub(crate) mod seed;
 pub(crate) mod share;
 pub(crate) mod tracker;
 
+use futures::StreamExt;
 use libp2p::{Multiaddr, multiaddr::Protocol};
-use shoal_node::seal::KeyMode;
+use shoal_node::{Config, DhtError, Node, seal::KeyMode};
+use shoal_protocol::BlobId;
+
+/// Blobs announced in the DHT at once by `share` and `seed` (each waits for its first
+/// publication; Kademlia republishes them hourly afterwards).
+const PROVIDE_CONCURRENCY: usize = 4;
+
+/// DHT flags (shared by `share`, `get` and `seed`).
+#[derive(clap::Args, Debug)]
+pub(crate) struct DhtArgs {
+    /// A DHT bootstrap peer: any running Shoal node (multiaddr ending in /p2p/PEER_ID, as
+    /// `shoal seed` prints it). Through it this node joins the Shoal DHT: it announces
+    /// there what it seeds, and finds peers there when no tracker or link hint gives one
+    /// (so links without hints work). Repeatable, or comma-separated in the environment.
+    #[arg(
+        long,
+        value_name = "MULTIADDR",
+        env = "SHOAL_BOOTSTRAP",
+        value_delimiter = ',',
+        value_parser = crate::ui::parse_peer_addr
+    )]
+    bootstrap: Vec<Multiaddr>,
+    /// Stay out of the DHT: no lookups, no provider records, no answering other nodes'
+    /// DHT queries (--bootstrap is then ignored).
+    #[arg(long)]
+    no_dht: bool,
+}
+
+impl DhtArgs {
+    /// `config` with these DHT settings.
+    pub(crate) fn apply(&self, config: Config) -> Config {
+        if self.no_dht {
+            config.with_dht(false).with_bootstrap(Vec::new())
+        } else {
+            config.with_dht(true).with_bootstrap(self.bootstrap.clone())
+        }
+    }
+}
+
+/// Announces `ids` in the DHT in the background, a few at a time. A blob no DHT peer took
+/// now stays provided locally and goes out with the hourly republication; that is worth a
+/// warning only when bootstrap peers were given (without, nobody is expected to hear it).
+pub(crate) fn provide_all(node: &Node, ids: Vec<BlobId>) {
+    if !node.config().dht {
+        return;
+    }
+    let node = node.clone();
+    tokio::spawn(async move {
+        let expected = !node.config().bootstrap.is_empty();
+        futures::stream::iter(ids)
+            .for_each_concurrent(PROVIDE_CONCURRENCY, |id| {
+                let node = node.clone();
+                async move {
+                    match node.provide(id).await {
+                        Ok(()) => tracing::info!(blob = %id, "announced in the DHT"),
+                        Err(e @ (DhtError::NoPeers | DhtError::Timeout(_))) if expected => {
+                            tracing::warn!(blob = %id, error = %e, "not announced in the DHT yet; it is announced again within the hour");
+                        }
+                        Err(e) => tracing::debug!(blob = %id, error = %e, "not announced in the DHT"),
+                    }
+                }
+            })
+            .await;
+    });
+}
 
 /// How the content key is chosen (shared by `share` and `encrypt`).
 #[derive(clap::Args, Debug)]

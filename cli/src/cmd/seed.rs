@@ -14,7 +14,10 @@ use shoal_node::{
 use shoal_protocol::{Link, blob::block_count};
 use tokio::sync::watch;
 
-use crate::ui;
+use crate::{
+    cmd::{DhtArgs, provide_all},
+    ui,
+};
 
 /// Seed files to other peers until Ctrl-C.
 #[derive(clap::Args, Debug)]
@@ -33,6 +36,8 @@ pub(crate) struct Args {
     /// repeatable. Links' own trackers are announced to as well.
     #[arg(long, value_name = "MULTIADDR")]
     tracker: Vec<Multiaddr>,
+    #[command(flatten)]
+    dht: DhtArgs,
     /// Address to listen on, repeatable [default: QUIC and TCP on all interfaces].
     #[arg(long, value_name = "MULTIADDR")]
     listen: Vec<Multiaddr>,
@@ -65,7 +70,7 @@ pub(crate) fn run(args: &Args, data_dir: Option<PathBuf>) -> anyhow::Result<Exit
     rt.block_on(async {
         let stop = CancellationToken::new();
         let limit = (args.up_limit > 0).then_some(args.up_limit);
-        let mut config = Config::default().with_upload_limit(limit);
+        let mut config = args.dht.apply(Config::default().with_upload_limit(limit));
         if !args.listen.is_empty() {
             config = config.with_listen(args.listen.clone());
         }
@@ -79,6 +84,7 @@ pub(crate) fn run(args: &Args, data_dir: Option<PathBuf>) -> anyhow::Result<Exit
             eprintln!("seeding as peer {} on {}", node.peer_id(), hints.join(" "));
         }
         let mut announcers = Vec::new();
+        provide_all(&node, loaded.served.iter().map(|s| s.id).collect());
         for s in &loaded.served {
             report(args.json, &s.id.to_string(), &s.name, "seeding", None)?;
             if !args.tracker.is_empty() {

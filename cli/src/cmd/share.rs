@@ -11,7 +11,7 @@ use shoal_node::{
 };
 
 use crate::{
-    cmd::{KeyArgs, peer_hints},
+    cmd::{DhtArgs, KeyArgs, peer_hints, provide_all},
     ui,
 };
 
@@ -38,6 +38,8 @@ pub(crate) struct Args {
     /// /p2p/PEER_ID, as `shoal tracker` prints it); repeatable.
     #[arg(long, value_name = "MULTIADDR")]
     tracker: Vec<Multiaddr>,
+    #[command(flatten)]
+    dht: DhtArgs,
     /// Machine-readable output: one JSON object per line on stdout (the link first).
     #[arg(long)]
     json: bool,
@@ -60,7 +62,9 @@ pub(crate) fn run(args: &Args, data_dir: Option<PathBuf>) -> anyhow::Result<Exit
     let rt = ui::runtime()?;
     rt.block_on(async {
         let stop = CancellationToken::new();
-        let mut config = Config::default().with_upload_limit(args.up_limit);
+        let mut config = args
+            .dht
+            .apply(Config::default().with_upload_limit(args.up_limit));
         if !args.listen.is_empty() {
             config = config.with_listen(args.listen.clone());
         }
@@ -90,6 +94,7 @@ pub(crate) fn run(args: &Args, data_dir: Option<PathBuf>) -> anyhow::Result<Exit
                 None,
             )
         });
+        provide_all(&node, vec![link.id]);
         let text = link.to_secret_string();
         if args.json {
             let v = serde_json::json!({
