@@ -113,12 +113,6 @@ impl Config {
         self
     }
 
-    /// Whether provider lookups can reach anyone: the DHT is on and bootstrap peers are
-    /// configured. (A node without bootstrap peers still serves the DHT to peers it meets.)
-    pub fn dht_configured(&self) -> bool {
-        self.dht && !self.bootstrap.is_empty()
-    }
-
     /// Upload slots: how many requests are served at once; further ones are answered `busy`
     /// so the requester goes to another peer instead of queueing. With an upload cap, one
     /// slot per 256 KiB/s (at least 2, at most `max_upload_streams`): each served request

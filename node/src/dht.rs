@@ -23,7 +23,7 @@ use libp2p::{
     swarm::dial_opts::DialOpts,
 };
 use shoal_protocol::BlobId;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 use crate::{config::Config, node::Behaviour};
@@ -57,8 +57,14 @@ const MAX_PENDING: usize = 256;
 /// The Kademlia behaviour a node runs.
 pub(crate) type Kad = kad::Behaviour<kad::store::MemoryStore>;
 
-/// A lookup's answer: providers and the addresses known for them.
-pub(crate) type Providers = Vec<(PeerId, Vec<Multiaddr>)>;
+/// One provider a lookup found, reported as soon as it is known whether it answers.
+#[derive(Debug)]
+pub(crate) enum Found {
+    /// Connected, with the addresses known for it.
+    Reachable(PeerId, Vec<Multiaddr>),
+    /// Could not be dialled, or did not answer before the lookup's deadline.
+    Unreachable(PeerId),
+}
 
 /// Why a DHT operation failed.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
@@ -153,9 +159,11 @@ fn keepable<'a>(addrs: impl IntoIterator<Item = &'a Multiaddr>, max: usize) -> V
     out
 }
 
-/// A lookup in progress.
+/// A lookup in progress. It ends (its sender is dropped) when the query has finished and
+/// every provider found is reported, or at its deadline.
 struct Lookup {
-    reply: oneshot::Sender<Providers>,
+    /// Where providers go; room for [`MAX_PROVIDERS`], so a send never fails for space.
+    sink: mpsc::Sender<Found>,
     deadline: Instant,
     /// Providers in the order found, at most [`MAX_PROVIDERS`].
     providers: Vec<PeerId>,
@@ -269,19 +277,19 @@ impl Dht {
         }
     }
 
+    /// Starts a provider lookup reporting on `sink` (dropped when it ends, at the latest
+    /// after `timeout`).
     pub(crate) fn find_providers(
         &mut self,
         swarm: &mut Swarm<Behaviour>,
         id: BlobId,
         timeout: Duration,
-        reply: oneshot::Sender<Providers>,
+        sink: mpsc::Sender<Found>,
     ) {
         let Some(kad) = swarm.behaviour_mut().kad.as_mut() else {
-            let _ = reply.send(Vec::new());
             return;
         };
         if self.lookups.len() >= MAX_PENDING {
-            let _ = reply.send(Vec::new());
             return;
         }
         let q = kad.get_providers(key(&id));
@@ -289,7 +297,7 @@ impl Dht {
         self.lookups.insert(
             q,
             Lookup {
-                reply,
+                sink,
                 deadline: Instant::now() + timeout,
                 providers: Vec::new(),
                 waiting: HashSet::new(),
@@ -303,7 +311,7 @@ impl Dht {
         self.lookups.values().map(|l| l.deadline).min()
     }
 
-    /// Answers the lookups whose time is up with what they found so far.
+    /// Ends the lookups whose time is up; providers still being dialled count as unreachable.
     pub(crate) fn on_deadline(&mut self, swarm: &mut Swarm<Behaviour>) {
         let now = Instant::now();
         let due: Vec<kad::QueryId> = self
@@ -321,7 +329,11 @@ impl Dht {
             {
                 query.finish();
             }
-            self.answer(swarm, q);
+            if let Some(l) = self.lookups.remove(&q) {
+                for p in l.waiting {
+                    let _ = l.sink.try_send(Found::Unreachable(p));
+                }
+            }
         }
     }
 
@@ -344,38 +356,60 @@ impl Dht {
         }
     }
 
+    /// A connection to `peer` is up, reached at `remote`: the address we dialled, or (inbound)
+    /// the one it came from — with TCP port reuse and QUIC that is the peer's listen address,
+    /// a fallback until identify says which addresses it listens on.
     pub(crate) fn on_connected(
         &mut self,
         swarm: &mut Swarm<Behaviour>,
         peer: PeerId,
-        dialled: Option<&Multiaddr>,
+        remote: &Multiaddr,
     ) {
-        if let Some(addr) = dialled {
-            let known = self.addrs.entry(peer).or_default();
-            for a in keepable([addr], 1) {
-                if !known.contains(&a) && known.len() < MAX_RECORD_ADDRS {
-                    known.push(a);
-                }
+        let known = self.addrs.entry(peer).or_default();
+        for a in keepable([remote], 1) {
+            if !known.contains(&a) && known.len() < MAX_RECORD_ADDRS {
+                known.push(a);
             }
         }
-        self.dial_ended(swarm, peer);
+        self.dial_ended(swarm, peer, true);
     }
 
     pub(crate) fn on_disconnected(&mut self, peer: PeerId) {
         self.addrs.remove(&peer);
     }
 
-    /// A dial to `peer` ended (connected or failed): lookups waiting only for it answer.
-    pub(crate) fn dial_ended(&mut self, swarm: &mut Swarm<Behaviour>, peer: PeerId) {
-        let ready: Vec<kad::QueryId> = self
+    /// A dial to `peer` ended (`connected` or failed): lookups waiting for it report it, and
+    /// those that waited only for it end.
+    pub(crate) fn dial_ended(
+        &mut self,
+        swarm: &mut Swarm<Behaviour>,
+        peer: PeerId,
+        connected: bool,
+    ) {
+        let waiting: Vec<kad::QueryId> = self
             .lookups
             .iter_mut()
-            .filter_map(|(q, l)| {
-                (l.waiting.remove(&peer) && l.finished && l.waiting.is_empty()).then_some(*q)
-            })
+            .filter_map(|(q, l)| l.waiting.remove(&peer).then_some(*q))
             .collect();
-        for q in ready {
-            self.answer(swarm, q);
+        if waiting.is_empty() {
+            return;
+        }
+        let found = if connected {
+            Found::Reachable(peer, self.addresses(swarm, peer))
+        } else {
+            Found::Unreachable(peer)
+        };
+        for q in waiting {
+            if let Some(l) = self.lookups.get(&q) {
+                let item = match &found {
+                    Found::Reachable(p, a) => Found::Reachable(*p, a.clone()),
+                    Found::Unreachable(p) => Found::Unreachable(*p),
+                };
+                let _ = l.sink.try_send(item);
+                if l.finished && l.waiting.is_empty() {
+                    self.lookups.remove(&q);
+                }
+            }
         }
     }
 
@@ -411,7 +445,8 @@ impl Dht {
                     if let Some(l) = self.lookups.get_mut(&id) {
                         l.finished = true;
                         if l.waiting.is_empty() {
-                            self.answer(swarm, id);
+                            self.lookups.remove(&id);
+                            debug!("DHT provider lookup ended");
                         }
                     }
                 }
@@ -458,6 +493,8 @@ impl Dht {
             }
             l.providers.push(p);
             if swarm.is_connected(&p) {
+                let addrs = addresses(&self.addrs, swarm, p);
+                let _ = l.sink.try_send(Found::Reachable(p, addrs));
                 continue;
             }
             match swarm.dial(DialOpts::peer_id(p).build()) {
@@ -468,51 +505,35 @@ impl Dht {
                 Err(libp2p::swarm::DialError::DialPeerConditionFalse(_)) => {
                     l.waiting.insert(p);
                 }
-                Err(e) => debug!(peer = %p, error = %e, "cannot dial a DHT provider"),
+                Err(e) => {
+                    debug!(peer = %p, error = %e, "cannot dial a DHT provider");
+                    let _ = l.sink.try_send(Found::Unreachable(p));
+                }
             }
         }
     }
 
-    /// Answers lookup `q` with its providers and their known addresses.
-    fn answer(&mut self, swarm: &mut Swarm<Behaviour>, q: kad::QueryId) {
-        let Some(l) = self.lookups.remove(&q) else {
-            return;
-        };
-        let providers = l
-            .providers
-            .into_iter()
-            .map(|p| {
-                let mut addrs = self.addrs.get(&p).cloned().unwrap_or_default();
-                if let Some(kad) = swarm.behaviour_mut().kad.as_mut()
-                    && let Some(bucket) = kad.kbucket(p)
-                    && let Some(entry) = bucket.iter().find(|e| *e.node.key.preimage() == p)
-                {
-                    addrs.extend(entry.node.value.iter().cloned());
-                }
-                (p, keepable(&addrs, MAX_RECORD_ADDRS))
-            })
-            .collect::<Providers>();
-        debug!(providers = providers.len(), "DHT provider lookup answered");
-        let _ = l.reply.send(providers);
+    /// The addresses known for `peer`.
+    fn addresses(&self, swarm: &mut Swarm<Behaviour>, peer: PeerId) -> Vec<Multiaddr> {
+        addresses(&self.addrs, swarm, peer)
     }
 
     /// Stores a provider record another node sent, within the bounds, with addresses we
     /// know for it if it carries none (a node without confirmed external addresses sends
     /// none: then what it told us through identify is the best we have).
     fn store_foreign(&mut self, swarm: &mut Swarm<Behaviour>, mut record: kad::ProviderRecord) {
+        record.addresses = if record.addresses.is_empty() {
+            // Without addresses in the record, Kademlia answers with the routing table's,
+            // and leaves the provider out if it is not in the table (yet).
+            addresses(&self.addrs, swarm, record.provider)
+        } else {
+            keepable(&record.addresses, MAX_RECORD_ADDRS)
+        };
         let Some(kad) = swarm.behaviour_mut().kad.as_mut() else {
             return;
         };
         let now = Instant::now();
         self.foreign.sweep(now, kad.store_mut());
-        record.addresses = if record.addresses.is_empty() {
-            self.addrs
-                .get(&record.provider)
-                .cloned()
-                .unwrap_or_default()
-        } else {
-            keepable(&record.addresses, MAX_RECORD_ADDRS)
-        };
         let expires = record.expires.unwrap_or(now);
         if !self.foreign.admit(&record.key, record.provider, expires) {
             debug!(provider = %record.provider, "DHT record store full; provider record dropped");
@@ -538,6 +559,23 @@ impl Dht {
             info!(peers = self.bootstrap.len(), "DHT on, bootstrapping");
         }
     }
+}
+
+/// The addresses known for `peer`: what identify and our dials told us, then the routing
+/// table's.
+fn addresses(
+    known: &HashMap<PeerId, Vec<Multiaddr>>,
+    swarm: &mut Swarm<Behaviour>,
+    peer: PeerId,
+) -> Vec<Multiaddr> {
+    let mut addrs = known.get(&peer).cloned().unwrap_or_default();
+    if let Some(kad) = swarm.behaviour_mut().kad.as_mut()
+        && let Some(bucket) = kad.kbucket(peer)
+        && let Some(entry) = bucket.iter().find(|e| *e.node.key.preimage() == peer)
+    {
+        addrs.extend(entry.node.value.iter().cloned());
+    }
+    keepable(&addrs, MAX_RECORD_ADDRS)
 }
 
 /// The provider records kept for other nodes, in arrival order with their expiry, so expired

@@ -22,7 +22,7 @@ use std::{
 };
 
 use futures::{AsyncReadExt, AsyncWriteExt, future::join_all};
-use libp2p::{Multiaddr, PeerId, Stream, multiaddr::Protocol};
+use libp2p::{Multiaddr, PeerId, Stream};
 use shoal_protocol::{
     BlobId, Link,
     blob::{
@@ -38,6 +38,7 @@ use tracing::{debug, info, warn};
 
 use crate::{
     announce::{Announcer, Outcome, Status},
+    dht::Found,
     node::{DialError, Interest, Node, blob_protocol, have_protocol},
     rate::RateLimiter,
     store::{Held, Source, Store, read_exact_at, write_all_at, write_atomic},
@@ -1088,6 +1089,8 @@ enum Event {
 pub const TRACKER_GRACE: Duration = Duration::from_secs(5);
 /// How long one DHT provider lookup may take.
 const DHT_LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How much longer the fetch waits for the node to end a lookup (it ends it at the timeout).
+const DHT_LOOKUP_GRACE: Duration = Duration::from_secs(2);
 /// Shortest time between two DHT provider lookups of one fetch.
 const DHT_RETRY: Duration = Duration::from_secs(30);
 
@@ -1177,53 +1180,31 @@ impl Drop for DhtSearch {
     }
 }
 
-/// One provider lookup: dials the providers found (by peer id first, which succeeds at once
-/// if the lookup connected them, then their addresses) and sends those that answer on
-/// `found`. Returns what happened, for error messages.
+/// One provider lookup: each provider found that answers (the node dials them as they are
+/// found) goes on `found` at once, without waiting for the others. Returns what happened,
+/// for error messages.
 async fn dht_lookup(node: Node, id: BlobId, found: mpsc::Sender<PeerId>) -> String {
-    let providers = node.find_providers(id, DHT_LOOKUP_TIMEOUT).await;
-    if providers.is_empty() {
+    let mut providers = node.provider_stream(id, DHT_LOOKUP_TIMEOUT).await;
+    let (mut seen, mut reached) = (0usize, 0usize);
+    let _ = tokio::time::timeout(DHT_LOOKUP_TIMEOUT + DHT_LOOKUP_GRACE, async {
+        while let Some(f) = providers.recv().await {
+            seen += 1;
+            if let Found::Reachable(peer, _) = f {
+                reached += 1;
+                let _ = found.try_send(peer);
+            }
+        }
+    })
+    .await;
+    if seen == 0 {
         let known = node
             .stats()
             .dht_peers
             .load(std::sync::atomic::Ordering::Relaxed);
         return format!("DHT: no provider of this blob found ({known} DHT peer(s) known)");
     }
-    let timeout = node.config().dial_timeout;
-    let reached = join_all(providers.iter().map(|(peer, addrs)| {
-        let (node, found) = (&node, &found);
-        async move {
-            let by_id = std::iter::once(Multiaddr::empty().with(Protocol::P2p(*peer)));
-            let addrs = addrs
-                .iter()
-                .map(|a| a.clone().with_p2p(*peer).unwrap_or_else(|a| a));
-            // One dial timeout per provider in all: the node dialled it on every address it
-            // knew while the lookup ran, so this mostly confirms that connection.
-            let reached = tokio::time::timeout(timeout, async {
-                for addr in by_id.chain(addrs) {
-                    if node.dial(addr, timeout).await.is_ok() {
-                        return true;
-                    }
-                }
-                false
-            })
-            .await
-            .unwrap_or(false);
-            if reached {
-                let _ = found.try_send(*peer);
-            }
-            reached
-        }
-    }))
-    .await
-    .into_iter()
-    .filter(|reached| *reached)
-    .count();
-    info!(blob = %id, providers = providers.len(), reached, "DHT providers found");
-    format!(
-        "DHT: {} provider(s) found, {reached} reachable",
-        providers.len()
-    )
+    info!(blob = %id, providers = seen, reached, "DHT providers found");
+    format!("DHT: {seen} provider(s) found, {reached} reachable")
 }
 
 /// Waits for the first peer that trackers or the DHT find. The DHT is asked (unless it

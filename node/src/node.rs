@@ -35,7 +35,7 @@ use tracing::{debug, info, warn};
 
 use crate::{
     config::Config,
-    dht::{self, Dht, DhtError, Kad, Providers},
+    dht::{self, Dht, DhtError, Found, Kad},
     rate::RateLimiter,
     store::{Source, Store},
     tracker_codec::{self, TrackerCodec},
@@ -117,7 +117,7 @@ enum Command {
     FindProviders {
         id: BlobId,
         timeout: Duration,
-        reply: oneshot::Sender<Providers>,
+        sink: mpsc::Sender<Found>,
     },
     #[cfg(feature = "test-utils")]
     StoredProviders {
@@ -465,31 +465,46 @@ impl Node {
     }
 
     /// Looks up providers of blob `id` in the DHT for at most `timeout` and returns them
-    /// (at most [`dht::MAX_PROVIDERS`], never this node) with the addresses known for them.
-    /// Providers found are dialled as they are found, so those that answer are connected
-    /// when this returns. Empty without the DHT or when nothing was found. Cancel-safe.
+    /// (at most [`dht::MAX_PROVIDERS`], never this node), each with the addresses known for
+    /// it. Providers are dialled as they are found: those that answered are connected when
+    /// this returns; those that did not come with no addresses. Empty without the DHT or
+    /// when nothing was found. Cancel-safe.
     pub async fn find_providers(
         &self,
         id: BlobId,
         timeout: Duration,
     ) -> Vec<(PeerId, Vec<Multiaddr>)> {
-        if !self.inner.config.dht {
-            return Vec::new();
+        let mut found = self.provider_stream(id, timeout).await;
+        let mut providers = Vec::new();
+        let _ = tokio::time::timeout(timeout + LOOKUP_GRACE, async {
+            while let Some(f) = found.recv().await {
+                providers.push(match f {
+                    Found::Reachable(p, addrs) => (p, addrs),
+                    Found::Unreachable(p) => (p, Vec::new()),
+                });
+            }
+        })
+        .await;
+        providers
+    }
+
+    /// Starts a provider lookup of `id` reporting each provider found as soon as it is known
+    /// whether it answers; the stream ends with the lookup (at the latest after `timeout`).
+    /// Cancel-safe: dropping the receiver only stops the reports.
+    pub(crate) async fn provider_stream(
+        &self,
+        id: BlobId,
+        timeout: Duration,
+    ) -> mpsc::Receiver<Found> {
+        let (sink, found) = mpsc::channel(dht::MAX_PROVIDERS);
+        if self.inner.config.dht {
+            let _ = self
+                .inner
+                .commands
+                .send(Command::FindProviders { id, timeout, sink })
+                .await;
         }
-        let (reply, rx) = oneshot::channel();
-        if self
-            .inner
-            .commands
-            .send(Command::FindProviders { id, timeout, reply })
-            .await
-            .is_err()
-        {
-            return Vec::new();
-        }
-        match tokio::time::timeout(timeout + LOOKUP_GRACE, rx).await {
-            Ok(Ok(providers)) => providers,
-            _ => Vec::new(),
-        }
+        found
     }
 
     /// Test only: the providers of `id` whose unexpired records this node's DHT store holds
@@ -517,8 +532,9 @@ impl Node {
                 || self.inner.stats.dht_peers.load(Ordering::Relaxed) > 0)
     }
 
-    /// Closes every connection to `peer` (used when it sent data that does not verify).
-    /// Best effort: does nothing if the node is shutting down.
+    /// Closes every connection to `peer` and drops it from the DHT routing table (used when
+    /// it sent data that does not verify). Best effort: does nothing if the node is shutting
+    /// down.
     pub async fn disconnect(&self, peer: PeerId) {
         let _ = self.inner.commands.send(Command::Disconnect { peer }).await;
     }
@@ -570,11 +586,17 @@ async fn event_loop(
                 None => break,
                 Some(Command::Disconnect { peer }) => {
                     let _ = swarm.disconnect_peer_id(peer);
+                    // A peer that lies about blobs is no DHT peer worth keeping either (and
+                    // DHT queries would otherwise connect to it again at once).
+                    if let Some(kad) = swarm.behaviour_mut().kad.as_mut() {
+                        kad.remove_peer(&peer);
+                    }
+                    count_dht_peers(&mut swarm, &stats);
                 }
                 Some(Command::Provide { id, reply }) => dht.provide(&mut swarm, id, reply),
                 Some(Command::StopProviding { id }) => Dht::stop_providing(&mut swarm, id),
-                Some(Command::FindProviders { id, timeout, reply }) => {
-                    dht.find_providers(&mut swarm, id, timeout, reply);
+                Some(Command::FindProviders { id, timeout, sink }) => {
+                    dht.find_providers(&mut swarm, id, timeout, sink);
                 }
                 #[cfg(feature = "test-utils")]
                 Some(Command::StoredProviders { id, reply }) => {
@@ -613,8 +635,7 @@ async fn event_loop(
                     if let Some((_, reply)) = dials.remove(&connection_id) {
                         let _ = reply.send(Ok(peer_id));
                     }
-                    let dialled = endpoint.is_dialer().then(|| endpoint.get_remote_address());
-                    dht.on_connected(&mut swarm, peer_id, dialled);
+                    dht.on_connected(&mut swarm, peer_id, endpoint.get_remote_address());
                 }
                 SwarmEvent::ConnectionClosed { peer_id, num_established, .. } => {
                     debug!(peer = %peer_id, "disconnected");
@@ -653,7 +674,7 @@ async fn event_loop(
                         let _ = reply.send(Err(error.to_string()));
                     }
                     if let Some(peer) = peer_id {
-                        dht.dial_ended(&mut swarm, peer);
+                        dht.dial_ended(&mut swarm, peer, false);
                         count_dht_peers(&mut swarm, &stats);
                     }
                 }

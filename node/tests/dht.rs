@@ -73,6 +73,19 @@ async fn wait_listed(asker: &Node, id: BlobId, provider: PeerId, present: bool) 
     .unwrap_or_else(|_| panic!("{provider} listed = {present} for {id}"));
 }
 
+/// Waits until `holder`'s DHT store holds (or, with `present` false, no longer holds) an
+/// unexpired record of `provider` for `id`. A lookup from `holder` would not show that: the
+/// provider answers it too, whether or not `holder` stored the record.
+async fn wait_stored(holder: &Node, id: BlobId, provider: PeerId, present: bool) {
+    timeout(LIMIT, async {
+        while holder.stored_providers(id).await.contains(&provider) != present {
+            tokio::time::sleep(Duration::from_millis(50)).await; // pacing, not synchronisation
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{provider} stored = {present} for {id}"));
+}
+
 async fn fetch_to(node: &Node, link: &Link, out: &Path) -> Result<(), FetchError> {
     let (tx, _rx) = watch::channel(Default::default());
     timeout(
@@ -97,7 +110,7 @@ async fn a_link_without_peers_or_trackers_is_fetched_through_the_dht() {
         .await
         .unwrap()
         .expect("the bootstrap node takes the record");
-    wait_listed(&b, link.id, s.peer_id(), true).await;
+    wait_stored(&b, link.id, s.peer_id(), true).await;
 
     let l = testing::node(boot, Arc::new(Store::in_memory()), &stop);
     let out = dir.path().join("got.bin");
@@ -120,7 +133,7 @@ async fn a_link_naming_only_an_unreachable_tracker_completes_through_the_dht() {
     let (b, boot) = bootstrap_node(&stop).await;
     let (s, mut link, data) = seeder(dir.path(), "b.bin", 300_000, boot.clone(), &stop);
     timeout(LIMIT, s.provide(link.id)).await.unwrap().unwrap();
-    wait_listed(&b, link.id, s.peer_id(), true).await;
+    wait_stored(&b, link.id, s.peer_id(), true).await;
 
     // A port nobody listens on (bind, learn the port, close).
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -180,7 +193,7 @@ async fn when_the_last_peer_leaves_mid_download_the_dht_finds_another() {
         .await
         .unwrap()
         .unwrap();
-    wait_listed(&b, link.id, second.peer_id(), true).await;
+    wait_stored(&b, link.id, second.peer_id(), true).await;
     link.peers = vec![testing::addr(&first, "tcp").await.to_string()];
     link.trackers.clear();
 
@@ -259,18 +272,6 @@ async fn nothing_found_anywhere_fails_soon_and_says_what_was_tried() {
     assert!(matches!(err, FetchError::NoPeersGiven), "{err}");
     assert!(err.to_string().contains("--bootstrap"), "{err}");
     stop.cancel();
-}
-
-/// Waits until `holder`'s DHT store holds (or, with `present` false, no longer holds) an
-/// unexpired record of `provider` for `id`.
-async fn wait_stored(holder: &Node, id: BlobId, provider: PeerId, present: bool) {
-    timeout(LIMIT, async {
-        while holder.stored_providers(id).await.contains(&provider) != present {
-            tokio::time::sleep(Duration::from_millis(50)).await; // pacing, not synchronisation
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("{provider} stored = {present} for {id}"));
 }
 
 /// Provider records are republished: with a 1 s record TTL at the bootstrap node, the

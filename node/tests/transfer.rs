@@ -162,8 +162,10 @@ async fn lying_peer_is_dropped_and_download_completes_from_the_honest_one() {
     let dir = tempfile::tempdir().unwrap();
     let stop = CancellationToken::new();
     let honest = seeder(dir.path(), 2_000_000, Config::loopback(), &stop).await;
-    // The liar serves the same file and key but flips a byte in every block.
-    let mut liar_config = Config::loopback();
+    // The liar serves the same file and key but flips a byte in every block. It stays out of
+    // the DHT: a DHT node connects to the peers it knows now and then (to refresh its
+    // routing table), which would reconnect it to the getter after the ban.
+    let mut liar_config = Config::loopback().with_dht(false);
     liar_config.corrupt_uploads = true;
     let liar = mirror(&honest, dir.path(), "liar", liar_config, &stop);
     let mut link = honest.link.clone();
@@ -457,10 +459,19 @@ async fn connection_limit_refuses_extra_peers() {
     let addr = testing::addr(&a.node, "tcp").await;
     let first = testing::node(Config::loopback(), Arc::new(Store::in_memory()), &stop);
     first.dial(addr.clone(), LIMIT).await.unwrap();
+    let peers = |n: &shoal_node::Node| n.stats().connected_peers.load(Ordering::Relaxed);
+    // The dialer sees the connection before the listener does: wait until the seeder counts
+    // it, or the second connection could take the only slot first.
+    timeout(LIMIT, async {
+        while peers(&a.node) != 1 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the seeder accepts the first peer");
     let second = testing::node(Config::loopback(), Arc::new(Store::in_memory()), &stop);
     // The dialer may see the connection complete before the listener refuses and closes it.
     let _ = second.dial(addr, LIMIT).await;
-    let peers = |n: &shoal_node::Node| n.stats().connected_peers.load(Ordering::Relaxed);
     timeout(LIMIT, async {
         while peers(&second) != 0 {
             tokio::time::sleep(Duration::from_millis(10)).await;
