@@ -22,7 +22,7 @@ use std::{
 };
 
 use futures::{AsyncReadExt, AsyncWriteExt, future::join_all};
-use libp2p::{Multiaddr, PeerId, Stream};
+use libp2p::{Multiaddr, PeerId, Stream, StreamProtocol};
 use shoal_protocol::{
     BlobId, Link,
     blob::{
@@ -373,24 +373,10 @@ pub async fn fetch(
     }
 
     // Trackers: from the link (`tr=`) and the options. They list more peers as they join.
-    let mut trackers: Vec<Multiaddr> = opts.trackers.clone();
     let mut tried = Vec::new();
-    for t in &link.trackers {
-        match t.parse::<Multiaddr>() {
-            Ok(a) if !trackers.contains(&a) => trackers.push(a),
-            Ok(_) => {}
-            Err(e) => tried.push(format!("tracker {t}: not a valid multiaddr ({e})")),
-        }
-    }
+    let trackers = merge_addrs(&opts.trackers, &link.trackers, "tracker ", &mut tried);
     // Connect to every known peer at once.
-    let mut addrs: Vec<Multiaddr> = opts.peers.clone();
-    for p in &link.peers {
-        match p.parse::<Multiaddr>() {
-            Ok(a) if !addrs.contains(&a) => addrs.push(a),
-            Ok(_) => {}
-            Err(e) => tried.push(format!("{p}: not a valid multiaddr ({e})")),
-        }
-    }
+    let addrs = merge_addrs(&opts.peers, &link.peers, "", &mut tried);
     if addrs.is_empty() && trackers.is_empty() && tried.is_empty() && !node.dht_usable() {
         return Err(FetchError::NoPeersGiven);
     }
@@ -851,6 +837,25 @@ pub async fn fetch(
     })
 }
 
+/// `given` followed by the link's `hints` that parse and are not already there; a hint that
+/// does not parse is listed in `tried` (prefixed with `what`).
+fn merge_addrs(
+    given: &[Multiaddr],
+    hints: &[String],
+    what: &str,
+    tried: &mut Vec<String>,
+) -> Vec<Multiaddr> {
+    let mut out = given.to_vec();
+    for h in hints {
+        match h.parse::<Multiaddr>() {
+            Ok(a) if !out.contains(&a) => out.push(a),
+            Ok(_) => {}
+            Err(e) => tried.push(format!("{what}{h}: not a valid multiaddr ({e})")),
+        }
+    }
+    out
+}
+
 fn default_name(meta: &Metadata, id: BlobId) -> String {
     // The protocol already rejects separators, control characters, "." and "..".
     if meta.name.is_empty() || meta.name.starts_with('.') {
@@ -884,7 +889,8 @@ async fn bootstrap(
         None => {
             // Learn the claimed size, then prove it by verifying the last block.
             let req = BlobRequest::new(id, [0]).expect("one range");
-            let mut stream = open(&mut control, peer, &req, timeout).await?;
+            let mut stream =
+                open(&mut control, peer, blob_protocol(), &req.encode(), timeout).await?;
             let claimed = read_status(&mut stream, None, timeout).await?;
             let _ = stream.close().await;
             Layout::for_blob(claimed).map_err(|e| RequestError::Lied(e.to_string()))?;
@@ -915,17 +921,20 @@ async fn bootstrap(
     })
 }
 
+/// Opens a stream of `protocol` to `peer` and writes `message` (a request or a
+/// subscription), each step within `timeout`.
 async fn open(
     control: &mut libp2p_stream::Control,
     peer: PeerId,
-    req: &BlobRequest,
+    protocol: StreamProtocol,
+    message: &[u8],
     timeout: Duration,
 ) -> Result<Stream, RequestError> {
-    let mut stream = tokio::time::timeout(timeout, control.open_stream(peer, blob_protocol()))
+    let mut stream = tokio::time::timeout(timeout, control.open_stream(peer, protocol))
         .await
         .map_err(|_| RequestError::Timeout)?
         .map_err(|e| RequestError::Io(io::Error::other(e.to_string())))?;
-    tokio::time::timeout(timeout, stream.write_all(&req.encode()))
+    tokio::time::timeout(timeout, stream.write_all(message))
         .await
         .map_err(|_| RequestError::Timeout)??;
     Ok(stream)
@@ -985,7 +994,7 @@ where
 {
     let timeout = node.config().request_timeout;
     let mut control = node.control();
-    let mut stream = open(&mut control, peer, req, timeout).await?;
+    let mut stream = open(&mut control, peer, blob_protocol(), &req.encode(), timeout).await?;
     read_status(&mut stream, Some(blob_len), timeout).await?;
     let mut decoder = RangeDecoder::new(req.id, blob_len, &req.ranges);
     let mut parents = Vec::new();
@@ -1575,13 +1584,8 @@ async fn subscribe_have(
 ) -> Result<(), RequestError> {
     let timeout = node.config().request_timeout;
     let mut control = node.control();
-    let mut stream = tokio::time::timeout(timeout, control.open_stream(peer, have_protocol()))
-        .await
-        .map_err(|_| RequestError::Timeout)?
-        .map_err(|e| RequestError::Io(io::Error::other(e.to_string())))?;
-    tokio::time::timeout(timeout, stream.write_all(&Subscribe { id }.encode()))
-        .await
-        .map_err(|_| RequestError::Timeout)??;
+    let subscribe = Subscribe { id }.encode();
+    let mut stream = open(&mut control, peer, have_protocol(), &subscribe, timeout).await?;
     loop {
         // No timeout between frames: a peer with nothing new says nothing.
         let mut prefix = [0u8; 2];

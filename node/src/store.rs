@@ -520,11 +520,7 @@ impl Store {
         if !md.is_file() {
             return Err(not_file(io::Error::other("not a regular file")));
         }
-        let mtime_ns = md
-            .modified()
-            .ok()
-            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-            .map_or(0, |d| d.as_nanos());
+        let mtime_ns = mtime_ns(&md);
         let metadata = Metadata {
             name: path
                 .file_name()
@@ -549,23 +545,14 @@ impl Store {
         .map_err(SealError::from)?;
         let mut link = Link::new(source.id(), sealed.key.clone());
         link.blob_len = Some(sealed.outboard.blob_len());
-        if let Some(dir) = &self.data_dir {
-            let record = Record {
-                path,
-                file_len: metadata.file_len,
-                mtime_ns,
-                flags: sealed.flags,
-                name: metadata.name.clone(),
-                media_type: metadata.media_type.clone(),
-                blob_len: sealed.outboard.blob_len(),
-            };
-            save_share(dir, &record, &sealed.key, &sealed.outboard).map_err(|source| {
-                ShareError::Persist {
-                    dir: dir.display().to_string(),
-                    source,
-                }
-            })?;
-        }
+        self.remember(
+            path,
+            mtime_ns,
+            sealed.flags,
+            &metadata,
+            &sealed.key,
+            &sealed.outboard,
+        )?;
         self.insert(source);
         Ok(Shared {
             link,
@@ -594,29 +581,40 @@ impl Store {
         };
         let path = fs::canonicalize(path).map_err(not_file)?;
         let md = fs::metadata(&path).map_err(not_file)?;
-        let mtime_ns = md
-            .modified()
-            .ok()
-            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-            .map_or(0, |d| d.as_nanos());
-        if let Some(dir) = &self.data_dir {
-            let record = Record {
-                path: path.clone(),
-                file_len: metadata.file_len,
-                mtime_ns,
-                flags,
-                name: metadata.name.clone(),
-                media_type: metadata.media_type.clone(),
-                blob_len: outboard.blob_len(),
-            };
-            save_share(dir, &record, key, &outboard).map_err(|source| ShareError::Persist {
-                dir: dir.display().to_string(),
-                source,
-            })?;
-        }
+        let mtime_ns = mtime_ns(&md);
+        self.remember(path.clone(), mtime_ns, flags, &metadata, key, &outboard)?;
         let source =
             Source::plain(path, key, flags, metadata, outboard).map_err(SealError::from)?;
         Ok(self.insert(source))
+    }
+
+    /// Saves the share record, key and outboard in the data directory (if there is one), so
+    /// the blob is served again after a restart.
+    fn remember(
+        &self,
+        path: PathBuf,
+        mtime_ns: u128,
+        flags: u16,
+        metadata: &Metadata,
+        key: &ContentKey,
+        outboard: &Outboard,
+    ) -> Result<(), ShareError> {
+        let Some(dir) = &self.data_dir else {
+            return Ok(());
+        };
+        let record = Record {
+            path,
+            file_len: metadata.file_len,
+            mtime_ns,
+            flags,
+            name: metadata.name.clone(),
+            media_type: metadata.media_type.clone(),
+            blob_len: outboard.blob_len(),
+        };
+        save_share(dir, &record, key, outboard).map_err(|source| ShareError::Persist {
+            dir: dir.display().to_string(),
+            source,
+        })
     }
 
     fn find_share(&self, path: &Path, len: u64, mtime_ns: u128, meta: &Metadata) -> Option<Shared> {
@@ -677,14 +675,9 @@ impl Store {
                 }
             };
             let r = &saved.record;
-            let current = fs::metadata(&r.path).ok().map(|md| {
-                let mtime = md
-                    .modified()
-                    .ok()
-                    .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-                    .map_or(0, |d| d.as_nanos());
-                (md.len(), mtime)
-            });
+            let current = fs::metadata(&r.path)
+                .ok()
+                .map(|md| (md.len(), mtime_ns(&md)));
             if current != Some((r.file_len, r.mtime_ns)) {
                 loaded.skipped.push((
                     r.path.clone(),
@@ -767,6 +760,15 @@ impl SavedShare {
             outboard,
         })
     }
+}
+
+/// A file's modification time in nanoseconds since the epoch (0 if unknown): with the size,
+/// how a remembered share tells that its file is unchanged.
+fn mtime_ns(md: &fs::Metadata) -> u128 {
+    md.modified()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos())
 }
 
 fn save_share(
