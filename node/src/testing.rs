@@ -1,10 +1,14 @@
 //! Helpers for tests (feature `test-utils`): ephemeral loopback nodes and files.
 
-use std::{path::Path, sync::Arc, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
 
 use libp2p::{Multiaddr, identity::Keypair};
 
-use crate::{CancellationToken, Config, Node, Store};
+use crate::{CancellationToken, Config, Node, Store, seal::KeyMode, store::Shared};
 
 /// A loopback node with a fresh identity serving `store`.
 ///
@@ -53,4 +57,43 @@ pub fn write_file(path: &Path, len: usize, seed: u64) -> Vec<u8> {
         .collect();
     std::fs::write(path, &data).expect("write test file");
     data
+}
+
+/// A file shared from a fresh in-memory store: what a seeder in a test starts from.
+#[derive(Debug)]
+pub struct SharedFile {
+    /// The store serving it.
+    pub store: Arc<Store>,
+    /// The share (its link has `sz` and no peer hints).
+    pub shared: Shared,
+    /// The file's bytes.
+    pub data: Vec<u8>,
+    /// Where the file is.
+    pub path: PathBuf,
+}
+
+/// Writes `len` bytes of content `seed` to `dir/source.bin` (see [`write_file`]) and shares
+/// it with a random key, as `application/octet-stream`.
+///
+/// # Panics
+/// If the file cannot be written or shared.
+pub fn shared_file(dir: &Path, len: usize, seed: u64) -> SharedFile {
+    let path = dir.join("source.bin");
+    let data = write_file(&path, len, seed);
+    let store = Arc::new(Store::in_memory());
+    let shared = store
+        .share_file(
+            &path,
+            "application/octet-stream",
+            &KeyMode::Random,
+            rand::random(),
+            &|_| {},
+        )
+        .expect("test file is shared");
+    SharedFile {
+        store,
+        shared,
+        data,
+        path,
+    }
 }

@@ -13,7 +13,6 @@ use futures::future::join_all;
 use shoal_node::{
     CancellationToken, Config, Node, Store,
     fetch::{FetchOptions, Output, fetch},
-    seal::KeyMode,
     testing,
 };
 use tokio::{sync::watch, time::timeout};
@@ -36,18 +35,12 @@ async fn leechers_serve_each_other_so_the_seeder_sends_far_fewer_than_n_copies()
     let dir = tempfile::tempdir().unwrap();
     let stop = CancellationToken::new();
     let len = 8 << 20;
-    let path = dir.path().join("source.bin");
-    let data = testing::write_file(&path, len, 7);
-    let store = Arc::new(Store::in_memory());
-    let shared = store
-        .share_file(
-            &path,
-            "application/octet-stream",
-            &KeyMode::Random,
-            rand::random(),
-            &|_| {},
-        )
-        .unwrap();
+    let testing::SharedFile {
+        store,
+        shared,
+        data,
+        ..
+    } = testing::shared_file(dir.path(), len, 7);
     let cap = |bytes_per_sec| Config::loopback().with_upload_limit(Some(bytes_per_sec));
     let seeder = testing::node(cap(2_000_000), store, &stop);
     let mut link = shared.link;
@@ -121,12 +114,12 @@ async fn a_lying_peer_in_a_swarm_is_banned_and_everyone_completes() {
     let dir = tempfile::tempdir().unwrap();
     let stop = CancellationToken::new();
     let len = 2 << 20;
-    let path = dir.path().join("source.bin");
-    let data = testing::write_file(&path, len, 5);
-    let store = Arc::new(Store::in_memory());
-    let shared = store
-        .share_file(&path, "", &KeyMode::Random, rand::random(), &|_| {})
-        .unwrap();
+    let testing::SharedFile {
+        store,
+        shared,
+        data,
+        path,
+    } = testing::shared_file(dir.path(), len, 5);
     let outboard = store.get(&shared.link.id).unwrap().outboard().clone();
     // The seeder is slow, so downloaders ask the (fast) liar for most blocks.
     let seeder = testing::node(

@@ -13,7 +13,6 @@ use std::{
 use shoal_node::{
     CancellationToken, Config, Store,
     fetch::{FetchError, FetchOptions, Output, Progress, fetch},
-    seal::KeyMode,
     testing,
 };
 use shoal_protocol::{ContentKey, Link, format::SEGMENT_PLAINTEXT_LEN};
@@ -28,18 +27,12 @@ struct Seeder {
 }
 
 async fn seeder(dir: &Path, len: usize, config: Config, stop: &CancellationToken) -> Seeder {
-    let path = dir.join("source.bin");
-    let data = testing::write_file(&path, len, len as u64 + 1);
-    let store = Arc::new(Store::in_memory());
-    let shared = store
-        .share_file(
-            &path,
-            "application/octet-stream",
-            &KeyMode::Random,
-            rand::random(),
-            &|_| {},
-        )
-        .unwrap();
+    let testing::SharedFile {
+        store,
+        shared,
+        data,
+        ..
+    } = testing::shared_file(dir, len, len as u64 + 1);
     let node = testing::node(config, store, stop);
     Seeder {
         node,

@@ -16,7 +16,6 @@ use shoal_node::{
     CancellationToken, Config, Node, Store,
     announce::{Announcer, Status},
     fetch::{FetchOptions, Output, Progress, fetch},
-    seal::KeyMode,
     testing,
 };
 use shoal_protocol::blob::block_count;
@@ -53,12 +52,12 @@ async fn leechers_find_each_other_through_the_tracker_and_finish_after_it_dies()
     let tr = tracker_addr(&tracker).await;
 
     let len = 6 << 20;
-    let path = dir.path().join("source.bin");
-    let data = testing::write_file(&path, len, 11);
-    let store = Arc::new(Store::in_memory());
-    let shared = store
-        .share_file(&path, "", &KeyMode::Random, rand::random(), &|_| {})
-        .unwrap();
+    let testing::SharedFile {
+        store,
+        shared,
+        data,
+        ..
+    } = testing::shared_file(dir.path(), len, 11);
     let cap = |r| Config::loopback().with_upload_limit(Some(r));
     let seeder = testing::node(cap(1_500_000), store, &stop);
     testing::addr(&seeder, "tcp").await; // listening before it announces
