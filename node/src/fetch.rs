@@ -225,7 +225,7 @@ fn list(items: &[String]) -> String {
 /// One request's failure, classified: a lying peer is banned; a local or transient failure
 /// never bans.
 #[derive(Debug, thiserror::Error)]
-enum RequestError {
+pub(crate) enum RequestError {
     #[error("sent data that does not match the blob id ({0})")]
     Lied(String),
     #[error("answered {0:?}")]
@@ -249,8 +249,8 @@ struct Verified {
     parents: Vec<Pair>,
 }
 
-/// Persistent have-map and header of a download.
-struct State {
+/// Persistent have-map and header of a download (and of a push a seed node receives).
+pub(crate) struct State {
     path: PathBuf,
     id: BlobId,
     blob_len: u64,
@@ -259,7 +259,7 @@ struct State {
 }
 
 impl State {
-    fn new(path: PathBuf, id: BlobId, blob_len: u64) -> Self {
+    pub(crate) fn new(path: PathBuf, id: BlobId, blob_len: u64) -> Self {
         let blocks = block_count(blob_len);
         Self {
             path,
@@ -271,7 +271,7 @@ impl State {
     }
 
     /// Loads a state file if it belongs to this blob; anything else means "start over".
-    fn load(path: PathBuf, id: BlobId, blob_len: Option<u64>) -> Option<Self> {
+    pub(crate) fn load(path: PathBuf, id: BlobId, blob_len: Option<u64>) -> Option<Self> {
         let bytes = fs::read(&path).ok()?;
         if bytes.len() < 8 + 32 + 8 + 1 + HEADER_LEN
             || &bytes[..8] != STATE_MAGIC
@@ -298,7 +298,7 @@ impl State {
         Some(state)
     }
 
-    fn save(&self) -> io::Result<()> {
+    pub(crate) fn save(&self) -> io::Result<()> {
         let mut out = Vec::with_capacity(49 + HEADER_LEN + self.have.len());
         out.extend_from_slice(STATE_MAGIC);
         out.extend_from_slice(self.id.as_bytes());
@@ -309,17 +309,21 @@ impl State {
         write_atomic(&self.path, &out, true)
     }
 
-    fn has(&self, i: u64) -> bool {
+    pub(crate) fn has(&self, i: u64) -> bool {
         let i = usize::try_from(i).expect("fits");
         self.have[i / 8] & (1 << (i % 8)) != 0
     }
 
-    fn set(&mut self, i: u64) {
+    pub(crate) fn set(&mut self, i: u64) {
         let i = usize::try_from(i).expect("fits");
         self.have[i / 8] |= 1 << (i % 8);
     }
 
-    fn count(&self) -> u64 {
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub(crate) fn count(&self) -> u64 {
         self.have.iter().map(|b| u64::from(b.count_ones())).sum()
     }
 }
@@ -1582,6 +1586,26 @@ async fn subscribe_have(
     total: u32,
     events: &mpsc::Sender<Event>,
 ) -> Result<(), RequestError> {
+    read_have_map(node, peer, id, total, |ranges| async move {
+        events.send(Event::Have { peer, ranges }).await.is_ok()
+    })
+    .await
+}
+
+/// Subscribes to `peer`'s have-map of blob `id` (of `total` blocks) and hands each frame's
+/// ranges to `on_have` until the stream ends (`Ok`), the peer misbehaves, or `on_have`
+/// returns `false` (`Stopped`).
+pub(crate) async fn read_have_map<F, Fut>(
+    node: &Node,
+    peer: PeerId,
+    id: BlobId,
+    total: u32,
+    mut on_have: F,
+) -> Result<(), RequestError>
+where
+    F: FnMut(Vec<BlockRange>) -> Fut,
+    Fut: Future<Output = bool>,
+{
     let timeout = node.config().request_timeout;
     let mut control = node.control();
     let subscribe = Subscribe { id }.encode();
@@ -1605,10 +1629,9 @@ async fn subscribe_have(
                 )));
             }
             HaveMsg::Have { ranges, .. } => {
-                events
-                    .send(Event::Have { peer, ranges })
-                    .await
-                    .map_err(|_| RequestError::Stopped)?;
+                if !on_have(ranges).await {
+                    return Err(RequestError::Stopped);
+                }
             }
         }
     }
@@ -1702,7 +1725,7 @@ impl Sparse<'_> {
 /// Opens (or creates) the sparse outboard of a download: the pairs of an earlier run if the
 /// file has the right size, else all zeros (blocks resumed without their pairs are fetched
 /// fine but not served until the download completes).
-fn open_sparse_outboard(
+pub(crate) fn open_sparse_outboard(
     path: &Path,
     id: BlobId,
     blob_len: u64,

@@ -45,11 +45,13 @@ pub mod announce;
 pub mod config;
 pub mod dht;
 pub mod fetch;
+pub mod frugal;
 pub mod identity;
 mod muxer;
 mod node;
 mod rate;
 pub mod seal;
+pub mod seednode;
 pub mod store;
 #[cfg(feature = "test-utils")]
 pub mod testing;

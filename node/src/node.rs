@@ -330,6 +330,17 @@ impl Node {
         &self.inner.config
     }
 
+    /// Cancelled when the node stops.
+    pub(crate) fn shutdown_token(&self) -> CancellationToken {
+        self.inner.shutdown.clone()
+    }
+
+    /// A handle to open and accept raw libp2p streams on this node's connections (for
+    /// protocols of its own beside Shoal's; accepting a Shoal protocol fails).
+    pub fn stream_control(&self) -> libp2p_stream::Control {
+        self.inner.control.clone()
+    }
+
     pub(crate) fn control(&self) -> libp2p_stream::Control {
         self.inner.control.clone()
     }
@@ -755,7 +766,7 @@ async fn serve_loop(inner: Arc<Inner>, mut incoming: libp2p_stream::IncomingStre
                 tokio::spawn(async move {
                     let res = tokio::select! {
                         () = inner.shutdown.cancelled() => Ok(()),
-                        res = serve(&inner, limiter.as_deref(), &mut stream) => res,
+                        res = serve(&inner, peer, limiter.as_deref(), &mut stream) => res,
                     };
                     if let Err(e) = res {
                         debug!(peer = %peer, error = %e, "request ended early");
@@ -810,7 +821,7 @@ async fn have_loop(inner: Arc<Inner>, mut incoming: libp2p_stream::IncomingStrea
 
 /// Serves one have-map subscription: the whole map, then what is added, until the blob is
 /// complete, the subscriber closes the stream, or the download is abandoned.
-async fn serve_have(inner: &Inner, peer: PeerId, stream: &mut Stream) -> std::io::Result<()> {
+async fn serve_have(inner: &Arc<Inner>, peer: PeerId, stream: &mut Stream) -> std::io::Result<()> {
     let mut sub = [0u8; SUBSCRIBE_LEN];
     tokio::time::timeout(inner.config.request_timeout, stream.read_exact(&mut sub))
         .await
@@ -828,6 +839,9 @@ async fn serve_have(inner: &Inner, peer: PeerId, stream: &mut Stream) -> std::io
         let _ = tx.try_send(peer);
     }
     let total = u32::try_from(block_count(source.blob_len())).expect("MAX_FILE_LEN bounds blocks");
+    if source.is_frugal() {
+        return serve_have_frugal(inner, peer, stream, source, total).await;
+    }
     let Some(held) = source.held().cloned() else {
         let all = [BlockRange {
             start: 0,
@@ -861,8 +875,63 @@ async fn serve_have(inner: &Inner, peer: PeerId, stream: &mut Stream) -> std::io
     stream.close().await
 }
 
+/// Serves one have-map subscription to a blob served frugally: only the blocks revealed to
+/// this peer ([`crate::frugal`]), more as it fetches them. Meanwhile subscribes to the
+/// peer's own have-map of the blob, so the frugal state knows what the swarm holds.
+async fn serve_have_frugal(
+    inner: &Arc<Inner>,
+    peer: PeerId,
+    stream: &mut Stream,
+    source: Arc<Source>,
+    total: u32,
+) -> std::io::Result<()> {
+    let id = source.id();
+    if let Some(mut ss) = source.super_seed() {
+        ss.join(peer);
+    }
+    let node = Node {
+        inner: inner.clone(),
+    };
+    let back = {
+        let source = source.clone();
+        tokio::spawn(async move {
+            let _ = crate::fetch::read_have_map(&node, peer, id, total, |ranges| {
+                if let Some(mut ss) = source.super_seed() {
+                    ss.peer_has(&peer, &ranges);
+                }
+                std::future::ready(true)
+            })
+            .await;
+        })
+    };
+    let mut eof = [0u8; 1];
+    let result = async {
+        loop {
+            let new = source
+                .super_seed()
+                .map(|mut ss| ss.reveal(&peer, std::time::Instant::now()))
+                .unwrap_or_default();
+            for msg in have::frames(total, &new) {
+                stream.write_all(&msg.encode_frame()).await?;
+            }
+            tokio::select! {
+                () = tokio::time::sleep(HAVE_UPDATE_EVERY) => {}
+                // The subscriber sends nothing after subscribing: a read returns when it closes.
+                _ = stream.read(&mut eof) => return Ok(()),
+            }
+        }
+    }
+    .await;
+    back.abort();
+    if let Some(mut ss) = source.super_seed() {
+        ss.leave(&peer);
+    }
+    result
+}
+
 async fn serve(
     inner: &Inner,
+    peer: PeerId,
     limiter: Option<&RateLimiter>,
     stream: &mut Stream,
 ) -> std::io::Result<()> {
@@ -890,7 +959,10 @@ async fn serve(
             .await?;
         return stream.close().await;
     }
-    if !source.holds(&req.ranges) {
+    let frugal_ok = source
+        .super_seed()
+        .is_none_or(|mut ss| ss.may_serve(&peer, &req.ranges));
+    if !source.holds(&req.ranges) || !frugal_ok {
         stream.write_all(&ResponseHeader::Missing.encode()).await?;
         return stream.close().await;
     }
@@ -902,8 +974,9 @@ async fn serve(
     let corrupt = false;
     let header = ResponseHeader::Ok { blob_len }.encode();
     let counted = source.clone();
+    let ranges = req.ranges.clone();
     let producer =
-        tokio::task::spawn_blocking(move || produce(&source, &req, header, corrupt, &tx));
+        tokio::task::spawn_blocking(move || produce(&source, &req.ranges, header, corrupt, &tx));
     while let Some(chunk) = rx.recv().await {
         let chunk = chunk?;
         if let Some(l) = limiter {
@@ -917,6 +990,9 @@ async fn serve(
         counted.add_uploaded(chunk.len() as u64);
     }
     producer.await.map_err(std::io::Error::other)?;
+    if let Some(mut ss) = counted.super_seed() {
+        ss.served(&peer, &ranges, std::time::Instant::now());
+    }
     inner.stats.requests_served.fetch_add(1, Ordering::Relaxed);
     stream.close().await
 }
@@ -928,10 +1004,11 @@ enum Step {
     Block(BlockIndex),
 }
 
-/// Reads the blocks of a request from storage on a blocking thread, encoded for the wire.
-fn produce(
+/// Reads the blocks of `ranges` from storage on a blocking thread, encoded for the wire
+/// after `header` (a `/shoal/blob/1` response, or a push's body).
+pub(crate) fn produce(
     source: &Source,
-    req: &BlobRequest,
+    ranges: &[BlockRange],
     header: Vec<u8>,
     corrupt: bool,
     tx: &mpsc::Sender<std::io::Result<Vec<u8>>>,
@@ -944,7 +1021,7 @@ fn produce(
             return;
         }
     };
-    let plan: Vec<Step> = RangeEncoder::new(&source.outboard(), &req.ranges)
+    let plan: Vec<Step> = RangeEncoder::new(&source.outboard(), ranges)
         .map(|item| match item {
             EncodeItem::Parent(pair) => {
                 Step::Parent(pair.try_into().expect("pairs are PARENT_LEN bytes"))

@@ -21,6 +21,7 @@ use std::{
     time::UNIX_EPOCH,
 };
 
+use libp2p::PeerId;
 use serde::{Deserialize, Serialize};
 use shoal_protocol::{
     BlobId, ContentKey, Link,
@@ -31,7 +32,10 @@ use shoal_protocol::{
 
 use tokio::sync::watch;
 
-use crate::seal::{KeyMode, ProgressFn, SealError, seal_file};
+use crate::{
+    frugal::SuperSeed,
+    seal::{KeyMode, ProgressFn, SealError, seal_file},
+};
 
 /// Where a served blob's bytes come from.
 #[derive(Debug)]
@@ -108,6 +112,8 @@ pub struct Source {
     origin: Origin,
     /// Blob bytes sent to peers from this source.
     uploaded: AtomicU64,
+    /// Frugal serving (seed nodes): who is shown and served which blocks.
+    super_seed: Option<Mutex<SuperSeed<PeerId>>>,
 }
 
 /// Why a block could not be produced for serving. Never the requester's fault.
@@ -161,6 +167,7 @@ impl Source {
                 file: None,
             },
             uploaded: AtomicU64::new(0),
+            super_seed: None,
         })
     }
 
@@ -189,6 +196,7 @@ impl Source {
                 file: Some(file),
             },
             uploaded: AtomicU64::new(0),
+            super_seed: None,
         })
     }
 
@@ -201,7 +209,29 @@ impl Source {
             held: None,
             origin: Origin::Cipher { path },
             uploaded: AtomicU64::new(0),
+            super_seed: None,
         }
+    }
+
+    /// Serves this (complete) source frugally: each block the swarm lacks goes to one peer
+    /// ([`crate::frugal`]), revealing at most `window` blocks to a peer at a time.
+    #[must_use]
+    pub fn frugal(mut self, window: u32) -> Self {
+        let total = u32::try_from(block_count(self.blob_len)).expect("MAX_FILE_LEN bounds blocks");
+        self.super_seed = Some(Mutex::new(SuperSeed::new(total, window)));
+        self
+    }
+
+    /// The frugal-serving state, if this source is served frugally.
+    pub fn super_seed(&self) -> Option<std::sync::MutexGuard<'_, SuperSeed<PeerId>>> {
+        self.super_seed
+            .as_ref()
+            .map(|m| m.lock().expect("super-seed lock poisoned"))
+    }
+
+    /// Whether this source is served frugally.
+    pub fn is_frugal(&self) -> bool {
+        self.super_seed.is_some()
     }
 
     /// The blob id.

@@ -39,6 +39,7 @@ pub mod blob;
 pub mod format;
 pub mod have;
 pub mod link;
+pub mod push;
 pub mod schedule;
 pub mod tracker;
 pub mod wire;

@@ -1,0 +1,404 @@
+//! Frugal serving (super-seeding) for seed nodes: hand each block the swarm does not have to
+//! one peer, and let the peers spread it, so the seed node's egress approaches one copy of
+//! the blob per swarm (docs/node.md "Seed nodes").
+//!
+//! Sans-IO, like the scheduler: the node feeds it events (a peer subscribed to our have-map,
+//! a peer's own have-map grew, a request was served) and asks it what to reveal to whom and
+//! whether a request may be served; the simulator can drive the same core.
+//!
+//! How it works:
+//! - A frugal seed node shows each subscriber only the blocks it *reveals* to that peer
+//!   (have-maps only ever grow, so a revealed block stays requestable by that peer).
+//! - It reveals to a peer at most [`SuperSeed::window`] blocks that peer has not fetched
+//!   yet. It picks them, as contiguous runs from a rotating cursor, among the blocks no
+//!   connected peer holds and nobody else has been revealed and not yet served:
+//!   - first blocks never sent;
+//!   - then blocks sent before that are lost: their only recipient left, or nobody
+//!     reports holding them [`RESEND_AFTER`] after they were sent.
+//! - It serves a peer only blocks revealed to it; other requests are answered `missing`
+//!   (the peer gets them from the peers that have them).
+//! - The node subscribes back to every subscriber's have-map, so it knows what the swarm
+//!   holds: a block a peer reports stops being a candidate, and a block whose every holder
+//!   left becomes one again.
+
+use std::{collections::HashMap, hash::Hash, time::Duration};
+
+use shoal_protocol::{blob::BlockRange, have::BlockSet};
+use std::time::Instant;
+
+/// Blocks revealed to a peer and not yet fetched by it, at most (1 MiB: a few round trips
+/// of a capped home peer's requests).
+pub const DEFAULT_WINDOW: u32 = 16;
+/// A block sent this long ago that no connected peer reports holding is sent again.
+pub const RESEND_AFTER: Duration = Duration::from_secs(30);
+
+/// Counters of one blob's frugal decisions.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct SuperSeedStats {
+    /// Blocks revealed to some peer (re-reveals of lost blocks included).
+    pub revealed: u64,
+    /// Blocks sent in full.
+    pub blocks_sent: u64,
+    /// Blocks sent again after their first copy was lost (churn costs these).
+    pub blocks_resent: u64,
+    /// Requests answered `missing` because they asked for blocks not revealed to the peer.
+    pub refused: u64,
+    /// Distinct blocks sent at least once.
+    pub distinct_sent: u64,
+}
+
+#[derive(Debug)]
+struct PeerState {
+    /// Subscriptions open (a peer may re-subscribe before its old stream is seen closing).
+    subscriptions: u32,
+    revealed: BlockSet,
+    /// What the peer reports holding.
+    has: BlockSet,
+    /// Revealed, not yet served to it, not reported held.
+    pending: u32,
+}
+
+/// One blob's super-seeding state, over peers of type `P`.
+#[derive(Debug)]
+pub struct SuperSeed<P> {
+    total: u32,
+    window: u32,
+    slots: Vec<Option<PeerState>>,
+    index: HashMap<P, usize>,
+    /// Times each block was sent in full.
+    sent: Vec<u32>,
+    /// Connected peers reporting each block.
+    avail: Vec<u32>,
+    /// The peer each block is revealed to and not yet served (by slot).
+    pending_at: Vec<Option<usize>>,
+    /// Who got each block last, and when.
+    last_sent: Vec<Option<(usize, Instant)>>,
+    cursor: u32,
+    stats: SuperSeedStats,
+}
+
+impl<P: Hash + Eq + Clone> SuperSeed<P> {
+    /// State for a blob of `total` blocks, revealing at most `window` blocks per peer.
+    pub fn new(total: u32, window: u32) -> Self {
+        let n = total as usize;
+        Self {
+            total,
+            window: window.max(1),
+            slots: Vec::new(),
+            index: HashMap::new(),
+            sent: vec![0; n],
+            avail: vec![0; n],
+            pending_at: vec![None; n],
+            last_sent: vec![None; n],
+            cursor: 0,
+            stats: SuperSeedStats::default(),
+        }
+    }
+
+    /// Blocks revealed to one peer and not yet fetched, at most.
+    pub const fn window(&self) -> u32 {
+        self.window
+    }
+
+    /// The counters.
+    pub const fn stats(&self) -> SuperSeedStats {
+        self.stats
+    }
+
+    /// Peers subscribed.
+    pub fn peers(&self) -> usize {
+        self.index.len()
+    }
+
+    /// `peer` subscribed to our have-map.
+    pub fn join(&mut self, peer: P) {
+        if let Some(&slot) = self.index.get(&peer) {
+            if let Some(s) = self.slots[slot].as_mut() {
+                s.subscriptions += 1;
+            }
+            return;
+        }
+        let state = PeerState {
+            subscriptions: 1,
+            revealed: BlockSet::new(self.total),
+            has: BlockSet::new(self.total),
+            pending: 0,
+        };
+        let slot = match self.slots.iter().position(Option::is_none) {
+            Some(free) => {
+                self.slots[free] = Some(state);
+                free
+            }
+            None => {
+                self.slots.push(Some(state));
+                self.slots.len() - 1
+            }
+        };
+        self.index.insert(peer, slot);
+    }
+
+    /// One of `peer`'s subscriptions ended; with the last one it leaves: what it held no
+    /// longer counts, and blocks revealed to it and not fetched are free again.
+    pub fn leave(&mut self, peer: &P) {
+        let Some(&slot) = self.index.get(peer) else {
+            return;
+        };
+        let Some(state) = self.slots[slot].as_mut() else {
+            return;
+        };
+        state.subscriptions -= 1;
+        if state.subscriptions > 0 {
+            return;
+        }
+        let state = self.slots[slot].take().expect("checked above");
+        self.index.remove(peer);
+        for b in state.has.iter() {
+            self.avail[b as usize] -= 1;
+        }
+        for p in &mut self.pending_at {
+            if *p == Some(slot) {
+                *p = None;
+            }
+        }
+        for l in &mut self.last_sent {
+            if l.is_some_and(|(s, _)| s == slot) {
+                // The recipient left: the copy may be gone (a later holder reports it).
+                *l = None;
+            }
+        }
+    }
+
+    /// `peer` reports holding `ranges` (its have-map, or an addition to it).
+    pub fn peer_has(&mut self, peer: &P, ranges: &[BlockRange]) {
+        let Some(&slot) = self.index.get(peer) else {
+            return;
+        };
+        let Some(state) = self.slots[slot].as_mut() else {
+            return;
+        };
+        for r in ranges {
+            for b in r.start..r.end.min(self.total) {
+                if state.has.insert(b) {
+                    self.avail[b as usize] += 1;
+                    if self.pending_at[b as usize] == Some(slot) {
+                        self.pending_at[b as usize] = None;
+                        state.pending -= 1;
+                    }
+                }
+            }
+        }
+    }
+
+    /// New blocks to reveal to `peer` now (as ranges; empty when its window is still half
+    /// full or nothing is worth revealing).
+    pub fn reveal(&mut self, peer: &P, now: Instant) -> Vec<BlockRange> {
+        let Some(&slot) = self.index.get(peer) else {
+            return Vec::new();
+        };
+        let pending = self.slots[slot].as_ref().map_or(0, |s| s.pending);
+        if pending * 2 > self.window {
+            return Vec::new();
+        }
+        let mut want = self.window - pending;
+        let mut out: Vec<BlockRange> = Vec::new();
+        for resend in [false, true] {
+            if want == 0 {
+                break;
+            }
+            for i in 0..self.total {
+                if want == 0 {
+                    break;
+                }
+                let b = (self.cursor + i) % self.total;
+                if !self.candidate(slot, b, resend, now) {
+                    continue;
+                }
+                let state = self.slots[slot].as_mut().expect("slot of an indexed peer");
+                state.revealed.insert(b);
+                state.pending += 1;
+                self.pending_at[b as usize] = Some(slot);
+                self.stats.revealed += 1;
+                want -= 1;
+                match out.last_mut() {
+                    Some(r) if r.end == b => r.end = b + 1,
+                    _ => out.push(BlockRange {
+                        start: b,
+                        end: b + 1,
+                    }),
+                }
+            }
+        }
+        if let Some(last) = out.last() {
+            // The next peer starts after this run, in another part of the blob.
+            self.cursor = last.end % self.total;
+        }
+        out.sort_unstable();
+        out
+    }
+
+    fn candidate(&self, slot: usize, b: u32, resend: bool, now: Instant) -> bool {
+        let i = b as usize;
+        let state = self.slots[slot].as_ref().expect("slot of an indexed peer");
+        if state.has.contains(b) || state.revealed.contains(b) {
+            return false;
+        }
+        if self.avail[i] > 0 || self.pending_at[i].is_some() {
+            return false;
+        }
+        if !resend {
+            return self.sent[i] == 0;
+        }
+        self.sent[i] > 0
+            && self.last_sent[i].is_none_or(|(_, at)| now.duration_since(at) >= RESEND_AFTER)
+    }
+
+    /// Whether `peer` may be served `ranges`: every block was revealed to it. Counts a
+    /// refusal when not.
+    pub fn may_serve(&mut self, peer: &P, ranges: &[BlockRange]) -> bool {
+        let ok = self
+            .index
+            .get(peer)
+            .and_then(|&slot| self.slots[slot].as_ref())
+            .is_some_and(|s| ranges.iter().all(|r| s.revealed.contains_range(*r)));
+        if !ok {
+            self.stats.refused += 1;
+        }
+        ok
+    }
+
+    /// `ranges` were sent in full to `peer`.
+    pub fn served(&mut self, peer: &P, ranges: &[BlockRange], now: Instant) {
+        let slot = self.index.get(peer).copied();
+        for r in ranges {
+            for b in r.start..r.end.min(self.total) {
+                let i = b as usize;
+                self.sent[i] += 1;
+                self.stats.blocks_sent += 1;
+                if self.sent[i] == 1 {
+                    self.stats.distinct_sent += 1;
+                } else {
+                    self.stats.blocks_resent += 1;
+                }
+                if let Some(slot) = slot {
+                    if self.pending_at[i] == Some(slot) {
+                        self.pending_at[i] = None;
+                        if let Some(s) = self.slots[slot].as_mut() {
+                            s.pending -= 1;
+                        }
+                    }
+                    self.last_sent[i] = Some((slot, now));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn blocks(ranges: &[BlockRange]) -> Vec<u32> {
+        ranges.iter().flat_map(|r| r.start..r.end).collect()
+    }
+
+    #[test]
+    fn each_block_goes_to_one_peer_until_all_are_out() {
+        let now = Instant::now();
+        let mut ss = SuperSeed::new(100, 8);
+        for p in 0..4 {
+            ss.join(p);
+        }
+        let mut seen = BlockSet::new(100);
+        // Peers fetch what they are shown and report it; nothing is shown twice.
+        for _round in 0..10 {
+            for p in 0..4 {
+                let r = ss.reveal(&p, now);
+                for b in blocks(&r) {
+                    assert!(seen.insert(b), "block {b} revealed twice");
+                }
+                assert!(ss.may_serve(&p, &r) || r.is_empty());
+                ss.served(&p, &r, now);
+                ss.peer_has(&p, &r);
+            }
+        }
+        assert!(seen.is_full());
+        let s = ss.stats();
+        assert_eq!(
+            (s.distinct_sent, s.blocks_sent, s.blocks_resent),
+            (100, 100, 0)
+        );
+        // Everything is in the swarm: nothing more to reveal.
+        assert!(ss.reveal(&0, now + RESEND_AFTER * 2).is_empty());
+    }
+
+    #[test]
+    fn window_bounds_what_a_peer_is_shown() {
+        let now = Instant::now();
+        let mut ss = SuperSeed::new(100, 8);
+        ss.join("a");
+        assert_eq!(blocks(&ss.reveal(&"a", now)).len(), 8);
+        // Nothing fetched: the window is full.
+        assert!(ss.reveal(&"a", now).is_empty());
+        // Half fetched: topped up.
+        ss.served(&"a", &[BlockRange { start: 0, end: 4 }], now);
+        assert_eq!(blocks(&ss.reveal(&"a", now)).len(), 4);
+    }
+
+    #[test]
+    fn unrevealed_requests_are_refused_and_counted() {
+        let now = Instant::now();
+        let mut ss = SuperSeed::new(10, 2);
+        ss.join(1);
+        ss.join(2);
+        let r1 = ss.reveal(&1, now);
+        assert!(!ss.may_serve(&2, &r1));
+        assert!(!ss.may_serve(&3, &r1), "unknown peers get nothing");
+        assert_eq!(ss.stats().refused, 2);
+    }
+
+    #[test]
+    fn blocks_of_a_peer_that_left_are_revealed_again() {
+        let now = Instant::now();
+        let mut ss = SuperSeed::new(4, 4);
+        ss.join(1);
+        ss.join(2);
+        let r = ss.reveal(&1, now);
+        assert_eq!(blocks(&r), vec![0, 1, 2, 3]);
+        ss.served(&1, &[BlockRange { start: 0, end: 2 }], now);
+        ss.peer_has(&1, &[BlockRange { start: 0, end: 2 }]);
+        // Peer 2 gets nothing: blocks 0-1 are in the swarm, 2-3 pending at peer 1.
+        assert!(ss.reveal(&2, now).is_empty());
+        // Peer 1 leaves before sharing: everything comes back for peer 2.
+        ss.leave(&1);
+        let again = blocks(&ss.reveal(&2, now));
+        assert_eq!(again, vec![0, 1, 2, 3]);
+        ss.served(&2, &[BlockRange { start: 0, end: 4 }], now);
+        assert_eq!(ss.stats().blocks_resent, 2);
+    }
+
+    #[test]
+    fn a_block_nobody_reports_is_resent_only_after_the_grace() {
+        let now = Instant::now();
+        let mut ss = SuperSeed::new(2, 2);
+        ss.join(1);
+        ss.join(2);
+        let r = ss.reveal(&1, now);
+        ss.served(&1, &r, now);
+        // Peer 1 is still here but never reports the blocks (its have-map is slow).
+        assert!(ss.reveal(&2, now + Duration::from_secs(1)).is_empty());
+        assert_eq!(blocks(&ss.reveal(&2, now + RESEND_AFTER)), vec![0, 1]);
+    }
+
+    #[test]
+    fn resubscribing_does_not_drop_the_peer() {
+        let now = Instant::now();
+        let mut ss = SuperSeed::new(4, 2);
+        ss.join(1);
+        ss.join(1);
+        let r = ss.reveal(&1, now);
+        ss.leave(&1);
+        assert!(ss.may_serve(&1, &r), "one subscription is still open");
+        ss.leave(&1);
+        assert_eq!(ss.peers(), 0);
+    }
+}
