@@ -73,6 +73,12 @@ enum Command {
     Demo(cmd::demo::Args),
     /// Run a tracker: peers announce the swarms they are in and learn about each other.
     Tracker(cmd::tracker::Args),
+    /// Run a seed node: store ciphertext pushed by allowed publishers and serve it to swarms.
+    SeedNode(cmd::seed_node::Args),
+    /// Send a shared blob's ciphertext to seed nodes (the key stays here).
+    Push(cmd::push::Args),
+    /// Print this machine's peer id (for allow-lists).
+    Id(cmd::id::Args),
 }
 
 fn main() -> ExitCode {
@@ -87,6 +93,9 @@ fn main() -> ExitCode {
         Command::Seed(a) => cmd::seed::run(&a, cli.data_dir),
         Command::Demo(a) => cmd::demo::run(&a),
         Command::Tracker(a) => cmd::tracker::run(&a, cli.data_dir),
+        Command::SeedNode(a) => cmd::seed_node::run(&a, cli.data_dir),
+        Command::Push(a) => cmd::push::run(&a, cli.data_dir),
+        Command::Id(a) => cmd::id::run(&a, cli.data_dir),
     };
     match result {
         Ok(code) => code,

@@ -300,6 +300,9 @@ fn connect<'a>(
         if peer == me {
             continue;
         }
+        if entry.role == Role::SeedNode {
+            node.note_seed_node(peer);
+        }
         let addrs: Vec<Multiaddr> = entry
             .addrs
             .iter()

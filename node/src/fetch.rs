@@ -1454,6 +1454,9 @@ async fn drive(
                         }
                     }
                     Event::Have { peer, ranges } => {
+                        if !known.contains_key(&peer) && node.is_seed_node(&peer) {
+                            sched.set_last_resort(peer);
+                        }
                         let set = known.entry(peer).or_insert_with(|| BlockSet::new(total));
                         for r in &ranges {
                             set.insert_range(*r);

@@ -16,7 +16,10 @@
 //!   - then blocks sent before that are lost: their only recipient left, or nobody
 //!     reports holding them [`RESEND_AFTER`] after they were sent.
 //! - It serves a peer only blocks revealed to it; other requests are answered `missing`
-//!   (the peer gets them from the peers that have them).
+//!   (the peer gets them from the peers that have them). The exception is the first and
+//!   last block, which every downloader fetches before anything else (the header, and the
+//!   proof of the blob's size) from whoever it reaches first: refusing them would stall
+//!   newcomers, and they cost two blocks per peer.
 //! - The node subscribes back to every subscriber's have-map, so it knows what the swarm
 //!   holds: a block a peer reports stops being a candidate, and a block whose every holder
 //!   left becomes one again.
@@ -252,14 +255,18 @@ impl<P: Hash + Eq + Clone> SuperSeed<P> {
             && self.last_sent[i].is_none_or(|(_, at)| now.duration_since(at) >= RESEND_AFTER)
     }
 
-    /// Whether `peer` may be served `ranges`: every block was revealed to it. Counts a
-    /// refusal when not.
+    /// Whether `peer` may be served `ranges`: every block was revealed to it, or is the
+    /// first or last block (what a downloader bootstraps from). Counts a refusal when not.
     pub fn may_serve(&mut self, peer: &P, ranges: &[BlockRange]) -> bool {
-        let ok = self
+        let last = self.total.saturating_sub(1);
+        let revealed = self
             .index
             .get(peer)
-            .and_then(|&slot| self.slots[slot].as_ref())
-            .is_some_and(|s| ranges.iter().all(|r| s.revealed.contains_range(*r)));
+            .and_then(|&slot| self.slots[slot].as_ref());
+        let ok = ranges.iter().all(|r| {
+            (r.start..r.end)
+                .all(|b| b == 0 || b == last || revealed.is_some_and(|s| s.revealed.contains(b)))
+        });
         if !ok {
             self.stats.refused += 1;
         }
@@ -350,10 +357,18 @@ mod tests {
         let mut ss = SuperSeed::new(10, 2);
         ss.join(1);
         ss.join(2);
-        let r1 = ss.reveal(&1, now);
+        ss.reveal(&1, now);
+        let r1 = [BlockRange { start: 1, end: 2 }];
+        assert!(ss.may_serve(&1, &r1));
         assert!(!ss.may_serve(&2, &r1));
         assert!(!ss.may_serve(&3, &r1), "unknown peers get nothing");
         assert_eq!(ss.stats().refused, 2);
+        // Everyone may bootstrap: the first and last block.
+        let ends = [
+            BlockRange { start: 0, end: 1 },
+            BlockRange { start: 9, end: 10 },
+        ];
+        assert!(ss.may_serve(&2, &ends) && ss.may_serve(&3, &ends));
     }
 
     #[test]

@@ -179,7 +179,13 @@ struct Inner {
     /// Fetches in progress, told about peers that subscribe to our have-map of their blob
     /// (someone downloading the same blob: a peer worth asking too).
     interest: Mutex<HashMap<BlobId, mpsc::Sender<PeerId>>>,
+    /// Peers a tracker listed as seed nodes: downloads ask them last
+    /// ([`shoal_protocol::schedule::Scheduler::set_last_resort`]). Bounded.
+    seed_nodes: Mutex<std::collections::HashSet<PeerId>>,
 }
+
+/// Most seed nodes remembered (a tracker lists at most 16 per swarm).
+const MAX_SEED_NODES_KNOWN: usize = 1024;
 
 /// A fetch's registration for peers interested in its blob; unregisters when dropped.
 pub(crate) struct Interest {
@@ -295,6 +301,7 @@ impl Node {
             shutdown: shutdown.clone(),
             config,
             interest: Mutex::new(HashMap::new()),
+            seed_nodes: Mutex::default(),
         });
         tokio::spawn(event_loop(
             swarm,
@@ -333,6 +340,27 @@ impl Node {
     /// Cancelled when the node stops.
     pub(crate) fn shutdown_token(&self) -> CancellationToken {
         self.inner.shutdown.clone()
+    }
+
+    /// Remembers that a tracker listed `peer` as a seed node.
+    pub fn note_seed_node(&self, peer: PeerId) {
+        let mut set = self
+            .inner
+            .seed_nodes
+            .lock()
+            .expect("seed-node lock poisoned");
+        if set.len() < MAX_SEED_NODES_KNOWN {
+            set.insert(peer);
+        }
+    }
+
+    /// Whether a tracker listed `peer` as a seed node.
+    pub fn is_seed_node(&self, peer: &PeerId) -> bool {
+        self.inner
+            .seed_nodes
+            .lock()
+            .expect("seed-node lock poisoned")
+            .contains(peer)
     }
 
     /// A handle to open and accept raw libp2p streams on this node's connections (for
@@ -915,6 +943,9 @@ async fn serve_have_frugal(
                 stream.write_all(&msg.encode_frame()).await?;
             }
             tokio::select! {
+                // Blocks served (a window may have room) or, at the latest, what peers
+                // reported meanwhile.
+                () = source.served() => {}
                 () = tokio::time::sleep(HAVE_UPDATE_EVERY) => {}
                 // The subscriber sends nothing after subscribing: a read returns when it closes.
                 _ = stream.read(&mut eof) => return Ok(()),
@@ -992,6 +1023,8 @@ async fn serve(
     producer.await.map_err(std::io::Error::other)?;
     if let Some(mut ss) = counted.super_seed() {
         ss.served(&peer, &ranges, std::time::Instant::now());
+        drop(ss);
+        counted.notify_served();
     }
     inner.stats.requests_served.fetch_add(1, Ordering::Relaxed);
     stream.close().await

@@ -114,6 +114,8 @@ pub struct Source {
     uploaded: AtomicU64,
     /// Frugal serving (seed nodes): who is shown and served which blocks.
     super_seed: Option<Mutex<SuperSeed<PeerId>>>,
+    /// Woken when a frugal source served blocks (their peers may be shown more).
+    served: tokio::sync::Notify,
 }
 
 /// Why a block could not be produced for serving. Never the requester's fault.
@@ -168,6 +170,7 @@ impl Source {
             },
             uploaded: AtomicU64::new(0),
             super_seed: None,
+            served: tokio::sync::Notify::new(),
         })
     }
 
@@ -197,6 +200,7 @@ impl Source {
             },
             uploaded: AtomicU64::new(0),
             super_seed: None,
+            served: tokio::sync::Notify::new(),
         })
     }
 
@@ -210,6 +214,7 @@ impl Source {
             origin: Origin::Cipher { path },
             uploaded: AtomicU64::new(0),
             super_seed: None,
+            served: tokio::sync::Notify::new(),
         }
     }
 
@@ -227,6 +232,16 @@ impl Source {
         self.super_seed
             .as_ref()
             .map(|m| m.lock().expect("super-seed lock poisoned"))
+    }
+
+    /// Wakes the have-map servers of a frugal source after it served blocks.
+    pub fn notify_served(&self) {
+        self.served.notify_waiters();
+    }
+
+    /// Resolves at the next [`Source::notify_served`].
+    pub async fn served(&self) {
+        self.served.notified().await;
     }
 
     /// Whether this source is served frugally.

@@ -207,6 +207,9 @@ pub struct Scheduler<P: PeerHandle> {
     /// How many outstanding requests cover each block.
     requested: Vec<u8>,
     peers: BTreeMap<P, PeerState>,
+    /// Seed nodes: asked for blocks no other peer has, or when the other peers cannot keep
+    /// up (their pipelines are full).
+    last_resort: BTreeSet<P>,
     banned: BTreeSet<P>,
     dropped: BTreeSet<P>,
     requests: BTreeMap<RequestId, Request<P>>,
@@ -228,6 +231,7 @@ impl<P: PeerHandle> Scheduler<P> {
             avail: vec![0; total as usize],
             requested: vec![0; total as usize],
             peers: BTreeMap::new(),
+            last_resort: BTreeSet::new(),
             banned: BTreeSet::new(),
             dropped: BTreeSet::new(),
             requests: BTreeMap::new(),
@@ -240,6 +244,13 @@ impl<P: PeerHandle> Scheduler<P> {
             }
         }
         this
+    }
+
+    /// Marks `peer` as a last resort (a seed node): it is asked only for blocks no other
+    /// usable peer has, unless every other peer's pipeline is full (they cannot keep up).
+    /// Servers pay for their egress; peers' uplinks are what swarms are for.
+    pub fn set_last_resort(&mut self, peer: P) {
+        self.last_resort.insert(peer);
     }
 
     /// Whether every block is held.
@@ -575,6 +586,37 @@ impl<P: PeerHandle> Scheduler<P> {
         )
     }
 
+    /// Blocks `state`'s pipeline can take now. No peer holds more than its fair share of
+    /// what is missing in flight, so with several peers a small blob is not requested from
+    /// one peer all at once (which would put the swarm in endgame from the start).
+    fn room(&self, state: &PeerState, n_peers: u32) -> u32 {
+        let fair = self.missing.div_ceil(n_peers);
+        self.capacity(state)
+            .min(fair)
+            .saturating_sub(state.in_flight)
+    }
+
+    /// For a last-resort peer: the blocks some other usable peer has, as a bitmap, unless
+    /// every such peer's pipeline is full (then `None`: anything goes).
+    fn held_by_others(&self, now: Option<Instant>) -> Option<Vec<u64>> {
+        let n_peers = u32::try_from(self.peers.len()).unwrap_or(u32::MAX).max(1);
+        let mut union = vec![0u64; self.have.len()];
+        let mut can_keep_up = false;
+        for (peer, state) in &self.peers {
+            if self.last_resort.contains(peer) {
+                continue;
+            }
+            let resting = now.is_some_and(|now| state.backoff_until.is_some_and(|t| t > now));
+            if !resting && self.room(state, n_peers) > 0 {
+                can_keep_up = true;
+            }
+            for (u, w) in union.iter_mut().zip(&state.has) {
+                *u |= w;
+            }
+        }
+        can_keep_up.then_some(union)
+    }
+
     /// Fills every usable peer's pipeline.
     fn schedule(&mut self, now: Instant) {
         if self.missing == 0 {
@@ -588,12 +630,8 @@ impl<P: PeerHandle> Scheduler<P> {
                 if state.backoff_until.is_some_and(|t| t > now) {
                     break;
                 }
-                // No peer holds more than its fair share of what is missing in flight, so with
-                // several peers a small blob is not requested from one peer all at once (which
-                // would put the swarm in endgame from the start).
-                let fair = self.missing.div_ceil(n_peers);
                 let capacity = self.capacity(state);
-                let room = capacity.min(fair).saturating_sub(state.in_flight);
+                let room = self.room(state, n_peers);
                 // Requests of at most half the pipeline, so a slow peer (a capped home
                 // uplink shared by many downloaders) gets small requests that complete and
                 // spread soon, while a fast one gets `max_blocks_per_request`.
@@ -608,7 +646,7 @@ impl<P: PeerHandle> Scheduler<P> {
                     break;
                 }
                 let want = room.min(full);
-                let blocks = self.pick(peer, want);
+                let blocks = self.pick(now, peer, want);
                 if blocks.is_empty() {
                     break;
                 }
@@ -639,11 +677,17 @@ impl<P: PeerHandle> Scheduler<P> {
                 .all(|q| q.peer != peer || !q.left.contains(&b))
     }
 
-    fn pick(&mut self, peer: P, want: u32) -> Vec<u32> {
+    fn pick(&mut self, now: Instant, peer: P, want: u32) -> Vec<u32> {
         let state = &self.peers[&peer];
         let mut endgame = false;
+        let others = if self.last_resort.contains(&peer) {
+            self.held_by_others(Some(now))
+        } else {
+            None
+        };
         let mut seeds: Vec<u32> = (0..self.total)
             .filter(|&b| self.candidate(peer, state, b, false))
+            .filter(|&b| others.as_ref().is_none_or(|o| !bit(o, b)))
             .collect();
         // Duplicates only in the global endgame: every missing block that any usable peer
         // has is already requested (BitTorrent's rule), not merely this peer's blocks.
@@ -680,6 +724,7 @@ impl<P: PeerHandle> Scheduler<P> {
             while (picked.len() as u32) < want
                 && hi + 1 < self.total
                 && self.candidate(peer, state, hi + 1, endgame)
+                && others.as_ref().is_none_or(|o| !bit(o, hi + 1))
             {
                 hi += 1;
                 picked.insert(hi);
@@ -688,6 +733,7 @@ impl<P: PeerHandle> Scheduler<P> {
             while (picked.len() as u32) < want
                 && lo > 0
                 && self.candidate(peer, state, lo - 1, endgame)
+                && others.as_ref().is_none_or(|o| !bit(o, lo - 1))
             {
                 lo -= 1;
                 picked.insert(lo);
@@ -838,6 +884,60 @@ mod tests {
             .sum();
         assert_eq!(total as u32, Config::default().min_in_flight_blocks);
         s.check_invariants();
+    }
+
+    #[test]
+    fn last_resort_peers_get_only_what_others_lack_until_others_are_full() {
+        let now = t0();
+        let config = Config {
+            min_in_flight_blocks: 4,
+            max_in_flight_blocks: 4,
+            max_blocks_per_request: 2,
+            ..Config::default()
+        };
+        let mut s = Scheduler::new(config, 100, []);
+        s.set_last_resort(9);
+        s.handle_have(now, 1, 0..50);
+        s.handle_have(now, 9, 0..100);
+        let requested = |acts: &[Action<u32>], who: u32| -> Vec<u32> {
+            acts.iter()
+                .filter_map(|a| match a {
+                    Action::Request { peer, blocks, .. } if *peer == who => Some(blocks.clone()),
+                    _ => None,
+                })
+                .flatten()
+                .flat_map(|r| r.start..r.end)
+                .collect()
+        };
+        let acts = drain(&mut s);
+        s.check_invariants();
+        // Peer 1's pipeline (4 blocks) is full: it cannot keep up, so the seed node may be
+        // asked for anything.
+        let from_seed = requested(&acts, 9);
+        assert!(!from_seed.is_empty());
+        assert_eq!(requested(&acts, 1).len(), 4);
+        // Now give the regular peer room (a second fast peer with everything below 50).
+        let mut s = Scheduler::new(
+            Config {
+                min_in_flight_blocks: 64,
+                max_in_flight_blocks: 64,
+                max_blocks_per_request: 8,
+                ..Config::default()
+            },
+            100,
+            [],
+        );
+        s.set_last_resort(0);
+        s.handle_have(now, 5, 0..50);
+        s.handle_have(now, 0, 0..100);
+        let acts = drain(&mut s);
+        s.check_invariants();
+        let from_seed = requested(&acts, 0);
+        assert!(!from_seed.is_empty());
+        assert!(
+            from_seed.iter().all(|&b| b >= 50),
+            "the seed node was asked for blocks a peer with room has: {from_seed:?}"
+        );
     }
 
     #[test]

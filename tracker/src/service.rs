@@ -63,7 +63,7 @@ use crate::table::{self, ConfigError, PeerTable};
 use checks::RateLimiter;
 use ip_limits::IpLimits;
 
-pub use http::{HTTP_CONNECTION_LIFETIME, MAX_HTTP_CONNECTIONS};
+pub use http::{HTTP_CONNECTION_LIFETIME, MAX_HTTP_CONNECTIONS, serve_bounded};
 
 /// The port a tracker listens on by default (TCP and QUIC); HTTP uses the next one.
 pub const DEFAULT_PORT: u16 = 7000;

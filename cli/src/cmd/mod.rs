@@ -3,8 +3,11 @@
 pub(crate) mod crypt;
 pub(crate) mod demo;
 pub(crate) mod get;
+pub(crate) mod id;
 pub(crate) mod inspect;
+pub(crate) mod push;
 pub(crate) mod seed;
+pub(crate) mod seed_node;
 pub(crate) mod share;
 pub(crate) mod tracker;
 

@@ -17,7 +17,7 @@ use crate::{cmd::peer_hints, exit, ui};
 
 /// The tracker's identity file in the data directory: a node and a tracker on one machine
 /// keep different peer ids.
-const IDENTITY_FILE: &str = "tracker.key";
+pub(crate) const IDENTITY_FILE: &str = "tracker.key";
 /// With --json, a stats line every this many seconds.
 const JSON_STATS_EVERY_SECS: u64 = 5;
 

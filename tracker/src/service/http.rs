@@ -74,6 +74,23 @@ pub(crate) fn spawn(
     });
 }
 
+/// Serves `router` on `listener` with the same bounds as the tracker's endpoints (at most
+/// [`MAX_HTTP_CONNECTIONS`] at once, each for at most [`HTTP_CONNECTION_LIFETIME`]) until
+/// `shutdown`. For other operator endpoints on loopback (a seed node's `/stats`).
+pub fn serve_bounded(listener: TcpListener, router: Router, shutdown: CancellationToken) {
+    let listener = Bounded {
+        inner: listener,
+        permits: Arc::new(Semaphore::new(MAX_HTTP_CONNECTIONS)),
+    };
+    tokio::spawn(async move {
+        let serve =
+            axum::serve(listener, router).with_graceful_shutdown(shutdown.cancelled_owned());
+        if let Err(e) = serve.await {
+            warn!(error = %e, "HTTP endpoint stopped");
+        }
+    });
+}
+
 async fn stats_json(State(stats): State<watch::Receiver<Stats>>) -> Json<Stats> {
     Json(stats.borrow().clone())
 }

@@ -1,0 +1,352 @@
+//! `shoal seed-node`: an operator's always-on seed server. Stores ciphertext pushed by
+//! allowed publishers, serves it to swarms (fast or frugal), announces it to trackers as a
+//! seed node, and exports per-blob egress over HTTP.
+
+use std::{
+    fmt::Write as _,
+    net::SocketAddr,
+    path::PathBuf,
+    process::ExitCode,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use axum::{Json, Router, extract::State, http::header, response::IntoResponse, routing::get};
+use libp2p::{Multiaddr, PeerId};
+use shoal_node::{
+    CancellationToken, Config, Node, Store, identity,
+    seednode::{Policy, SeedNode, SeedNodeConfig, SeedNodeStats},
+};
+
+use crate::{cmd::peer_hints, exit, ui};
+
+/// The seed node's identity file in the data directory (a home node, a tracker and a seed
+/// node on one machine keep different peer ids).
+pub(crate) const IDENTITY_FILE: &str = "seed-node.key";
+
+const AFTER_HELP: &str = "\
+The first line on stdout is the seed node's address, ending in /p2p/<peer id>: publishers
+push to it with `shoal push LINK --to ADDR`. The node holds ciphertext only: pushes carry
+no key. Status goes to stderr; with --json, stdout gets the address object and then stats
+every 5 s.
+
+Examples:
+  shoal seed-node --store /srv/shoal --quota 500GiB --allow 12D3KooW… --tracker /ip4/…/p2p/…
+  shoal seed-node --store ./blobs --quota 2GiB --allow 12D3KooW… --policy frugal --up-limit 4MiB
+  curl -s http://127.0.0.1:7002/stats        per-blob egress and frugal decisions (JSON)
+  curl -s http://127.0.0.1:7002/metrics      the same for Prometheus";
+
+/// Run a seed node.
+#[derive(clap::Args, Debug)]
+#[command(after_help = AFTER_HELP)]
+pub(crate) struct Args {
+    /// Where pushed blobs are stored [default: DATA_DIR/seed-node].
+    #[arg(long, value_name = "DIR")]
+    store: Option<PathBuf>,
+    /// Most bytes stored (blobs, their outboards and interrupted pushes), e.g. 500GiB.
+    /// Pushes that do not fit are refused with the space left.
+    #[arg(long, value_parser = ui::parse_size, value_name = "SIZE", default_value = "10GiB")]
+    quota: u64,
+    /// A publisher allowed to push (its peer id, as `shoal push` prints it); repeatable.
+    /// Without any, nobody can push and the node serves what it already stores.
+    #[arg(long, value_name = "PEER_ID")]
+    allow: Vec<PeerId>,
+    /// How to serve: `fast` sends any block asked for (downloads finish soonest);
+    /// `frugal` super-seeds, handing each block the swarm lacks to one peer, so egress
+    /// approaches one copy per swarm.
+    #[arg(long, default_value = "fast", value_name = "fast|frugal")]
+    policy: Policy,
+    /// A tracker to announce every stored blob to as a seed node (multiaddr ending in
+    /// /p2p/PEER_ID); repeatable. The tracker must list this node's peer id with
+    /// --allow-seed-node.
+    #[arg(long, value_name = "MULTIADDR", value_parser = ui::parse_peer_addr)]
+    tracker: Vec<Multiaddr>,
+    /// Upload cap per second for all blobs together, e.g. 100MiB; 0 = unlimited.
+    #[arg(long, value_parser = ui::parse_size, value_name = "SIZE", default_value = "0")]
+    up_limit: u64,
+    /// Address to listen on, repeatable [default: QUIC and TCP on all interfaces, port 7010].
+    #[arg(long, value_name = "MULTIADDR")]
+    listen: Vec<Multiaddr>,
+    /// Where to serve GET /stats (JSON) and GET /metrics (Prometheus), or `off`.
+    #[arg(long, value_name = "ADDR|off", default_value = "127.0.0.1:7002")]
+    http: String,
+    /// Machine-readable output: one JSON object per line on stdout (the address first).
+    #[arg(long)]
+    json: bool,
+}
+
+pub(crate) fn run(args: &Args, data_dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let data_dir = ui::data_dir(data_dir)?;
+    let keypair = identity::load_or_create_file(&data_dir, IDENTITY_FILE)?;
+    let store_dir = args
+        .store
+        .clone()
+        .unwrap_or_else(|| data_dir.join("seed-node"));
+    let http: Option<SocketAddr> = if args.http.eq_ignore_ascii_case("off") {
+        None
+    } else {
+        Some(args.http.parse().map_err(|_| {
+            exit::coded(
+                exit::OTHER,
+                format!(
+                    "--http {:?} is not an address like 127.0.0.1:7002, or `off`",
+                    args.http
+                ),
+            )
+        })?)
+    };
+    let rt = ui::runtime()?;
+    rt.block_on(async {
+        let stop = CancellationToken::new();
+        let limit = (args.up_limit > 0).then_some(args.up_limit);
+        let listen = if args.listen.is_empty() {
+            vec![
+                "/ip4/0.0.0.0/udp/7010/quic-v1".parse()?,
+                "/ip4/0.0.0.0/tcp/7010".parse()?,
+            ]
+        } else {
+            args.listen.clone()
+        };
+        // Seed nodes are found through trackers and links, not the DHT.
+        let config = Config::default()
+            .with_upload_limit(limit)
+            .with_listen(listen)
+            .with_dht(false);
+        let node = Node::start(config, keypair, Arc::new(Store::in_memory()), stop.clone())
+            .map_err(|e| {
+                exit::coded(
+                    exit::OTHER,
+                    format!("cannot start the seed node: {e}; is another one running? choose other ports with --listen"),
+                )
+            })?;
+        let mut seed_config = SeedNodeConfig::new(store_dir.clone(), args.quota);
+        seed_config.allow = args.allow.iter().copied().collect();
+        seed_config.policy = args.policy;
+        seed_config.trackers.clone_from(&args.tracker);
+        let seed = SeedNode::start(&node, seed_config)?;
+        let http_addr = match http {
+            Some(addr) => Some(serve_http(addr, seed.clone(), stop.clone()).await?),
+            None => None,
+        };
+        let addrs = node.listen_addrs(Duration::from_secs(5)).await;
+        let hints = peer_hints(&addrs, node.peer_id(), usize::MAX);
+        let Some(first) = hints.first() else {
+            return Err(exit::coded(
+                exit::OTHER,
+                "the seed node has no dialable listen address; pass --listen with a concrete or 0.0.0.0 address",
+            ));
+        };
+        let stats = seed.stats();
+        if args.json {
+            let v = serde_json::json!({
+                "addr": first,
+                "addrs": hints,
+                "peer_id": node.peer_id().to_string(),
+                "http": http_addr.map(|a| a.to_string()),
+                "store": store_dir,
+                "blobs": stats.blobs.len(),
+                "policy": args.policy,
+            });
+            ui::print_line(&v.to_string())?;
+        } else {
+            ui::print_line(first)?;
+            eprintln!(
+                "seed node {} ({} policy): {} blobs stored in {}, {} of {} quota used",
+                node.peer_id(),
+                args.policy,
+                stats.blobs.len(),
+                store_dir.display(),
+                ui::size(stats.used),
+                ui::size(args.quota)
+            );
+            if args.allow.is_empty() {
+                eprintln!("nobody may push (no --allow PEER_ID); serving what is stored");
+            }
+            if let Some(a) = http_addr {
+                eprintln!("stats at http://{a}/stats and /metrics; Ctrl-C to stop");
+            }
+        }
+        run_until_ctrl_c(&seed, args.json).await;
+        stop.cancel();
+        anyhow::Ok(ExitCode::SUCCESS)
+    })
+}
+
+async fn serve_http(
+    addr: SocketAddr,
+    seed: SeedNode,
+    stop: CancellationToken,
+) -> anyhow::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        exit::coded(
+            exit::OTHER,
+            format!(
+                "cannot serve HTTP on {addr}: {e}; choose another with --http ADDR, or --http off"
+            ),
+        )
+    })?;
+    let bound = listener.local_addr()?;
+    let router = Router::new()
+        .route("/stats", get(stats_json))
+        .route("/metrics", get(metrics))
+        .with_state(seed);
+    shoal_tracker::service::serve_bounded(listener, router, stop);
+    Ok(bound)
+}
+
+async fn stats_json(State(seed): State<SeedNode>) -> Json<SeedNodeStats> {
+    Json(seed.stats())
+}
+
+async fn metrics(State(seed): State<SeedNode>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        prometheus_text(&seed.stats()),
+    )
+}
+
+/// The stats in the Prometheus text format.
+pub(crate) fn prometheus_text(s: &SeedNodeStats) -> String {
+    let mut out = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, rows: &[(String, f64)]| {
+        let _ = writeln!(out, "# HELP shoal_seed_node_{name} {help}");
+        let _ = writeln!(out, "# TYPE shoal_seed_node_{name} {kind}");
+        for (labels, v) in rows {
+            let _ = writeln!(out, "shoal_seed_node_{name}{labels} {v}");
+        }
+    };
+    let one = |v: u64| vec![(String::new(), v as f64)];
+    metric("quota_bytes", "gauge", "Storage quota.", &one(s.quota));
+    metric(
+        "used_bytes",
+        "gauge",
+        "Storage used (blobs, outboards, interrupted pushes).",
+        &one(s.used),
+    );
+    metric(
+        "blobs",
+        "gauge",
+        "Blobs stored.",
+        &one(s.blobs.len() as u64),
+    );
+    let per_blob = |f: &dyn Fn(&shoal_node::seednode::BlobStats) -> f64| {
+        s.blobs
+            .iter()
+            .map(|b| (format!("{{blob=\"{}\"}}", b.id), f(b)))
+            .collect::<Vec<_>>()
+    };
+    metric(
+        "egress_bytes_total",
+        "counter",
+        "Blob bytes sent to peers, per blob.",
+        &per_blob(&|b| b.egress_bytes as f64),
+    );
+    metric(
+        "egress_copies",
+        "gauge",
+        "Copies of each blob sent (egress / blob size).",
+        &per_blob(&|b| b.egress_copies),
+    );
+    let frugal: Vec<_> = s
+        .blobs
+        .iter()
+        .filter_map(|b| Some((b, b.frugal?)))
+        .collect();
+    if !frugal.is_empty() {
+        let rows = |f: &dyn Fn(&shoal_node::frugal::SuperSeedStats) -> u64| {
+            frugal
+                .iter()
+                .map(|(b, st)| (format!("{{blob=\"{}\"}}", b.id), f(st) as f64))
+                .collect::<Vec<_>>()
+        };
+        metric(
+            "frugal_revealed_blocks_total",
+            "counter",
+            "Blocks revealed to one peer (frugal policy).",
+            &rows(&|st| st.revealed),
+        );
+        metric(
+            "frugal_resent_blocks_total",
+            "counter",
+            "Blocks sent again after their first copy left the swarm.",
+            &rows(&|st| st.blocks_resent),
+        );
+        metric(
+            "frugal_refused_requests_total",
+            "counter",
+            "Requests for blocks not revealed to the asker (answered missing).",
+            &rows(&|st| st.refused),
+        );
+    }
+    let r = &s.pushes_refused;
+    metric(
+        "pushes_total",
+        "counter",
+        "Pushes by outcome.",
+        &[
+            ("{outcome=\"stored\"}".into(), s.pushes_stored as f64),
+            ("{outcome=\"corrupt\"}".into(), s.pushes_corrupt as f64),
+            ("{outcome=\"failed\"}".into(), s.pushes_failed as f64),
+            (
+                "{outcome=\"refused_not_allowed\"}".into(),
+                r.not_allowed as f64,
+            ),
+            ("{outcome=\"refused_quota\"}".into(), r.quota as f64),
+            (
+                "{outcome=\"refused_taken_down\"}".into(),
+                r.taken_down as f64,
+            ),
+            ("{outcome=\"refused_busy\"}".into(), r.busy as f64),
+            ("{outcome=\"refused_bad_offer\"}".into(), r.bad_offer as f64),
+        ],
+    );
+    metric(
+        "pushed_bytes_total",
+        "counter",
+        "Verified bytes received by pushes.",
+        &one(s.pushed_bytes),
+    );
+    metric(
+        "takedowns_total",
+        "counter",
+        "Blobs taken down here.",
+        &one(s.takedowns),
+    );
+    out
+}
+
+async fn run_until_ctrl_c(seed: &SeedNode, json: bool) {
+    let status = indicatif::ProgressBar::new_spinner();
+    if json || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        status.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let started = Instant::now();
+    let mut seconds = 0u64;
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = tick.tick() => {
+                let s = seed.stats();
+                let egress: u64 = s.blobs.iter().map(|b| b.egress_bytes).sum();
+                status.set_message(format!(
+                    "{} blobs, {} used, {} sent, {} pushes stored",
+                    s.blobs.len(), ui::size(s.used), ui::size(egress), s.pushes_stored,
+                ));
+                status.tick();
+                seconds += 1;
+                if json && seconds.is_multiple_of(5) {
+                    let mut v = serde_json::to_value(&s).unwrap_or_default();
+                    v["uptime_secs"] = started.elapsed().as_secs().into();
+                    if ui::print_line(&v.to_string()).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    status.finish_and_clear();
+}
