@@ -53,7 +53,8 @@ use libp2p::{
 use serde::Serialize;
 use shoal_node::tracker_codec::{self, TrackerCodec};
 use shoal_protocol::tracker::{
-    AnnounceRequest, AnnounceResponse, Request, Response, ScrapeRequest, ScrapeResponse,
+    AnnounceRequest, AnnounceResponse, DenyReason, Request, Response, ScrapeRequest,
+    ScrapeResponse, TakedownList,
 };
 use tokio::{sync::watch, time::Sleep};
 use tokio_util::sync::CancellationToken;
@@ -721,6 +722,13 @@ impl Service {
                 };
                 Response::Scrape(answer)
             }
+            // No operators and no takedown store yet: nobody may take a blob down, and the
+            // list is empty.
+            Request::Takedown(_) => Response::Denied(DenyReason::NotOperator),
+            Request::TakedownList(_) => Response::TakedownList(TakedownList {
+                entries: Vec::new(),
+                more: false,
+            }),
         };
         // The encoder panics on an invalid message; the table only builds valid ones, but a
         // bug there must not take the connection task down.
