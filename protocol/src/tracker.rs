@@ -1639,7 +1639,7 @@ mod tests {
             reason: "é".repeat(MAX_REASON_LEN / 2),
         });
         assert_eq!(takedown.encode().len(), MAX_TAKEDOWN_LEN);
-        assert!(MAX_TAKEDOWN_LEN <= MAX_REQUEST_LEN);
+        const { assert!(MAX_TAKEDOWN_LEN <= MAX_REQUEST_LEN) };
         let page = Response::TakedownList(TakedownList {
             entries: (0..MAX_TAKEDOWN_ENTRIES as u64)
                 .map(|seq| TakedownEntry {
@@ -1651,7 +1651,7 @@ mod tests {
         });
         let bytes = page.encode();
         assert_eq!(bytes.len(), MAX_TAKEDOWN_LIST_LEN);
-        assert!(MAX_TAKEDOWN_LIST_LEN <= MAX_RESPONSE_LEN);
+        const { assert!(MAX_TAKEDOWN_LIST_LEN <= MAX_RESPONSE_LEN) };
         assert_eq!(Response::decode(&bytes), Ok(page));
     }
 
