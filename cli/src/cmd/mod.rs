@@ -6,6 +6,7 @@ pub(crate) mod get;
 pub(crate) mod inspect;
 pub(crate) mod seed;
 pub(crate) mod share;
+pub(crate) mod takedown;
 pub(crate) mod tracker;
 
 use futures::StreamExt;
