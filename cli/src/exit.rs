@@ -2,11 +2,13 @@
 
 use std::process::ExitCode;
 
-use shoal_node::fetch::FetchError;
+use shoal_node::{fetch::FetchError, takedown::TakedownError};
 use shoal_protocol::link::LinkError;
 
 /// Anything else.
 pub(crate) const OTHER: u8 = 1;
+/// Bad flags or arguments (clap uses it too).
+pub(crate) const USAGE: u8 = 2;
 /// The link is malformed.
 pub(crate) const BAD_LINK: u8 = 3;
 /// No peer could deliver the blob.
@@ -15,6 +17,8 @@ pub(crate) const NETWORK: u8 = 4;
 pub(crate) const INTEGRITY: u8 = 5;
 /// Local files: disk full, output exists, unreadable input.
 pub(crate) const LOCAL: u8 = 6;
+/// A tracker's operator took the file down.
+pub(crate) const TAKEN_DOWN: u8 = 7;
 
 /// A failure with a chosen exit code, for errors that are not typed further down.
 #[derive(Debug, thiserror::Error)]
@@ -32,7 +36,8 @@ pub(crate) fn coded(code: u8, message: impl Into<String>) -> anyhow::Error {
     .into()
 }
 
-fn code_of(e: &anyhow::Error) -> u8 {
+/// The exit code of an error (the first typed cause decides).
+pub(crate) fn code_of(e: &anyhow::Error) -> u8 {
     for cause in e.chain() {
         if let Some(c) = cause.downcast_ref::<Coded>() {
             return c.code;
@@ -51,6 +56,14 @@ fn code_of(e: &anyhow::Error) -> u8 {
                 FetchError::OutputExists(_) | FetchError::Disk { .. } | FetchError::InUse(_) => {
                     LOCAL
                 }
+                FetchError::TakenDown { .. } => TAKEN_DOWN,
+                _ => OTHER,
+            };
+        }
+        if let Some(t) = cause.downcast_ref::<TakedownError>() {
+            return match t {
+                TakedownError::BadReason { .. } => USAGE,
+                TakedownError::Unreachable { .. } => NETWORK,
                 _ => OTHER,
             };
         }

@@ -26,6 +26,8 @@ Examples:
   shoal decrypt report.blob 'shoal:…#…' -o report.pdf
   shoal inspect 'shoal:…#…'                  show blob id, size and hints (never the key)
   shoal tracker                              run a tracker; prints its address for tr= hints
+  shoal takedown BLOB_ID --reason TEXT --tracker ADDR
+                                             stop a tracker you operate from coordinating a blob
   shoal get --bootstrap /ip4/…/p2p/… 'shoal:…#…'
                                              find peers in the Shoal DHT (no tracker needed);
                                              share and seed take --bootstrap too, or set
@@ -33,7 +35,7 @@ Examples:
 
 Exit codes: 0 ok, 1 other error, 2 usage, 3 bad link, 4 no peer could deliver,
 5 integrity (wrong key, data does not match the blob id), 6 local file error
-(disk full, output exists, unreadable input).";
+(disk full, output exists, unreadable input), 7 the file was taken down at a tracker.";
 
 /// Peer-assisted, end-to-end encrypted file distribution.
 ///
@@ -79,6 +81,8 @@ enum Command {
     Push(cmd::push::Args),
     /// Print this machine's peer id (for allow-lists).
     Id(cmd::id::Args),
+    /// Take a blob down at a tracker you operate (or --list a tracker's takedowns).
+    Takedown(cmd::takedown::Args),
 }
 
 fn main() -> ExitCode {
@@ -96,6 +100,7 @@ fn main() -> ExitCode {
         Command::SeedNode(a) => cmd::seed_node::run(&a, cli.data_dir),
         Command::Push(a) => cmd::push::run(&a, cli.data_dir),
         Command::Id(a) => cmd::id::run(&a, cli.data_dir),
+        Command::Takedown(a) => cmd::takedown::run(&a, cli.data_dir),
     };
     match result {
         Ok(code) => code,

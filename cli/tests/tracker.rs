@@ -149,3 +149,179 @@ fn tracker_help_has_examples() {
         assert!(help.contains(needle), "{needle} missing from:\n{help}");
     }
 }
+
+/// Runs a command to completion with [`LIMIT`], reading its output as it comes.
+fn run(cmd: &mut Command) -> std::process::Output {
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(LIMIT) {
+        Ok(out) => out.unwrap(),
+        Err(_) => {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            panic!("command timed out: {cmd:?}");
+        }
+    }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// The peer id of the node identity `shoal` keeps in `data/identity.key`.
+fn node_peer_id(data: &Path) -> PeerId {
+    let bytes = std::fs::read(data.join("identity.key")).unwrap();
+    libp2p::identity::Keypair::from_protobuf_encoding(&bytes)
+        .unwrap()
+        .public()
+        .to_peer_id()
+}
+
+/// Issue 4, end to end with the binary: a non-operator's takedown is refused naming its peer
+/// id; the operator's succeeds (a share link in place of the blob id); then `get` of the
+/// link fails with exit code 7 and says why, although the sharer still serves the file;
+/// `--list` shows the takedown.
+#[test]
+fn takedown_then_get_of_the_link_fails_with_exit_code_7() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let with_data = |name: &str| {
+        let mut c = shoal(root);
+        c.env("SHOAL_DATA_DIR", root.join(name))
+            .env_remove("SHOAL_BOOTSTRAP");
+        c
+    };
+    // The operator's identity exists before the tracker starts, so it can be allowed.
+    std::fs::create_dir(root.join("operator")).unwrap();
+    let operator_key = libp2p::identity::Keypair::generate_ed25519();
+    std::fs::write(
+        root.join("operator/identity.key"),
+        operator_key.to_protobuf_encoding().unwrap(),
+    )
+    .unwrap();
+    let operator = operator_key.public().to_peer_id().to_string();
+    let (_tracker, tr) = start_tracker(root, &["--operator", &operator]);
+    dialable(&tr);
+
+    // Share a file through the tracker; keep the sharer running.
+    std::fs::write(root.join("f"), vec![7u8; 300_000]).unwrap();
+    let mut sharer = with_data("sharer")
+        .args([
+            "share",
+            "f",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--no-dht",
+            "--tracker",
+            &tr,
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = sharer.stdout.take().unwrap();
+    let _sharer = Guard(sharer);
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let link = rx.recv_timeout(LIMIT).expect("share prints its link");
+    let link = link.trim().to_owned();
+    assert!(link.contains("tr=") && link.contains("peer="), "{link}");
+    let blob_id = link
+        .strip_prefix("shoal:")
+        .unwrap()
+        .split(['?', '#'])
+        .next()
+        .unwrap()
+        .to_owned();
+    let key = link.rsplit_once('#').unwrap().1.to_owned();
+
+    // Someone else: refused, told which peer id to allow (exit 1).
+    let o = run(with_data("stranger").args([
+        "takedown",
+        &blob_id,
+        "--reason",
+        "mine now",
+        "--tracker",
+        &tr,
+    ]));
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    let stranger = node_peer_id(&root.join("stranger"));
+    assert!(err.contains("is not an operator"), "{err}");
+    assert!(err.contains(&format!("--operator {stranger}")), "{err}");
+
+    // The operator, naming the blob by its link: the key is neither printed nor logged.
+    let o = run(with_data("operator").args([
+        "takedown",
+        &link,
+        "--reason",
+        "abuse report 17",
+        "--tracker",
+        &tr,
+        "--json",
+    ]));
+    let (out, err) = (text(&o.stdout), text(&o.stderr));
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["blob_id"], blob_id.as_str(), "{v}");
+    assert_eq!(v["seq"], 1, "{v}");
+    assert_eq!(v["operator"], operator.as_str(), "{v}");
+    assert!(!out.contains(&key) && !err.contains(&key));
+
+    // get: exit 7, the reason on stderr, a JSON error on stdout, no file.
+    let o = run(with_data("getter").args([
+        "get",
+        &link,
+        "-o",
+        "out.bin",
+        "--listen",
+        "/ip4/127.0.0.1/tcp/0",
+        "--no-dht",
+        "--json",
+    ]));
+    let (out, err) = (text(&o.stdout), text(&o.stderr));
+    assert_eq!(o.status.code(), Some(7), "stdout: {out}\nstderr: {err}");
+    assert!(err.contains("this file was taken down"), "{err}");
+    assert!(err.contains(&tr), "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["error"], "taken_down", "{v}");
+    assert_eq!(v["exit_code"], 7, "{v}");
+    assert_eq!(v["tracker"], tr.as_str(), "{v}");
+    assert_eq!(v["blob_id"], blob_id.as_str(), "{v}");
+    assert!(!root.join("out.bin").exists());
+
+    // The public list, from anyone.
+    let o = run(with_data("stranger").args(["takedown", "--list", "--tracker", &tr]));
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert_eq!(text(&o.stdout).trim(), format!("1 {blob_id}"));
+}
+
+#[test]
+fn takedown_help_has_examples() {
+    let o = Command::new(SHOAL)
+        .args(["takedown", "--help"])
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let help = String::from_utf8_lossy(&o.stdout);
+    for needle in [
+        "Examples:",
+        "--reason",
+        "--operator",
+        "--list",
+        "exit code 7",
+    ] {
+        assert!(help.contains(needle), "{needle} missing from:\n{help}");
+    }
+}

@@ -17,7 +17,7 @@ use shoal_protocol::{
     },
 };
 use tokio::sync::{Mutex, mpsc, watch};
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use crate::node::Node;
 
@@ -73,8 +73,11 @@ pub(crate) enum Outcome {
     Answered(usize),
     /// The tracker refused the announce for now (rate limited, full): it is asked again.
     Refused(String),
-    /// The tracker could not be reached, answered badly, or took the blob down.
+    /// The tracker could not be reached or answered badly: it is asked again later.
     Failed(String),
+    /// The tracker's operator took the blob down: the tracker no longer coordinates its
+    /// swarm, and is not asked again.
+    TakenDown,
 }
 
 /// Keeps announcing a blob while it lives; dropping it announces `stopped` (best effort,
@@ -197,21 +200,21 @@ async fn run(
                     Duration::from_secs(interval_secs.into()).clamp(MIN_INTERVAL, MAX_INTERVAL)
                 }
             }
+            Ok(AnnounceResponse::Refused {
+                reason: RefusalReason::TakenDown,
+            }) => {
+                warn!(%tracker, blob = %blob, "the tracker's operator took this blob down; not announcing it there again");
+                report.set(Outcome::TakenDown);
+                return;
+            }
             Ok(AnnounceResponse::Refused { reason }) => {
                 warn!(%tracker, blob = %blob, ?reason, "tracker refused the announce");
-                let why = format!("refused the announce ({reason:?})");
-                report.set(if reason == RefusalReason::TakenDown {
-                    Outcome::Failed(why)
-                } else {
-                    Outcome::Refused(why)
-                });
+                report.set(Outcome::Refused(format!(
+                    "refused the announce ({reason:?})"
+                )));
                 match reason {
                     RefusalReason::RateLimited { retry_after_secs } => {
                         Duration::from_secs(retry_after_secs.into()).max(Duration::from_secs(1))
-                    }
-                    RefusalReason::TakenDown => {
-                        info!(%tracker, blob = %blob, "blob taken down at this tracker; not announcing it there again");
-                        return;
                     }
                     _ => RETRY,
                 }

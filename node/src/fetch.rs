@@ -197,6 +197,20 @@ pub enum FetchError {
         /// The segment.
         block: BlockIndex,
     },
+    /// A tracker this fetch announces to (one named in the link, or given) answered that its
+    /// operator took the blob down. The fetch stops, even if some peer would still serve the
+    /// blob: the link's publisher chose that tracker to coordinate the file, and "taken
+    /// down" means the file is no longer distributed there. Blocks verified so far stay in
+    /// the output directory's `.shoal-<blob id>.*` files; delete them if unwanted.
+    #[error(
+        "this file was taken down: the operator of tracker {tracker} took blob {id} down, and the tracker no longer coordinates its download; nothing more is fetched"
+    )]
+    TakenDown {
+        /// The blob.
+        id: BlobId,
+        /// The tracker that said so.
+        tracker: Multiaddr,
+    },
     /// Another fetch of the same blob into the same directory is running.
     #[error("another download of this blob is already writing {0}; wait for it or stop it")]
     InUse(PathBuf),
@@ -328,9 +342,18 @@ impl State {
     }
 }
 
+/// Each tracker a fetch announces to and what its last announce gave.
+type Outcomes = watch::Receiver<Vec<(Multiaddr, Outcome)>>;
+
 /// Fetches the blob of `link` into `opts.output`, publishing progress on `progress`.
 /// Cancel-safe in the sense that matters: dropping the future loses no verified block that
 /// reached a checkpoint, and never leaves a partial file under the final name.
+///
+/// A tracker that answers "taken down" stops the fetch at once with
+/// [`FetchError::TakenDown`] (see there why). The answer comes to the first announce, or to
+/// a re-announce if the takedown happens during the download; a fetch that completes before
+/// some tracker has answered at all waits up to [`TRACKER_VERDICT_WAIT`] for that answer
+/// before it publishes the file.
 ///
 /// # Errors
 /// See [`FetchError`]; every variant says what to do next.
@@ -339,6 +362,64 @@ pub async fn fetch(
     link: &Link,
     opts: FetchOptions,
     progress: watch::Sender<Progress>,
+) -> Result<Fetched, FetchError> {
+    let id = link.id;
+    let (announcing, mut announcing_rx) = tokio::sync::oneshot::channel();
+    let inner = fetch_inner(node, link, opts, progress, announcing);
+    tokio::pin!(inner);
+    let mut outcomes: Option<Outcomes> = None;
+    let mut waiting = true; // for the announcer's outcomes, or for changes to them
+    let result = loop {
+        tokio::select! {
+            // A takedown wins over whatever the fetch does in the same instant.
+            biased;
+            got = &mut announcing_rx, if waiting && outcomes.is_none() => {
+                outcomes = got.ok();
+                waiting = outcomes.is_some();
+            }
+            alive = async {
+                match outcomes.as_mut() {
+                    Some(o) => o.changed().await.is_ok(),
+                    None => false,
+                }
+            }, if waiting && outcomes.is_some() => waiting = alive,
+            r = &mut inner => break r,
+        }
+        if let Some(tracker) = taken_down_at(outcomes.as_ref()) {
+            // Dropping the fetch aborts its requests; verified blocks stay on disk.
+            info!(blob = %id, %tracker, "taken down at a tracker; fetch stopped");
+            return Err(FetchError::TakenDown { id, tracker });
+        }
+    };
+    match (result, taken_down_at(outcomes.as_ref())) {
+        // Failing for lack of peers because the tracker stopped listing them: say why.
+        (Err(_), Some(tracker)) => Err(FetchError::TakenDown { id, tracker }),
+        (r, _) => r,
+    }
+}
+
+/// The first tracker in `outcomes` that answered "taken down".
+fn taken_down_at(outcomes: Option<&Outcomes>) -> Option<Multiaddr> {
+    outcomes?
+        .borrow()
+        .iter()
+        .find(|(_, o)| *o == Outcome::TakenDown)
+        .map(|(t, _)| t.clone())
+}
+
+/// How long a fetch that completed waits for a tracker that has not answered its first
+/// announce yet, before it publishes the file: long enough for a live tracker's "taken
+/// down", short enough not to hold up a download because of a dead one.
+pub const TRACKER_VERDICT_WAIT: Duration = Duration::from_secs(2);
+
+/// [`fetch`] without the takedown watch: sends the announcer's outcomes on `announcing`
+/// once it announces to trackers (dropped unused without trackers).
+async fn fetch_inner(
+    node: &Node,
+    link: &Link,
+    opts: FetchOptions,
+    progress: watch::Sender<Progress>,
+    announcing: tokio::sync::oneshot::Sender<Outcomes>,
 ) -> Result<Fetched, FetchError> {
     let started = Instant::now();
     let id = link.id;
@@ -401,6 +482,9 @@ pub async fn fetch(
             Some(found_tx.clone()),
         )
     });
+    if let Some(a) = &announcer {
+        let _ = announcing.send(a.outcomes());
+    }
     let mut dht = DhtSearch::new(node, id, found_tx);
     if addrs.is_empty() && trackers.is_empty() {
         dht.start(); // nothing else names a peer: ask the DHT at once
@@ -446,6 +530,7 @@ pub async fn fetch(
             None => tried.push("trackers: none named in the link or given with --tracker".into()),
             Some(a) => tried.extend(a.outcomes().borrow().iter().map(|(t, o)| match o {
                 Outcome::Failed(why) | Outcome::Refused(why) => format!("tracker {t}: {why}"),
+                Outcome::TakenDown => format!("tracker {t}: the blob was taken down there"),
                 Outcome::Pending => format!("tracker {t}: no answer within {GIVE_UP_AFTER:?}"),
                 Outcome::Answered(n) => {
                     format!("tracker {t}: listed {n} peer(s), none reachable")
@@ -775,7 +860,17 @@ pub async fn fetch(
         why.push(dht.describe());
         return Err(FetchError::Exhausted { done, total, why });
     }
-    // Complete: every block verified, decrypted and synced. Publish under the final name.
+    // Complete: every block verified, decrypted and synced. A tracker that has not answered
+    // yet may still say "taken down" (the caller then drops this future): give it a moment.
+    if let Some(a) = &announcer {
+        let mut outcomes = a.outcomes();
+        let _ = tokio::time::timeout(
+            TRACKER_VERDICT_WAIT,
+            outcomes.wait_for(|o| o.iter().all(|(_, x)| *x != Outcome::Pending)),
+        )
+        .await;
+    }
+    // Publish under the final name.
     if final_path.exists() && !overwrite {
         return Err(FetchError::OutputExists(final_path));
     }
@@ -1239,9 +1334,14 @@ async fn first_peer(
         let (failed, out) = outcomes.as_mut().map_or((true, true), |o| {
             let o = o.borrow_and_update();
             (
-                o.iter().all(|(_, x)| matches!(x, Outcome::Failed(_))),
                 o.iter()
-                    .all(|(_, x)| matches!(x, Outcome::Failed(_) | Outcome::Refused(_))),
+                    .all(|(_, x)| matches!(x, Outcome::Failed(_) | Outcome::TakenDown)),
+                o.iter().all(|(_, x)| {
+                    matches!(
+                        x,
+                        Outcome::Failed(_) | Outcome::Refused(_) | Outcome::TakenDown
+                    )
+                }),
             )
         });
         let now = tokio::time::Instant::now();

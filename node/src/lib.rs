@@ -11,6 +11,9 @@
 //! - [`announce::Announcer`]: announcing a blob to trackers and connecting to the peers they
 //!   list.
 //! - [`tracker_codec`]: the `/shoal/tracker/1` request-response codec (trackers and peers).
+//! - [`takedown`]: taking blobs down at trackers (operators) and following their takedown
+//!   lists (seed nodes). A fetch stops with [`fetch::FetchError::TakenDown`] when a tracker
+//!   it announces to has taken the blob down.
 //! - [`dht`]: trackerless discovery — Kademlia provider records on `/shoal/kad/1`
 //!   ([`Node::provide`], [`Node::find_providers`]), used when no tracker or link hint
 //!   yields a peer.
@@ -53,6 +56,7 @@ mod rate;
 pub mod seal;
 pub mod seednode;
 pub mod store;
+pub mod takedown;
 #[cfg(feature = "test-utils")]
 pub mod testing;
 pub mod tracker_codec;

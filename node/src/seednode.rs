@@ -117,7 +117,13 @@ pub struct SeedNodeConfig {
     pub trackers: Vec<Multiaddr>,
     /// Frugal mode: blocks revealed to one peer at a time.
     pub frugal_window: u32,
+    /// How often to pull the trackers' takedown lists (every blob listed is deleted and
+    /// refused); `None` follows none.
+    pub takedown_poll: Option<Duration>,
 }
+
+/// Default interval between takedown-list pulls.
+pub const TAKEDOWN_POLL: Duration = Duration::from_secs(60);
 
 impl SeedNodeConfig {
     /// A seed node storing under `store_dir` up to `quota` bytes, fast policy, nobody
@@ -130,6 +136,7 @@ impl SeedNodeConfig {
             policy: Policy::Fast,
             trackers: Vec::new(),
             frugal_window: DEFAULT_WINDOW,
+            takedown_poll: Some(TAKEDOWN_POLL),
         }
     }
 }
@@ -338,6 +345,16 @@ impl SeedNode {
         let seed = Self { inner };
         seed.load_stored().map_err(store_err)?;
         tokio::spawn(accept_pushes(seed.inner.clone(), incoming));
+        let cfg = &seed.inner.config;
+        if let Some(every) = cfg.takedown_poll
+            && !cfg.trackers.is_empty()
+        {
+            seed.follow_takedowns(crate::takedown::follow(
+                node.clone(),
+                cfg.trackers.clone(),
+                every,
+            ));
+        }
         info!(
             store = %dir.display(),
             blobs = seed.blob_ids().len(),
@@ -449,8 +466,9 @@ impl SeedNode {
         }
     }
 
-    /// Follows the takedown lists of `trackers`: each blob listed is taken down here
-    /// (deleted and refused), until the receiver's sender side ends.
+    /// Takes down every blob received on `listed` (deleted and refused), until its sender
+    /// side ends. [`SeedNode::start`] does this with [`crate::takedown::follow`] of the
+    /// configured trackers.
     pub fn follow_takedowns(&self, mut listed: mpsc::Receiver<BlobId>) {
         let seed = self.clone();
         tokio::spawn(async move {

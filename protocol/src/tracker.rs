@@ -1,25 +1,37 @@
 //! Messages of `/shoal/tracker/1` (docs/tracker.md §1).
 //!
 //! A libp2p request-response protocol: **one request and one response per stream**. A peer
-//! sends a [`Request`] — an announce ("I am in the swarm of this blob; who else is?") or a
-//! scrape ("how big are these swarms?") — and the tracker answers with one [`Response`].
+//! sends a [`Request`] — an announce ("I am in the swarm of this blob; who else is?"), a
+//! scrape ("how big are these swarms?"), an operator's takedown ("stop coordinating this
+//! blob"), or a takedown-list query ("which blobs were taken down since seq N?") — and the
+//! tracker answers with one [`Response`].
 //! Every message starts with a tag byte naming its type and version; integers are
 //! little-endian; every count and length has a named bound, so a reader can stop reading
 //! after [`MAX_REQUEST_LEN`] or [`MAX_RESPONSE_LEN`] bytes (`take(limit)`) and decode the
 //! whole message at once.
 //!
 //! ```text
-//! request  = 0x01 announce | 0x02 scrape
+//! request  = 0x01 announce | 0x02 scrape | 0x03 takedown | 0x04 takedown list
 //! announce = blob id (32) | role u8 | event u8 | blocks_held u32 | total_blocks u32
 //!            | addr count u8 | count × (len u8 | len bytes)
 //! scrape   = count u8 | count × blob id (32)
+//! takedown = blob id (32) | reason len u16 | reason (UTF-8)
+//! list     = since u64
 //! response = 0x81 announce ok | 0x82 announce refused | 0x83 scrape
+//!            | 0x84 takedown done | 0x85 takedown list | 0x86 denied
 //! ok       = interval_secs u32 | peer count u8 | peers | seed node count u8 | seed nodes
 //! peer     = id len u8 | id | role u8 | blocks_held u32 | addr count u8 | addrs
 //! refused  = reason u8 | if rate limited: retry_after_secs u32
 //! scrape   = count u8 | count × (blob id (32) | seeders u32 | leechers u32
 //!            | seed_nodes u32 | completed u32)
+//! done     = seq u64
+//! list     = more u8 | count u16 | count × (seq u64 | blob id (32))
+//! denied   = reason u8
 //! ```
+//!
+//! A takedown is accepted only from a peer id the tracker's operator trusts (again the
+//! connection's id, not a field); anyone else gets [`Response::Denied`]. The takedown list
+//! is public: blob ids and sequence numbers only, never reasons or operator ids.
 //!
 //! The announcing peer's id is **not** in the announce: the tracker takes it from the
 //! authenticated libp2p connection (Noise/TLS proves the remote holds the id's key). A
@@ -50,12 +62,24 @@ pub const MAX_PEERS: usize = 50;
 pub const MAX_SEED_NODES: usize = 16;
 /// Most blobs in one scrape.
 pub const MAX_SCRAPE_BLOBS: usize = 32;
+/// Longest takedown reason in bytes (UTF-8).
+pub const MAX_REASON_LEN: usize = 256;
+/// Most entries in one page of the takedown list.
+pub const MAX_TAKEDOWN_ENTRIES: usize = 512;
 
 const ADDRS_MAX_LEN: usize = 1 + MAX_ADDRS * (1 + MAX_ADDR_LEN);
 /// Longest encoded [`AnnounceRequest`].
 pub const MAX_ANNOUNCE_LEN: usize = 1 + 32 + 1 + 1 + 4 + 4 + ADDRS_MAX_LEN;
 /// Longest encoded [`ScrapeRequest`].
 pub const MAX_SCRAPE_LEN: usize = 1 + 1 + MAX_SCRAPE_BLOBS * 32;
+/// Longest encoded [`TakedownRequest`].
+pub const MAX_TAKEDOWN_LEN: usize = 1 + 32 + 2 + MAX_REASON_LEN;
+/// Encoded length of a [`TakedownListRequest`].
+pub const TAKEDOWN_LIST_REQUEST_LEN: usize = 1 + 8;
+/// Encoded length of one [`TakedownEntry`].
+pub const TAKEDOWN_ENTRY_LEN: usize = 8 + 32;
+/// Longest encoded [`TakedownList`].
+pub const MAX_TAKEDOWN_LIST_LEN: usize = 1 + 1 + 2 + MAX_TAKEDOWN_ENTRIES * TAKEDOWN_ENTRY_LEN;
 /// Longest encoded [`PeerEntry`].
 pub const MAX_PEER_ENTRY_LEN: usize = 1 + MAX_PEER_ID_LEN + 1 + 4 + ADDRS_MAX_LEN;
 /// Encoded length of one [`SwarmStats`].
@@ -66,9 +90,16 @@ pub const MAX_ANNOUNCE_RESPONSE_LEN: usize =
 /// Longest encoded [`ScrapeResponse`].
 pub const MAX_SCRAPE_RESPONSE_LEN: usize = 1 + 1 + MAX_SCRAPE_BLOBS * SWARM_STATS_LEN;
 /// Longest encoded [`Request`]: a tracker reads at most this many bytes of a request.
-pub const MAX_REQUEST_LEN: usize = max(MAX_ANNOUNCE_LEN, MAX_SCRAPE_LEN);
+pub const MAX_REQUEST_LEN: usize = max(
+    max(MAX_ANNOUNCE_LEN, MAX_SCRAPE_LEN),
+    max(MAX_TAKEDOWN_LEN, TAKEDOWN_LIST_REQUEST_LEN),
+);
 /// Longest encoded [`Response`]: a peer reads at most this many bytes of a response.
-pub const MAX_RESPONSE_LEN: usize = max(MAX_ANNOUNCE_RESPONSE_LEN, MAX_SCRAPE_RESPONSE_LEN);
+/// (Takedown done is 9 bytes, denied 2.)
+pub const MAX_RESPONSE_LEN: usize = max(
+    max(MAX_ANNOUNCE_RESPONSE_LEN, MAX_SCRAPE_RESPONSE_LEN),
+    MAX_TAKEDOWN_LIST_LEN,
+);
 /// Longest message of either direction.
 pub const MAX_MESSAGE_LEN: usize = max(MAX_REQUEST_LEN, MAX_RESPONSE_LEN);
 
@@ -80,9 +111,14 @@ const fn max(a: usize, b: usize) -> usize {
 // version of a message gets a new tag.
 const TAG_ANNOUNCE_V1: u8 = 0x01;
 const TAG_SCRAPE_V1: u8 = 0x02;
+const TAG_TAKEDOWN_V1: u8 = 0x03;
+const TAG_TAKEDOWN_LIST_V1: u8 = 0x04;
 const TAG_ANNOUNCE_OK_V1: u8 = 0x81;
 const TAG_ANNOUNCE_REFUSED_V1: u8 = 0x82;
 const TAG_SCRAPE_RESPONSE_V1: u8 = 0x83;
+const TAG_TAKEDOWN_DONE_V1: u8 = 0x84;
+const TAG_TAKEDOWN_LIST_RESPONSE_V1: u8 = 0x85;
+const TAG_DENIED_V1: u8 = 0x86;
 
 /// What a peer is in a swarm.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -184,6 +220,25 @@ pub struct ScrapeRequest {
     pub blobs: Vec<BlobId>,
 }
 
+/// "Stop coordinating this blob": an operator's takedown. The tracker accepts it only from
+/// a peer id its operator trusts (the connection's, as for announces).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TakedownRequest {
+    /// The blob to take down.
+    pub blob: BlobId,
+    /// Why, for the tracker's audit trail: 1 to [`MAX_REASON_LEN`] bytes of UTF-8 without
+    /// control characters. Never sent to anyone else.
+    pub reason: String,
+}
+
+/// "Which blobs were taken down after `since`?" Public: anyone may ask (seed nodes follow
+/// the list and delete what it names).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TakedownListRequest {
+    /// Answer entries with a sequence number greater than this; 0 for the whole list.
+    pub since: u64,
+}
+
 /// A request to a tracker.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Request {
@@ -191,6 +246,10 @@ pub enum Request {
     Announce(AnnounceRequest),
     /// Get swarm sizes.
     Scrape(ScrapeRequest),
+    /// Take a blob down (operators only).
+    Takedown(TakedownRequest),
+    /// Get a page of the takedown list.
+    TakedownList(TakedownListRequest),
 }
 
 /// One peer in an announce answer.
@@ -295,6 +354,52 @@ pub struct ScrapeResponse {
     pub swarms: Vec<SwarmStats>,
 }
 
+/// One taken-down blob in a [`TakedownList`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TakedownEntry {
+    /// The tracker's sequence number of the takedown (increasing; gaps are allowed).
+    pub seq: u64,
+    /// The blob taken down.
+    pub blob: BlobId,
+}
+
+/// A page of the takedown list: entries after the request's `since`, ascending by `seq`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TakedownList {
+    /// At most [`MAX_TAKEDOWN_ENTRIES`], strictly ascending `seq`.
+    pub entries: Vec<TakedownEntry>,
+    /// More entries follow: ask again with `since` = the last entry's `seq`. Only set on a
+    /// non-empty page (so a follower always makes progress).
+    pub more: bool,
+}
+
+/// Why a tracker denied a request (a takedown).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DenyReason {
+    /// The requesting peer id is not one of the tracker's operators.
+    NotOperator,
+    /// The tracker could not record the request (its store failed); nothing changed. Try
+    /// again later.
+    Unavailable,
+}
+
+impl DenyReason {
+    const fn code(self) -> u8 {
+        match self {
+            Self::NotOperator => 1,
+            Self::Unavailable => 2,
+        }
+    }
+
+    const fn from_code(code: u8) -> Result<Self, DecodeTrackerError> {
+        match code {
+            1 => Ok(Self::NotOperator),
+            2 => Ok(Self::Unavailable),
+            other => Err(DecodeTrackerError::UnknownReason(other)),
+        }
+    }
+}
+
 /// A response from a tracker.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Response {
@@ -302,6 +407,16 @@ pub enum Response {
     Announce(AnnounceResponse),
     /// Answers a [`Request::Scrape`].
     Scrape(ScrapeResponse),
+    /// Answers an accepted [`Request::Takedown`].
+    TakedownDone {
+        /// The takedown's sequence number in the tracker's list (for a blob that was
+        /// already taken down, the earlier takedown's).
+        seq: u64,
+    },
+    /// Answers a [`Request::TakedownList`].
+    TakedownList(TakedownList),
+    /// The tracker refuses the request ([`Request::Takedown`] from a non-operator).
+    Denied(DenyReason),
 }
 
 /// Which list of an announce answer.
@@ -342,7 +457,7 @@ pub enum DecodeTrackerError {
     /// Unknown event code.
     #[error("unknown event {0}")]
     UnknownEvent(u8),
-    /// Unknown refusal reason code.
+    /// Unknown refusal (announce) or denial reason code.
     #[error("unknown refusal reason {0}")]
     UnknownReason(u8),
     /// More than [`MAX_ADDRS`] addresses.
@@ -401,6 +516,24 @@ pub enum DecodeTrackerError {
     /// The same blob twice in a scrape.
     #[error("blob {0} listed twice")]
     DuplicateBlob(BlobId),
+    /// A takedown reason of 0 or more than [`MAX_REASON_LEN`] bytes.
+    #[error("takedown reason of {0} bytes; 1 to {MAX_REASON_LEN} are allowed")]
+    ReasonLen(usize),
+    /// A takedown reason that is not UTF-8, or has control characters.
+    #[error("takedown reason is not UTF-8 text without control characters")]
+    ReasonText,
+    /// More than [`MAX_TAKEDOWN_ENTRIES`] entries in a takedown list page.
+    #[error("{0} takedown entries; at most {MAX_TAKEDOWN_ENTRIES} are allowed")]
+    TooManyEntries(usize),
+    /// Takedown list entries not in strictly ascending `seq` order.
+    #[error("takedown list is not in ascending seq order")]
+    UnorderedSeq,
+    /// A flag byte other than 0 or 1.
+    #[error("flag byte {0}; 0 or 1 are allowed")]
+    BadFlag(u8),
+    /// A takedown list page with `more` set but no entries.
+    #[error("empty takedown list page says more follow")]
+    EmptyPageWithMore,
 }
 
 /// Checks a list of listen addresses.
@@ -539,6 +672,8 @@ impl Request {
         match self {
             Self::Announce(a) => a.validate(),
             Self::Scrape(s) => s.validate(),
+            Self::Takedown(t) => t.validate(),
+            Self::TakedownList(_) => Ok(()),
         }
     }
 
@@ -554,6 +689,11 @@ impl Request {
         match self {
             Self::Announce(a) => a.encode_into(&mut out),
             Self::Scrape(s) => s.encode_into(&mut out),
+            Self::Takedown(t) => t.encode_into(&mut out),
+            Self::TakedownList(l) => {
+                out.push(TAG_TAKEDOWN_LIST_V1);
+                out.extend_from_slice(&l.since.to_le_bytes());
+            }
         }
         debug_assert!(out.len() <= MAX_REQUEST_LEN);
         out
@@ -568,6 +708,8 @@ impl Request {
         let req = match r.u8()? {
             TAG_ANNOUNCE_V1 => Self::Announce(AnnounceRequest::decode_body(&mut r)?),
             TAG_SCRAPE_V1 => Self::Scrape(ScrapeRequest::decode_body(&mut r)?),
+            TAG_TAKEDOWN_V1 => Self::Takedown(TakedownRequest::decode_body(&mut r)?),
+            TAG_TAKEDOWN_LIST_V1 => Self::TakedownList(TakedownListRequest { since: r.u64()? }),
             other => return Err(DecodeTrackerError::UnknownTag(other)),
         };
         r.finish()?;
@@ -795,6 +937,108 @@ impl ScrapeResponse {
     }
 }
 
+impl TakedownRequest {
+    /// Checks the reason: 1 to [`MAX_REASON_LEN`] bytes, no control characters.
+    ///
+    /// # Errors
+    /// [`DecodeTrackerError::ReasonLen`] or [`DecodeTrackerError::ReasonText`].
+    pub fn validate(&self) -> Result<(), DecodeTrackerError> {
+        validate_reason(&self.reason)
+    }
+
+    fn encode_into(&self, out: &mut Vec<u8>) {
+        out.push(TAG_TAKEDOWN_V1);
+        out.extend_from_slice(self.blob.as_bytes());
+        let len = u16::try_from(self.reason.len()).expect("validated: at most MAX_REASON_LEN");
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(self.reason.as_bytes());
+    }
+
+    fn decode_body(r: &mut Reader<'_>) -> Result<Self, DecodeTrackerError> {
+        let blob = r.blob()?;
+        let len = usize::from(r.u16()?);
+        if len == 0 || len > MAX_REASON_LEN {
+            return Err(DecodeTrackerError::ReasonLen(len));
+        }
+        let reason = std::str::from_utf8(r.bytes(len)?)
+            .map_err(|_| DecodeTrackerError::ReasonText)?
+            .to_owned();
+        let req = Self { blob, reason };
+        req.validate()?;
+        Ok(req)
+    }
+}
+
+/// A takedown reason's rules (see [`TakedownRequest::reason`]).
+///
+/// # Errors
+/// [`DecodeTrackerError::ReasonLen`] or [`DecodeTrackerError::ReasonText`].
+pub fn validate_reason(reason: &str) -> Result<(), DecodeTrackerError> {
+    if reason.is_empty() || reason.len() > MAX_REASON_LEN {
+        return Err(DecodeTrackerError::ReasonLen(reason.len()));
+    }
+    // Reasons end up in logs, JSON and terminals: no escapes or line breaks.
+    if reason.chars().any(char::is_control) {
+        return Err(DecodeTrackerError::ReasonText);
+    }
+    Ok(())
+}
+
+impl TakedownList {
+    /// Checks the page: at most [`MAX_TAKEDOWN_ENTRIES`] entries in strictly ascending
+    /// `seq`, and `more` only on a non-empty page.
+    ///
+    /// # Errors
+    /// [`DecodeTrackerError::TooManyEntries`], [`DecodeTrackerError::UnorderedSeq`] or
+    /// [`DecodeTrackerError::EmptyPageWithMore`].
+    pub fn validate(&self) -> Result<(), DecodeTrackerError> {
+        if self.entries.len() > MAX_TAKEDOWN_ENTRIES {
+            return Err(DecodeTrackerError::TooManyEntries(self.entries.len()));
+        }
+        if self.entries.windows(2).any(|w| w[0].seq >= w[1].seq) {
+            return Err(DecodeTrackerError::UnorderedSeq);
+        }
+        if self.more && self.entries.is_empty() {
+            return Err(DecodeTrackerError::EmptyPageWithMore);
+        }
+        Ok(())
+    }
+
+    fn encode_into(&self, out: &mut Vec<u8>) {
+        out.push(TAG_TAKEDOWN_LIST_RESPONSE_V1);
+        out.push(u8::from(self.more));
+        let n = u16::try_from(self.entries.len()).expect("validated: at most MAX_TAKEDOWN_ENTRIES");
+        out.extend_from_slice(&n.to_le_bytes());
+        for e in &self.entries {
+            out.extend_from_slice(&e.seq.to_le_bytes());
+            out.extend_from_slice(e.blob.as_bytes());
+        }
+    }
+
+    fn decode_body(r: &mut Reader<'_>) -> Result<Self, DecodeTrackerError> {
+        let more = match r.u8()? {
+            0 => false,
+            1 => true,
+            other => return Err(DecodeTrackerError::BadFlag(other)),
+        };
+        let n = usize::from(r.u16()?);
+        if n > MAX_TAKEDOWN_ENTRIES {
+            return Err(DecodeTrackerError::TooManyEntries(n));
+        }
+        let entries = (0..n)
+            .map(|_| {
+                Ok(TakedownEntry {
+                    seq: r.u64()?,
+                    blob: r.blob()?,
+                })
+            })
+            .collect::<Result<Vec<_>, DecodeTrackerError>>()?;
+        let list = Self { entries, more };
+        list.validate()?;
+        Ok(list)
+    }
+}
+
 impl Response {
     /// Checks the message's rules ([`AnnounceResponse::validate`],
     /// [`ScrapeResponse::validate`]).
@@ -805,6 +1049,8 @@ impl Response {
         match self {
             Self::Announce(a) => a.validate(),
             Self::Scrape(s) => s.validate(),
+            Self::TakedownList(l) => l.validate(),
+            Self::TakedownDone { .. } | Self::Denied(_) => Ok(()),
         }
     }
 
@@ -820,6 +1066,15 @@ impl Response {
         match self {
             Self::Announce(a) => a.encode_into(&mut out),
             Self::Scrape(s) => s.encode_into(&mut out),
+            Self::TakedownDone { seq } => {
+                out.push(TAG_TAKEDOWN_DONE_V1);
+                out.extend_from_slice(&seq.to_le_bytes());
+            }
+            Self::TakedownList(l) => l.encode_into(&mut out),
+            Self::Denied(reason) => {
+                out.push(TAG_DENIED_V1);
+                out.push(reason.code());
+            }
         }
         debug_assert!(out.len() <= MAX_RESPONSE_LEN);
         out
@@ -835,6 +1090,9 @@ impl Response {
             TAG_ANNOUNCE_OK_V1 => Self::Announce(AnnounceResponse::decode_ok(&mut r)?),
             TAG_ANNOUNCE_REFUSED_V1 => Self::Announce(AnnounceResponse::decode_refused(&mut r)?),
             TAG_SCRAPE_RESPONSE_V1 => Self::Scrape(ScrapeResponse::decode_body(&mut r)?),
+            TAG_TAKEDOWN_DONE_V1 => Self::TakedownDone { seq: r.u64()? },
+            TAG_TAKEDOWN_LIST_RESPONSE_V1 => Self::TakedownList(TakedownList::decode_body(&mut r)?),
+            TAG_DENIED_V1 => Self::Denied(DenyReason::from_code(r.u8()?)?),
             other => return Err(DecodeTrackerError::UnknownTag(other)),
         };
         r.finish()?;
@@ -877,8 +1135,16 @@ impl<'a> Reader<'a> {
         Ok(self.array::<1>()?[0])
     }
 
+    fn u16(&mut self) -> Result<u16, DecodeTrackerError> {
+        Ok(u16::from_le_bytes(self.array()?))
+    }
+
     fn u32(&mut self) -> Result<u32, DecodeTrackerError> {
         Ok(u32::from_le_bytes(self.array()?))
+    }
+
+    fn u64(&mut self) -> Result<u64, DecodeTrackerError> {
+        Ok(u64::from_le_bytes(self.array()?))
     }
 
     fn blob(&mut self) -> Result<BlobId, DecodeTrackerError> {
@@ -1070,17 +1336,53 @@ mod tests {
             })
     }
 
+    /// Reasons of 1 to 256 bytes: ASCII, multi-byte characters, and the longest.
+    fn reason() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "[ -~]{1,80}",
+            "[a-zé€😀 ]{1,64}".prop_filter("fits", |s| s.len() <= MAX_REASON_LEN),
+            Just("x".repeat(MAX_REASON_LEN)),
+        ]
+    }
+
+    fn takedown() -> impl Strategy<Value = TakedownRequest> {
+        (blob(), reason()).prop_map(|(blob, reason)| TakedownRequest { blob, reason })
+    }
+
+    fn takedown_list() -> impl Strategy<Value = TakedownList> {
+        (
+            proptest::collection::btree_map(any::<u64>(), any::<[u8; 32]>(), 0..=40),
+            any::<bool>(),
+        )
+            .prop_map(|(m, more)| TakedownList {
+                more: more && !m.is_empty(),
+                entries: m
+                    .into_iter()
+                    .map(|(seq, b)| TakedownEntry {
+                        seq,
+                        blob: BlobId::from_bytes(b),
+                    })
+                    .collect(),
+            })
+    }
+
     fn request() -> impl Strategy<Value = Request> {
         prop_oneof![
             announce().prop_map(Request::Announce),
-            scrape().prop_map(Request::Scrape)
+            scrape().prop_map(Request::Scrape),
+            takedown().prop_map(Request::Takedown),
+            any::<u64>().prop_map(|since| Request::TakedownList(TakedownListRequest { since })),
         ]
     }
 
     fn response() -> impl Strategy<Value = Response> {
         prop_oneof![
             announce_response().prop_map(Response::Announce),
-            scrape_response().prop_map(Response::Scrape)
+            scrape_response().prop_map(Response::Scrape),
+            any::<u64>().prop_map(|seq| Response::TakedownDone { seq }),
+            takedown_list().prop_map(Response::TakedownList),
+            prop_oneof![Just(DenyReason::NotOperator), Just(DenyReason::Unavailable)]
+                .prop_map(Response::Denied),
         ]
     }
 
@@ -1219,6 +1521,10 @@ mod tests {
             reason: RefusalReason::SwarmFull,
         });
         assert_eq!(hex(&full.encode()), "8202");
+        let down = Response::Announce(AnnounceResponse::Refused {
+            reason: RefusalReason::TakenDown,
+        });
+        assert_eq!(hex(&down.encode()), "8204");
         let stats = Response::Scrape(ScrapeResponse {
             swarms: vec![SwarmStats {
                 blob: BlobId::from_bytes([0xab; 32]),
@@ -1231,6 +1537,46 @@ mod tests {
         assert_eq!(
             hex(&stats.encode()),
             format!("8301{}01000000020000000300000004000000", "ab".repeat(32))
+        );
+        let takedown = Request::Takedown(TakedownRequest {
+            blob: BlobId::from_bytes([0xab; 32]),
+            reason: "court order 17".into(),
+        });
+        assert_eq!(
+            hex(&takedown.encode()),
+            format!("03{}0e00{}", "ab".repeat(32), hex(b"court order 17"))
+        );
+        let list = Request::TakedownList(TakedownListRequest { since: 5 });
+        assert_eq!(hex(&list.encode()), "040500000000000000");
+        let done = Response::TakedownDone { seq: 7 };
+        assert_eq!(hex(&done.encode()), "840700000000000000");
+        let page = Response::TakedownList(TakedownList {
+            entries: vec![
+                TakedownEntry {
+                    seq: 6,
+                    blob: BlobId::from_bytes([0xab; 32]),
+                },
+                TakedownEntry {
+                    seq: 7,
+                    blob: BlobId::from_bytes([0xcd; 32]),
+                },
+            ],
+            more: true,
+        });
+        assert_eq!(
+            hex(&page.encode()),
+            format!(
+                "85 01 0200 0600000000000000 {} 0700000000000000 {}",
+                "ab".repeat(32),
+                "cd".repeat(32)
+            )
+            .replace(' ', "")
+        );
+        let denied = Response::Denied(DenyReason::NotOperator);
+        assert_eq!(hex(&denied.encode()), "8601");
+        assert_eq!(
+            hex(&Response::Denied(DenyReason::Unavailable).encode()),
+            "8602"
         );
     }
 
@@ -1286,6 +1632,111 @@ mod tests {
             Request::decode(&vec![1; MAX_REQUEST_LEN + 1]),
             Err(DecodeTrackerError::TooLong { .. })
         ));
+
+        // The takedown messages fit too, at their longest.
+        let takedown = Request::Takedown(TakedownRequest {
+            blob: BlobId::from_bytes([1; 32]),
+            reason: "é".repeat(MAX_REASON_LEN / 2),
+        });
+        assert_eq!(takedown.encode().len(), MAX_TAKEDOWN_LEN);
+        const { assert!(MAX_TAKEDOWN_LEN <= MAX_REQUEST_LEN) };
+        let page = Response::TakedownList(TakedownList {
+            entries: (0..MAX_TAKEDOWN_ENTRIES as u64)
+                .map(|seq| TakedownEntry {
+                    seq,
+                    blob: BlobId::from_bytes([seq as u8; 32]),
+                })
+                .collect(),
+            more: true,
+        });
+        let bytes = page.encode();
+        assert_eq!(bytes.len(), MAX_TAKEDOWN_LIST_LEN);
+        const { assert!(MAX_TAKEDOWN_LIST_LEN <= MAX_RESPONSE_LEN) };
+        assert_eq!(Response::decode(&bytes), Ok(page));
+    }
+
+    #[test]
+    fn takedown_rules_are_enforced() {
+        let blob = BlobId::from_bytes([3; 32]);
+        let td = |reason: &str| {
+            TakedownRequest {
+                blob,
+                reason: reason.into(),
+            }
+            .validate()
+        };
+        assert_eq!(td(""), Err(DecodeTrackerError::ReasonLen(0)));
+        assert_eq!(
+            td(&"x".repeat(MAX_REASON_LEN + 1)),
+            Err(DecodeTrackerError::ReasonLen(257))
+        );
+        assert_eq!(td("two\nlines"), Err(DecodeTrackerError::ReasonText));
+        assert_eq!(td("esc \u{1b}[31m"), Err(DecodeTrackerError::ReasonText));
+        assert_eq!(td("ok: «abuse» report #4"), Ok(()));
+
+        // On the wire: length 0, over the bound, longer than the bytes, invalid UTF-8.
+        let wire = |len: u16, text: &[u8]| {
+            let mut b = vec![TAG_TAKEDOWN_V1];
+            b.extend_from_slice(blob.as_bytes());
+            b.extend_from_slice(&len.to_le_bytes());
+            b.extend_from_slice(text);
+            Request::decode(&b)
+        };
+        assert_eq!(wire(0, b""), Err(DecodeTrackerError::ReasonLen(0)));
+        assert_eq!(
+            wire(257, &[b'a'; 257]),
+            Err(DecodeTrackerError::ReasonLen(257))
+        );
+        assert_eq!(wire(3, b"ab"), Err(DecodeTrackerError::Truncated));
+        assert_eq!(wire(2, b"\xff\xfe"), Err(DecodeTrackerError::ReasonText));
+        assert_eq!(wire(2, b"a\x07"), Err(DecodeTrackerError::ReasonText));
+        assert!(wire(2, b"ok").is_ok());
+
+        // List pages: too many entries, unordered or repeated seq, bad flag, empty + more.
+        let page = |more: u8, entries: &[(u64, u8)], count: u16| {
+            let mut b = vec![TAG_TAKEDOWN_LIST_RESPONSE_V1, more];
+            b.extend_from_slice(&count.to_le_bytes());
+            for (seq, blob) in entries {
+                b.extend_from_slice(&seq.to_le_bytes());
+                b.extend_from_slice(&[*blob; 32]);
+            }
+            Response::decode(&b)
+        };
+        assert_eq!(
+            page(0, &[], 513),
+            Err(DecodeTrackerError::TooManyEntries(513))
+        );
+        assert_eq!(
+            page(0, &[(2, 1), (1, 2)], 2),
+            Err(DecodeTrackerError::UnorderedSeq)
+        );
+        assert_eq!(
+            page(0, &[(2, 1), (2, 2)], 2),
+            Err(DecodeTrackerError::UnorderedSeq)
+        );
+        assert_eq!(page(2, &[(1, 1)], 1), Err(DecodeTrackerError::BadFlag(2)));
+        assert_eq!(page(1, &[], 0), Err(DecodeTrackerError::EmptyPageWithMore));
+        assert_eq!(page(1, &[(1, 1)], 2), Err(DecodeTrackerError::Truncated));
+        assert!(page(0, &[], 0).is_ok());
+        assert!(page(1, &[(1, 1), (9, 1)], 2).is_ok());
+
+        // Fixed-size messages: short is truncated, long is trailing.
+        assert_eq!(
+            Request::decode(&[TAG_TAKEDOWN_LIST_V1, 1, 2, 3]),
+            Err(DecodeTrackerError::Truncated)
+        );
+        assert_eq!(
+            Response::decode(&[TAG_TAKEDOWN_DONE_V1, 0, 0, 0, 0, 0, 0, 0, 0, 9]),
+            Err(DecodeTrackerError::Trailing(1))
+        );
+        assert_eq!(
+            Response::decode(&[TAG_DENIED_V1, 3]),
+            Err(DecodeTrackerError::UnknownReason(3))
+        );
+        assert_eq!(
+            Response::decode(&[TAG_DENIED_V1, 0]),
+            Err(DecodeTrackerError::UnknownReason(0))
+        );
     }
 
     #[test]
@@ -1467,7 +1918,7 @@ mod tests {
             b[i] = v;
             Request::decode(&b)
         };
-        assert_eq!(at(0, 0x03), Err(DecodeTrackerError::UnknownTag(3)));
+        assert_eq!(at(0, 0x05), Err(DecodeTrackerError::UnknownTag(5)));
         assert_eq!(at(0, 0x81), Err(DecodeTrackerError::UnknownTag(0x81)));
         assert_eq!(at(33, 0), Err(DecodeTrackerError::UnknownRole(0)));
         assert_eq!(at(34, 5), Err(DecodeTrackerError::UnknownEvent(5)));

@@ -17,6 +17,10 @@
 //!   the connection's IP, authorises the seed-node role, rate limits scrapes, limits
 //!   connections per IP and subnet, and expires entries on the table's schedule. HTTP serves
 //!   [`service::Stats`] as JSON and as Prometheus metrics.
+//! - [`takedowns`]: the takedown list and its audit trail in an embedded redb store. The
+//!   service refuses announces of taken-down blobs, answers zeros to their scrapes, takes
+//!   takedowns from the operators on [`ServiceConfig::operators`] and serves the public list
+//!   to anyone (seed nodes follow it).
 //! - [`AddrList`]: how a peer's listen addresses are stored and handed out.
 //!
 //! The `shoal tracker` command runs the service (`shoal-cli`).
@@ -76,6 +80,7 @@ mod peers;
 mod rng;
 pub mod service;
 pub mod table;
+pub mod takedowns;
 
 pub use addrs::AddrList;
 pub use service::{Config as ServiceConfig, StartError, Stats, Tracker};

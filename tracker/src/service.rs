@@ -11,9 +11,14 @@
 //!    dropped (and nothing is made up when none is left).
 //! 3. The seed-node role is kept only by peers on [`Config::seed_node_allow`]; others are
 //!    listed as seeder or leecher by their progress.
-//! 4. Scrapes are rate limited per peer (a token bucket); a limited scrape gets no answer
-//!    (the stream is dropped: the protocol has no scrape refusal yet).
-//! 5. The table answers; [`Answer::into_response`](crate::table::Answer::into_response)
+//! 4. Scrapes and takedown-list requests are rate limited per peer (one token bucket for
+//!    both); a limited request gets no answer (the stream is dropped: the protocol has no
+//!    scrape refusal yet).
+//! 5. Announces of a taken-down blob are refused as taken down, and scrapes of it answer
+//!    zero counts, before the table is asked. Takedowns are accepted from the peer ids on
+//!    [`Config::operators`] only; each is recorded durably in the [`TakedownStore`] before
+//!    the answer, and its swarm is removed from the table.
+//! 6. The table answers; [`Answer::into_response`](crate::table::Answer::into_response)
 //!    turns its answer into the wire message.
 //!
 //! Bounds: connections in total, pending, per peer, per IP and per subnet (/24, /48);
@@ -32,12 +37,13 @@ use std::{
     collections::{HashMap, HashSet},
     io,
     net::{IpAddr, SocketAddr},
+    path::PathBuf,
     pin::Pin,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
     },
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use futures::{AsyncRead, AsyncWrite, StreamExt};
@@ -53,13 +59,17 @@ use libp2p::{
 use serde::Serialize;
 use shoal_node::tracker_codec::{self, TrackerCodec};
 use shoal_protocol::tracker::{
-    AnnounceRequest, AnnounceResponse, Request, Response, ScrapeRequest, ScrapeResponse,
+    AnnounceRequest, AnnounceResponse, DenyReason, MAX_TAKEDOWN_ENTRIES, RefusalReason, Request,
+    Response, ScrapeRequest, ScrapeResponse, SwarmStats, TakedownListRequest, TakedownRequest,
 };
 use tokio::{sync::watch, time::Sleep};
-use tokio_util::sync::CancellationToken;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{debug, error, info, warn};
 
-use crate::table::{self, ConfigError, PeerTable};
+use crate::{
+    table::{self, ConfigError, PeerTable},
+    takedowns::{StoreError, TakedownStore},
+};
 use checks::RateLimiter;
 use ip_limits::IpLimits;
 
@@ -86,6 +96,13 @@ pub struct Config {
     /// Peers whose `seed node` role is accepted (operators' seed servers). Anyone else
     /// claiming it is listed as seeder or leecher. Default: none.
     pub seed_node_allow: Vec<PeerId>,
+    /// Peers whose takedowns are accepted (the operator's own identities, proven by their
+    /// connection). Anyone else is denied. Default: none.
+    pub operators: HashSet<PeerId>,
+    /// Where the takedown list and its audit trail are kept (a redb file, created if
+    /// missing; its directory must exist). `None` (default) keeps them in memory: they are
+    /// lost when the tracker stops.
+    pub takedown_store: Option<PathBuf>,
     /// The peer table's settings. Its `seed` is ignored: see [`Config::table_seed`].
     pub table: table::Config,
     /// Seed of the table's random choices and hash keys. `None` (default) draws it from the
@@ -129,6 +146,8 @@ impl Default for Config {
             ],
             http: Some(SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT + 1))),
             seed_node_allow: Vec::new(),
+            operators: HashSet::new(),
+            takedown_store: None,
             table: table::Config::default(),
             table_seed: None,
             request_timeout: Duration::from_secs(10),
@@ -178,6 +197,20 @@ impl Config {
     #[must_use]
     pub fn with_seed_node_allow(mut self, peers: Vec<PeerId>) -> Self {
         self.seed_node_allow = peers;
+        self
+    }
+
+    /// Sets [`Config::operators`].
+    #[must_use]
+    pub fn with_operators(mut self, operators: impl IntoIterator<Item = PeerId>) -> Self {
+        self.operators = operators.into_iter().collect();
+        self
+    }
+
+    /// Sets [`Config::takedown_store`].
+    #[must_use]
+    pub fn with_takedown_store(mut self, path: Option<PathBuf>) -> Self {
+        self.takedown_store = path;
         self
     }
 
@@ -234,6 +267,9 @@ pub enum StartError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// The takedown store cannot be opened (in use by another tracker, corrupt, unreadable).
+    #[error("cannot open the takedown store")]
+    Takedowns(#[source] StoreError),
     /// Binding the HTTP endpoint failed.
     #[error("cannot serve HTTP on {addr}")]
     Http {
@@ -283,6 +319,22 @@ pub struct ServiceStats {
     pub connections_denied: u64,
     /// Counter: answers not sent because they failed validation (a bug; should stay 0).
     pub internal_errors: u64,
+    /// Gauge: blobs on the takedown list.
+    pub taken_down_blobs: u64,
+    /// Counter: takedown requests received and decoded (from anyone).
+    pub takedown_requests: u64,
+    /// Counter: blobs newly taken down by operators.
+    pub takedowns: u64,
+    /// Counter: takedown requests denied because the peer is not an operator.
+    pub takedowns_denied: u64,
+    /// Counter: takedowns not recorded because the store failed (answered "unavailable").
+    pub takedown_store_errors: u64,
+    /// Counter: announces refused because their blob is taken down.
+    pub refused_taken_down: u64,
+    /// Counter: takedown-list requests received and decoded.
+    pub takedown_list_requests: u64,
+    /// Counter: takedown-list requests dropped by the (scrape) rate limit.
+    pub takedown_lists_rate_limited: u64,
 }
 
 #[derive(NetworkBehaviour)]
@@ -360,6 +412,8 @@ pub struct Tracker {
 }
 
 struct Inner {
+    /// The event loop and the HTTP server.
+    tasks: TaskTracker,
     peer_id: PeerId,
     listen: watch::Receiver<Vec<Multiaddr>>,
     stats: watch::Receiver<Stats>,
@@ -398,6 +452,16 @@ impl Tracker {
         let seed = config.table_seed.unwrap_or_else(rand::random);
         let table = PeerTable::new(config.table.clone().with_seed(seed), Instant::now())
             .map_err(StartError::Table)?;
+        let takedowns = match &config.takedown_store {
+            Some(path) => TakedownStore::open(path).map_err(StartError::Takedowns)?,
+            None => TakedownStore::in_memory(),
+        };
+        if takedowns.repaired() {
+            warn!(
+                store = takedowns.location(),
+                "the takedown store was damaged and has been repaired; the newest takedowns may be lost: check GET /takedowns and take them down again"
+            );
+        }
         let http = match config.http {
             Some(addr) => Some(
                 http::bind(addr)
@@ -468,33 +532,54 @@ impl Tracker {
 
         let peer_id = *swarm.local_peer_id();
         let (listen_tx, listen) = watch::channel(Vec::new());
+        let counters = ServiceStats {
+            taken_down_blobs: takedowns.len() as u64,
+            ..ServiceStats::default()
+        };
         let (stats_tx, stats) = watch::channel(Stats {
             table: table.stats(),
-            service: ServiceStats::default(),
+            service: counters.clone(),
         });
         let http_addr = http.as_ref().map(|(addr, _)| *addr);
+        let tasks = TaskTracker::new();
         if let Some((_, listener)) = http {
-            http::spawn(listener, stats.clone(), shutdown.clone());
+            http::spawn(
+                listener,
+                stats.clone(),
+                takedowns.reader(),
+                shutdown.clone(),
+                &tasks,
+            );
         }
+        info!(
+            store = takedowns.location(),
+            taken_down = takedowns.len(),
+            operators = config.operators.len(),
+            "takedown list loaded"
+        );
         let service = Service {
             swarm,
             table,
             seed_node_allow: config.seed_node_allow.iter().copied().collect(),
+            operators: config.operators.clone(),
+            takedowns,
             scrapes: RateLimiter::new(
                 config.scrape_burst,
                 config.scrape_interval,
                 config.max_scrape_peers,
             ),
             conns: HashMap::new(),
-            counters: ServiceStats::default(),
+            counters,
             decode_errors,
             stats: stats_tx,
             listen: listen_tx,
         };
-        tokio::spawn(service.run(shutdown.clone()));
+        tasks.spawn(service.run(shutdown.clone()));
+        tasks.close();
         info!(peer = %peer_id, http = ?http_addr, "tracker started");
         Ok(Self {
             inner: Arc::new(Inner {
+                tasks,
                 peer_id,
                 listen,
                 stats,
@@ -537,6 +622,13 @@ impl Tracker {
     pub fn shutdown(&self) {
         self.inner.shutdown.cancel();
     }
+
+    /// Waits until the tracker's tasks have ended after a shutdown: its ports are closed and
+    /// its takedown store is released (another tracker may open it). Open HTTP connections
+    /// are finished first (each lives at most [`HTTP_CONNECTION_LIFETIME`]). Cancel-safe.
+    pub async fn stopped(&self) {
+        self.inner.tasks.wait().await;
+    }
 }
 
 /// Binds `addr`'s IP and port with a plain socket and closes it at once, so a port in use
@@ -562,6 +654,9 @@ struct Service {
     swarm: Swarm<Behaviour>,
     table: PeerTable<PeerId>,
     seed_node_allow: HashSet<PeerId>,
+    operators: HashSet<PeerId>,
+    takedowns: TakedownStore,
+    /// Scrapes and takedown-list requests: one bucket per peer for both.
     scrapes: RateLimiter<PeerId>,
     /// Open connections and the IP each comes from (bounded by the connection limits).
     conns: HashMap<ConnectionId, Option<IpAddr>>,
@@ -721,6 +816,17 @@ impl Service {
                 };
                 Response::Scrape(answer)
             }
+            Request::Takedown(req) => {
+                self.counters.takedown_requests += 1;
+                self.takedown(peer, &req)
+            }
+            Request::TakedownList(req) => {
+                self.counters.takedown_list_requests += 1;
+                let Some(page) = self.takedown_list(now, peer, req) else {
+                    return; // rate limited: no answer
+                };
+                page
+            }
         };
         // The encoder panics on an invalid message; the table only builds valid ones, but a
         // bug there must not take the connection task down.
@@ -747,6 +853,13 @@ impl Service {
         conn: ConnectionId,
         mut req: AnnounceRequest,
     ) -> AnnounceResponse {
+        if self.takedowns.is_taken_down(&req.blob) {
+            self.counters.refused_taken_down += 1;
+            debug!(peer = %peer, blob = %req.blob, "announce of a taken-down blob refused");
+            return AnnounceResponse::Refused {
+                reason: RefusalReason::TakenDown,
+            };
+        }
         let observed = self.conns.get(&conn).copied().flatten();
         let (kept, dropped) = checks::filter_addrs(&req.addrs, &peer, observed);
         if !dropped.is_empty() {
@@ -794,9 +907,64 @@ impl Service {
         let swarms = req
             .blobs
             .iter()
-            .map(|&blob| self.table.scrape(now, blob))
+            .map(|&blob| {
+                if self.takedowns.is_taken_down(&blob) {
+                    SwarmStats::empty(blob)
+                } else {
+                    self.table.scrape(now, blob)
+                }
+            })
             .collect();
         debug!(peer = %peer, blobs = req.blobs.len(), "scrape");
         Some(ScrapeResponse { swarms })
+    }
+
+    /// An operator's takedown: recorded durably before the answer; the swarm leaves the
+    /// table. Anyone else is denied. The write (one fsync) blocks the loop for a moment; only
+    /// operators can cause one.
+    fn takedown(&mut self, peer: PeerId, req: &TakedownRequest) -> Response {
+        if !self.operators.contains(&peer) {
+            self.counters.takedowns_denied += 1;
+            debug!(peer = %peer, blob = %req.blob, "takedown from a peer that is not an operator; denied");
+            return Response::Denied(DenyReason::NotOperator);
+        }
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        match self.takedowns.take_down(now, &peer, req.blob, &req.reason) {
+            Ok(recorded) => {
+                if recorded.new {
+                    let removed = self.table.remove_swarm(req.blob);
+                    self.counters.takedowns += 1;
+                    self.counters.taken_down_blobs = self.takedowns.len() as u64;
+                    info!(operator = %peer, blob = %req.blob, seq = recorded.seq, removed, "blob taken down");
+                } else {
+                    info!(operator = %peer, blob = %req.blob, seq = recorded.seq, "blob was already taken down; recorded again");
+                }
+                Response::TakedownDone { seq: recorded.seq }
+            }
+            Err(e) => {
+                self.counters.takedown_store_errors += 1;
+                error!(operator = %peer, blob = %req.blob, error = %e, "cannot record a takedown; answered unavailable");
+                Response::Denied(DenyReason::Unavailable)
+            }
+        }
+    }
+
+    /// A page of the public takedown list, or `None` if the peer is over its rate limit.
+    fn takedown_list(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        req: TakedownListRequest,
+    ) -> Option<Response> {
+        if !self.scrapes.allow(now, peer) {
+            self.counters.takedown_lists_rate_limited += 1;
+            debug!(peer = %peer, "takedown-list request rate limited; dropped");
+            return None;
+        }
+        let page = self.takedowns.list(req.since, MAX_TAKEDOWN_ENTRIES);
+        debug!(peer = %peer, since = req.since, entries = page.entries.len(), more = page.more, "takedown list");
+        Some(Response::TakedownList(page))
     }
 }

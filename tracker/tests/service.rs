@@ -1,6 +1,7 @@
 //! The tracker service over real libp2p on 127.0.0.1: bare client swarms (request-response
-//! outbound with the node's codec, plus raw streams for malformed input) announce to and
-//! scrape a started `Tracker`, and the HTTP endpoints are read with a hand-written GET.
+//! outbound with the node's codec, plus raw streams for malformed input) announce to,
+//! scrape and take down blobs at a started `Tracker`, and the HTTP endpoints are read with a
+//! hand-written GET.
 //! Every wait has a timeout; waits on the tracker's state watch its stats snapshots.
 
 // Helpers outside #[test] fns: a panic there is a test failure, which is what we want.
@@ -19,11 +20,12 @@ use shoal_node::tracker_codec::{self, TrackerCodec};
 use shoal_protocol::{
     BlobId,
     tracker::{
-        AnnounceRequest, AnnounceResponse, Event, MAX_REQUEST_LEN, RefusalReason, Request,
-        Response, Role, ScrapeRequest, SwarmStats,
+        AnnounceRequest, AnnounceResponse, DenyReason, Event, MAX_REQUEST_LEN,
+        MAX_TAKEDOWN_ENTRIES, RefusalReason, Request, Response, Role, ScrapeRequest, SwarmStats,
+        TakedownListRequest, TakedownRequest,
     },
 };
-use shoal_tracker::{ServiceConfig, StartError, Stats, Tracker, table};
+use shoal_tracker::{ServiceConfig, StartError, Stats, Tracker, table, takedowns::StoreError};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio_util::sync::CancellationToken;
 
@@ -662,4 +664,269 @@ async fn taken_ports_are_start_errors() {
         }
         other => panic!("expected a listen error, got {other:?}"),
     }
+}
+
+impl Client {
+    async fn takedown(&mut self, tracker: PeerId, blob: BlobId, reason: &str) -> Response {
+        let req = Request::Takedown(TakedownRequest {
+            blob,
+            reason: reason.into(),
+        });
+        self.request(tracker, req).await.expect("a takedown answer")
+    }
+
+    async fn list(
+        &mut self,
+        tracker: PeerId,
+        since: u64,
+    ) -> Result<(Vec<(u64, BlobId)>, bool), String> {
+        match self
+            .request(
+                tracker,
+                Request::TakedownList(TakedownListRequest { since }),
+            )
+            .await?
+        {
+            Response::TakedownList(l) => {
+                Ok((l.entries.iter().map(|e| (e.seq, e.blob)).collect(), l.more))
+            }
+            other => panic!("expected a takedown list, got {other:?}"),
+        }
+    }
+
+    async fn scrape_one(&mut self, tracker: PeerId, blob: BlobId) -> SwarmStats {
+        match self
+            .request(
+                tracker,
+                Request::Scrape(ScrapeRequest { blobs: vec![blob] }),
+            )
+            .await
+        {
+            Ok(Response::Scrape(r)) => r.swarms[0],
+            other => panic!("expected a scrape answer, got {other:?}"),
+        }
+    }
+}
+
+/// Issue 4: an operator takes a blob down; a non-operator cannot; the swarm's entries go,
+/// announces are refused as taken down and scrapes count zero; the list is public; the
+/// takedown and its audit trail survive a restart; a second tracker cannot open the store.
+#[tokio::test]
+async fn operator_takedowns_stop_a_swarm_and_persist_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("takedowns.redb");
+    let mut op = Client::new();
+    let mut seeder = Client::new();
+    let mut other = Client::new();
+    let operator = op.peer_id();
+    let config = || {
+        ServiceConfig::loopback()
+            .with_operators([operator])
+            .with_takedown_store(Some(store.clone()))
+    };
+    let t = start(config());
+    let tcp = tracker_addr(&t.tracker, "tcp").await;
+    let tracker = seeder.connect(&tcp).await;
+    op.connect(&tcp).await;
+    other.connect(&tcp).await;
+    let addrs = vec![addr_bytes("/ip4/127.0.0.1/tcp/4001")];
+    for b in [blob(1), blob(2)] {
+        seeder
+            .announce(tracker, announce(b, Role::Seeder, 10, addrs.clone()))
+            .await;
+    }
+    let listed = other
+        .announce(tracker, announce(blob(1), Role::Leecher, 0, vec![]))
+        .await;
+    assert_eq!(peers_of(&listed).0.len(), 1);
+
+    // Not an operator: denied, nothing changes.
+    assert_eq!(
+        other.takedown(tracker, blob(1), "I do not like it").await,
+        Response::Denied(DenyReason::NotOperator)
+    );
+    assert_eq!(other.scrape_one(tracker, blob(1)).await.seeders, 1);
+
+    // The operator: done, the swarm is gone, scrapes count zero, announces are refused.
+    assert_eq!(
+        op.takedown(tracker, blob(1), "court order 17").await,
+        Response::TakedownDone { seq: 1 }
+    );
+    let s = wait_stats(&t.tracker, "takedown", |s| s.service.takedowns == 1).await;
+    assert_eq!(s.service.taken_down_blobs, 1);
+    assert_eq!(s.service.takedowns_denied, 1);
+    assert_eq!(s.table.swarms, 1, "only blob 2's swarm is left");
+    assert_eq!(
+        other.scrape_one(tracker, blob(1)).await,
+        SwarmStats::empty(blob(1))
+    );
+    assert_eq!(other.scrape_one(tracker, blob(2)).await.seeders, 1);
+    for (client, role, held) in [
+        (&mut seeder, Role::Seeder, 10),
+        (&mut other, Role::Leecher, 0),
+    ] {
+        assert_eq!(
+            client
+                .announce(tracker, announce(blob(1), role, held, vec![]))
+                .await,
+            AnnounceResponse::Refused {
+                reason: RefusalReason::TakenDown
+            }
+        );
+    }
+    // Again: the same seq, audited once more.
+    assert_eq!(
+        op.takedown(tracker, blob(1), "second notice").await,
+        Response::TakedownDone { seq: 1 }
+    );
+    assert_eq!(
+        other.list(tracker, 0).await.unwrap(),
+        (vec![(1, blob(1))], false)
+    );
+    assert_eq!(other.list(tracker, 1).await.unwrap(), (vec![], false));
+
+    // Counters, metrics and the audit trail over HTTP.
+    let s = wait_stats(&t.tracker, "refusals", |s| {
+        s.service.refused_taken_down == 2
+    })
+    .await;
+    assert_eq!(s.service.takedown_requests, 3);
+    assert_eq!(s.service.takedown_list_requests, 2);
+    let http = t.tracker.http_addr().unwrap();
+    let (_, _, metrics) = http_get(http, "/metrics").await;
+    for line in [
+        "shoal_tracker_announce_refusals_total{reason=\"taken_down\"} 2",
+        "shoal_tracker_takedowns_total 1",
+        "shoal_tracker_taken_down_blobs 1",
+        "shoal_tracker_takedowns_denied_total 1",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "missing {line:?} in:\n{metrics}"
+        );
+    }
+    let (status, _, body) = http_get(http, "/takedowns").await;
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["more"], false, "{v}");
+    let entries = v["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 2, "{v}");
+    assert_eq!(entries[0]["seq"], 1);
+    assert_eq!(entries[0]["action"], "takedown");
+    assert_eq!(entries[0]["reason"], "court order 17");
+    assert_eq!(entries[0]["operator"], op.peer_id().to_string());
+    assert_eq!(entries[0]["blob"], blob(1).to_string());
+    assert_eq!(entries[1]["action"], "takedown_repeated");
+    let (status, _, body) = http_get(http, "/takedowns?since=1").await;
+    assert_eq!(status, 200);
+    assert!(
+        body.contains("second notice") && !body.contains("court order"),
+        "{body}"
+    );
+    assert_eq!(http_get(http, "/takedowns?since=x").await.0, 400);
+
+    // A second tracker cannot open the store while this one runs.
+    let err = Tracker::start(
+        config(),
+        libp2p::identity::Keypair::generate_ed25519(),
+        CancellationToken::new(),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&err, StartError::Takedowns(StoreError::Locked { .. })),
+        "{err:?}"
+    );
+    assert!(
+        std::error::Error::source(&err)
+            .unwrap()
+            .to_string()
+            .contains(&store.display().to_string()),
+        "{err}"
+    );
+
+    // Restart on the same file: still taken down, the audit goes on.
+    t.tracker.shutdown();
+    within("tracker stops", t.tracker.stopped()).await;
+    drop(t);
+    let t = start(config());
+    let tcp = tracker_addr(&t.tracker, "tcp").await;
+    let mut op = op;
+    let mut late = Client::new();
+    let tracker = late.connect(&tcp).await;
+    op.connect(&tcp).await;
+    assert_eq!(t.tracker.stats().service.taken_down_blobs, 1);
+    assert_eq!(
+        late.announce(tracker, announce(blob(1), Role::Seeder, 10, vec![]))
+            .await,
+        AnnounceResponse::Refused {
+            reason: RefusalReason::TakenDown
+        }
+    );
+    assert_eq!(
+        late.list(tracker, 0).await.unwrap(),
+        (vec![(1, blob(1))], false)
+    );
+    assert_eq!(
+        op.takedown(tracker, blob(2), "third").await,
+        Response::TakedownDone { seq: 3 }
+    );
+    assert_eq!(
+        late.list(tracker, 0).await.unwrap(),
+        (vec![(1, blob(1)), (3, blob(2))], false)
+    );
+    let (_, _, body) = http_get(t.tracker.http_addr().unwrap(), "/takedowns").await;
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["entries"].as_array().unwrap().len(), 3, "{v}");
+}
+
+/// The public list comes in pages of at most MAX_TAKEDOWN_ENTRIES with `more`, and shares
+/// the scrape rate limit.
+#[tokio::test]
+async fn the_takedown_list_is_paged_and_rate_limited() {
+    let mut op = Client::new();
+    let t = start(
+        ServiceConfig::loopback()
+            .with_operators([op.peer_id()])
+            .with_scrape_limit(4, Duration::from_secs(3600)),
+    );
+    let tcp = tracker_addr(&t.tracker, "tcp").await;
+    let tracker = op.connect(&tcp).await;
+    let n = MAX_TAKEDOWN_ENTRIES + 3;
+    let blobs: Vec<BlobId> = (0..n)
+        .map(|i| {
+            let mut b = [0u8; 32];
+            b[..8].copy_from_slice(&(i as u64).to_le_bytes());
+            BlobId::from_bytes(b)
+        })
+        .collect();
+    // Takedowns are not rate limited (operators only).
+    for (i, b) in blobs.iter().enumerate() {
+        assert_eq!(
+            op.takedown(tracker, *b, "bulk").await,
+            Response::TakedownDone { seq: i as u64 + 1 }
+        );
+    }
+    let mut reader = Client::new();
+    reader.connect(&tcp).await;
+    let (first, more) = reader.list(tracker, 0).await.unwrap();
+    assert!(more);
+    assert_eq!(first.len(), MAX_TAKEDOWN_ENTRIES);
+    let last = first.last().unwrap().0;
+    let (rest, more) = reader.list(tracker, last).await.unwrap();
+    assert!(!more);
+    assert_eq!(rest.len(), 3);
+    let all: Vec<BlobId> = first.iter().chain(&rest).map(|e| e.1).collect();
+    assert_eq!(all, blobs);
+    assert_eq!(
+        reader.list(tracker, u64::MAX).await.unwrap(),
+        (vec![], false)
+    );
+    // One scrape, then the fifth request of the burst of 4 is dropped.
+    let _ = reader.scrape_one(tracker, blobs[0]).await;
+    assert!(reader.list(tracker, 0).await.is_err());
+    let s = wait_stats(&t.tracker, "rate limit", |s| {
+        s.service.takedown_lists_rate_limited == 1
+    })
+    .await;
+    assert_eq!(s.service.takedown_list_requests, 4);
 }

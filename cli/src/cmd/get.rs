@@ -6,12 +6,12 @@ use anyhow::Context;
 use libp2p::Multiaddr;
 use shoal_node::{
     CancellationToken, Config, Node, Store,
-    fetch::{self, FetchOptions, Output, Progress},
+    fetch::{self, FetchError, FetchOptions, Output, Progress},
 };
 use shoal_protocol::{Link, format::SEGMENT_PLAINTEXT_LEN};
 use tokio::sync::watch;
 
-use crate::{cmd::DhtArgs, ui};
+use crate::{cmd::DhtArgs, exit, ui};
 
 /// Fetch a link's file.
 #[derive(clap::Args, Debug)]
@@ -107,7 +107,12 @@ pub(crate) fn run(args: &Args, data_dir: Option<PathBuf>) -> anyhow::Result<Exit
             Ok(done) => done,
             Err(e) => {
                 stop.cancel();
-                return Err(e.into());
+                let e = anyhow::Error::from(e);
+                if args.json {
+                    // Scripts get the failure on stdout too; the message goes to stderr.
+                    ui::print_line(&error_json(&e).to_string())?;
+                }
+                return Err(e);
             }
         };
         let len = done.metadata.file_len;
@@ -153,6 +158,34 @@ pub(crate) fn run(args: &Args, data_dir: Option<PathBuf>) -> anyhow::Result<Exit
         stop.cancel();
         anyhow::Ok(ExitCode::SUCCESS)
     })
+}
+
+/// `{"error": KIND, "message": TEXT, "exit_code": N}` for `--json`, plus `blob_id` and
+/// `tracker` when the file was taken down.
+fn error_json(e: &anyhow::Error) -> serde_json::Value {
+    let kind = match e.downcast_ref::<FetchError>() {
+        Some(FetchError::NoPeersGiven) => "no_peers_given",
+        Some(FetchError::Unreachable { .. }) => "unreachable",
+        Some(FetchError::Exhausted { .. }) => "exhausted",
+        Some(FetchError::WrongKey { .. }) => "wrong_key",
+        Some(FetchError::BadBlob { .. }) => "bad_blob",
+        Some(FetchError::Undecryptable { .. }) => "undecryptable",
+        Some(FetchError::TakenDown { .. }) => "taken_down",
+        Some(FetchError::InUse(_)) => "in_use",
+        Some(FetchError::OutputExists(_)) => "output_exists",
+        Some(FetchError::Disk { .. }) => "disk",
+        _ => "other",
+    };
+    let mut v = serde_json::json!({
+        "error": kind,
+        "message": e.to_string(),
+        "exit_code": exit::code_of(e),
+    });
+    if let Some(FetchError::TakenDown { id, tracker }) = e.downcast_ref::<FetchError>() {
+        v["blob_id"] = id.to_string().into();
+        v["tracker"] = tracker.to_string().into();
+    }
+    v
 }
 
 async fn show_progress(mut rx: watch::Receiver<Progress>, quiet: bool) {

@@ -9,6 +9,7 @@ pub(crate) mod push;
 pub(crate) mod seed;
 pub(crate) mod seed_node;
 pub(crate) mod share;
+pub(crate) mod takedown;
 pub(crate) mod tracker;
 
 use futures::StreamExt;

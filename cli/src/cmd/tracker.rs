@@ -11,7 +11,7 @@ use std::{
 
 use libp2p::{Multiaddr, PeerId};
 use shoal_node::{CancellationToken, identity};
-use shoal_tracker::{ServiceConfig, StartError, Tracker};
+use shoal_tracker::{ServiceConfig, StartError, Tracker, takedowns::StoreError};
 
 use crate::{cmd::peer_hints, exit, ui};
 
@@ -27,13 +27,20 @@ link's tr= hint. With --json, every line is a JSON object (the address first, th
 every 5 s). Status goes to stderr. The identity is kept in DATA_DIR/tracker.key, so the
 address stays the same across restarts.
 
+Takedowns: peers given with --operator may take blobs down (`shoal takedown`); the tracker
+then refuses to coordinate them. The list and its audit trail are kept in
+DATA_DIR/takedowns.redb (--takedowns PATH); GET /takedowns on the HTTP address shows the
+audit trail.
+
 Examples:
   shoal tracker                                  QUIC and TCP on port 7000, stats on 127.0.0.1:7001
   shoal tracker --listen /ip4/0.0.0.0/tcp/7100 --http off
   shoal tracker --allow-seed-node 12D3KooW…       accept that peer's seed-node announces
+  shoal tracker --operator 12D3KooW…              accept that peer's takedowns
   addr=$(shoal tracker --json | head -1 | jq -r .addr)
   curl -s http://127.0.0.1:7001/stats            gauges and counters as JSON
-  curl -s http://127.0.0.1:7001/metrics          the same for Prometheus";
+  curl -s http://127.0.0.1:7001/metrics          the same for Prometheus
+  curl -s http://127.0.0.1:7001/takedowns        the takedown audit trail (JSON)";
 
 /// Run a tracker.
 #[derive(clap::Args, Debug)]
@@ -50,6 +57,14 @@ pub(crate) struct Args {
     /// repeatable. Others claiming the role are listed as seeders or leechers.
     #[arg(long = "allow-seed-node", value_name = "PEER_ID")]
     allow_seed_node: Vec<PeerId>,
+    /// A peer id allowed to take blobs down (`shoal takedown` prints the peer id of the
+    /// machine it runs on); repeatable. Without it nobody can.
+    #[arg(long = "operator", value_name = "PEER_ID")]
+    operators: Vec<PeerId>,
+    /// The takedown list and its audit trail (a redb file, created if missing)
+    /// [default: DATA_DIR/takedowns.redb].
+    #[arg(long, value_name = "PATH")]
+    takedowns: Option<PathBuf>,
     /// Machine-readable output: one JSON object per line on stdout (the address first).
     #[arg(long)]
     json: bool,
@@ -71,9 +86,15 @@ fn parse_http(s: &str) -> Result<HttpAddr, String> {
 pub(crate) fn run(args: &Args, data_dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let data_dir = ui::data_dir(data_dir)?;
     let keypair = identity::load_or_create_file(&data_dir, IDENTITY_FILE)?;
+    let takedowns = args
+        .takedowns
+        .clone()
+        .unwrap_or_else(|| shoal_tracker::takedowns::default_path(&data_dir));
     let mut config = ServiceConfig::default()
         .with_http(args.http.0)
-        .with_seed_node_allow(args.allow_seed_node.clone());
+        .with_seed_node_allow(args.allow_seed_node.clone())
+        .with_operators(args.operators.iter().copied())
+        .with_takedown_store(Some(takedowns));
     if !args.listen.is_empty() {
         config = config.with_listen(args.listen.clone());
     }
@@ -147,6 +168,18 @@ fn start_error(e: StartError) -> anyhow::Error {
         }
         (StartError::Listen { .. }, _) => "; check the --listen addresses",
         (StartError::Http { .. }, _) => "; choose another with --http ADDR, or --http off",
+        (StartError::Takedowns(StoreError::Locked { .. }), _) => {
+            "; stop the other tracker, or give this one its own file with --takedowns PATH"
+        }
+        (StartError::Takedowns(StoreError::Corrupt { .. }), _) => {
+            "; restore it from a backup, or move it away to start with an empty takedown list (its audit trail is then lost)"
+        }
+        (StartError::Takedowns(StoreError::Format { .. }), _) => {
+            "; run the shoal version that wrote it, or move it away to start with an empty takedown list"
+        }
+        (StartError::Takedowns(_), _) => {
+            "; check the path and its permissions, or choose another with --takedowns PATH"
+        }
         _ => "",
     };
     message.push_str(hint);

@@ -1,7 +1,10 @@
-//! The HTTP endpoints: `GET /stats` (JSON) and `GET /metrics` (Prometheus text format).
+//! The HTTP endpoints: `GET /stats` (JSON), `GET /metrics` (Prometheus text format) and
+//! `GET /takedowns` (the takedown audit trail, JSON).
 //!
-//! Both read the latest [`Stats`] snapshot the event loop publishes; neither touches the
-//! swarm or the table. The listener is bounded: at most [`MAX_HTTP_CONNECTIONS`] at once
+//! `/stats` and `/metrics` read the latest [`Stats`] snapshot the event loop publishes;
+//! `/takedowns` reads the takedown store from a redb snapshot. None touches the swarm or the
+//! table. The audit names operators and reasons: it is for the operator, which is why the
+//! endpoint listens on loopback by default. The listener is bounded: at most [`MAX_HTTP_CONNECTIONS`] at once
 //! (more are closed at accept), each for at most [`HTTP_CONNECTION_LIFETIME`] (a
 //! Prometheus scraper reconnects), so a slow or idle client cannot pile up tasks. Meant for
 //! a monitoring network or loopback, not the open internet.
@@ -19,7 +22,7 @@ use std::{
 use axum::{
     Json, Router,
     extract::State,
-    http::{StatusCode, header},
+    http::{StatusCode, Uri, header},
     response::IntoResponse,
     routing::get,
 };
@@ -29,10 +32,11 @@ use tokio::{
     sync::{OwnedSemaphorePermit, Semaphore, watch},
     time::Sleep,
 };
-use tokio_util::sync::CancellationToken;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{debug, warn};
 
 use super::Stats;
+use crate::takedowns::{AuditEntry, AuditReader, MAX_AUDIT_PAGE};
 
 /// Concurrent HTTP connections; more are closed as they are accepted.
 pub const MAX_HTTP_CONNECTIONS: usize = 32;
@@ -54,17 +58,20 @@ pub(crate) fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
 pub(crate) fn spawn(
     listener: TcpListener,
     stats: watch::Receiver<Stats>,
+    audit: AuditReader,
     shutdown: CancellationToken,
+    tasks: &TaskTracker,
 ) {
     let router = Router::new()
         .route("/stats", get(stats_json))
         .route("/metrics", get(metrics))
-        .with_state(stats);
+        .with_state(stats)
+        .route("/takedowns", get(takedowns).with_state(audit));
     let listener = Bounded {
         inner: listener,
         permits: Arc::new(Semaphore::new(MAX_HTTP_CONNECTIONS)),
     };
-    tokio::spawn(async move {
+    tasks.spawn(async move {
         let serve =
             axum::serve(listener, router).with_graceful_shutdown(shutdown.cancelled_owned());
         if let Err(e) = serve.await {
@@ -93,6 +100,50 @@ pub fn serve_bounded(listener: TcpListener, router: Router, shutdown: Cancellati
 
 async fn stats_json(State(stats): State<watch::Receiver<Stats>>) -> Json<Stats> {
     Json(stats.borrow().clone())
+}
+
+/// `GET /takedowns[?since=SEQ]`: audit entries after `since` (default 0), oldest first, at
+/// most [`MAX_AUDIT_PAGE`]; `more` says whether to ask again from the last `seq`.
+async fn takedowns(State(audit): State<AuditReader>, uri: Uri) -> axum::response::Response {
+    let Some(since) = query_u64(uri.query(), "since") else {
+        return (
+            StatusCode::BAD_REQUEST,
+            "since must be a sequence number: /takedowns?since=SEQ\n",
+        )
+            .into_response();
+    };
+    match audit.page(since, MAX_AUDIT_PAGE) {
+        Ok((entries, more)) => Json(AuditPage { entries, more }).into_response(),
+        Err(e) => {
+            warn!(error = %e, "cannot read the takedown audit trail");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "cannot read the takedown store; see the tracker's log\n",
+            )
+                .into_response()
+        }
+    }
+}
+
+#[derive(serde::Serialize)]
+struct AuditPage {
+    entries: Vec<AuditEntry>,
+    more: bool,
+}
+
+/// The value of `key` in a query string as a `u64`: `Some(0)` when absent, `None` when it
+/// does not parse.
+fn query_u64(query: Option<&str>, key: &str) -> Option<u64> {
+    let Some(query) = query else {
+        return Some(0);
+    };
+    for pair in query.split('&') {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        if k == key {
+            return v.parse().ok();
+        }
+    }
+    Some(0)
 }
 
 async fn metrics(State(stats): State<watch::Receiver<Stats>>) -> impl IntoResponse {
@@ -185,6 +236,7 @@ pub(crate) fn render_metrics(s: &Stats) -> String {
             ("{reason=\"swarm_full\"}", t.refused_swarm_full),
             ("{reason=\"tracker_full\"}", t.refused_tracker_full),
             ("{reason=\"bad_request\"}", t.refused_bad_request),
+            ("{reason=\"taken_down\"}", v.refused_taken_down),
         ],
     );
     metric(
@@ -252,6 +304,48 @@ pub(crate) fn render_metrics(s: &Stats) -> String {
         "counter",
         "Inbound connections denied by the connection limits.",
         &one(v.connections_denied),
+    );
+    metric(
+        "taken_down_blobs",
+        "gauge",
+        "Blobs on the takedown list.",
+        &one(v.taken_down_blobs),
+    );
+    metric(
+        "takedown_requests_total",
+        "counter",
+        "Takedown requests received and decoded, from anyone.",
+        &one(v.takedown_requests),
+    );
+    metric(
+        "takedowns_total",
+        "counter",
+        "Blobs newly taken down by operators.",
+        &one(v.takedowns),
+    );
+    metric(
+        "takedowns_denied_total",
+        "counter",
+        "Takedown requests denied because the peer is not an operator.",
+        &one(v.takedowns_denied),
+    );
+    metric(
+        "takedown_store_errors_total",
+        "counter",
+        "Takedowns not recorded because the takedown store failed.",
+        &one(v.takedown_store_errors),
+    );
+    metric(
+        "takedown_list_requests_total",
+        "counter",
+        "Takedown-list requests received and decoded.",
+        &one(v.takedown_list_requests),
+    );
+    metric(
+        "takedown_lists_rate_limited_total",
+        "counter",
+        "Takedown-list requests dropped by the per-peer rate limit (shared with scrapes).",
+        &one(v.takedown_lists_rate_limited),
     );
     metric(
         "internal_errors_total",
@@ -361,6 +455,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn query_since() {
+        assert_eq!(query_u64(None, "since"), Some(0));
+        assert_eq!(query_u64(Some("since=42"), "since"), Some(42));
+        assert_eq!(query_u64(Some("x=1&since=7"), "since"), Some(7));
+        assert_eq!(query_u64(Some("x=1"), "since"), Some(0));
+        assert_eq!(query_u64(Some("since=-1"), "since"), None);
+        assert_eq!(query_u64(Some("since"), "since"), None);
+    }
+
+    #[test]
     fn metrics_have_help_type_and_prefix() {
         let mut s = Stats::default();
         s.table.entries = 3;
@@ -372,6 +476,7 @@ mod tests {
             text.contains("shoal_tracker_announce_refusals_total{reason=\"rate_limited\"} 2\n")
         );
         assert!(text.contains("shoal_tracker_decode_errors_total 1\n"));
+        assert!(text.contains("shoal_tracker_announce_refusals_total{reason=\"taken_down\"} 0\n"));
         let mut helped = std::collections::HashSet::new();
         for line in text.lines() {
             if let Some(rest) = line.strip_prefix("# HELP ") {

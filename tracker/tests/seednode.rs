@@ -1,0 +1,228 @@
+//! Seed nodes with a real tracker on 127.0.0.1: a frugal seed node feeding a swarm (about
+//! one copy of egress, everyone completes), and a takedown end to end (the seed node
+//! follows the tracker's list, deletes the ciphertext, and a `get` says why). Every wait
+//! has a timeout.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::{sync::Arc, time::Duration};
+
+use futures::future::join_all;
+use libp2p::{Multiaddr, identity::Keypair};
+use shoal_node::{
+    CancellationToken, Config, Node, Store,
+    fetch::{FetchError, FetchOptions, Output, Progress, fetch},
+    seednode::{Policy, SeedNode, SeedNodeConfig, push},
+    takedown, testing,
+};
+use shoal_protocol::Link;
+use shoal_tracker::{ServiceConfig, Tracker};
+use tokio::{sync::watch, time::timeout};
+
+const LIMIT: Duration = Duration::from_secs(90);
+
+async fn tracker_addr(tracker: &Tracker) -> Multiaddr {
+    let addrs = tracker.listen_addrs(Duration::from_secs(10)).await;
+    let tcp = addrs
+        .iter()
+        .find(|a| a.to_string().contains("/tcp/"))
+        .expect("the tracker listens on TCP");
+    format!("{tcp}/p2p/{}", tracker.peer_id()).parse().unwrap()
+}
+
+struct Setup {
+    tracker: Tracker,
+    tr: Multiaddr,
+    seed_node: Node,
+    seed: SeedNode,
+    link: Link,
+    data: Vec<u8>,
+    operator: Keypair,
+}
+
+/// A tracker (the seed node allowed, `operator` trusted), a seed node with `policy` and an
+/// upload cap of `seed_cap`, and a publisher that pushed a `len`-byte file and left.
+async fn setup(
+    dir: &std::path::Path,
+    len: usize,
+    policy: Policy,
+    seed_cap: u64,
+    stop: &CancellationToken,
+) -> Setup {
+    let seed_key = Keypair::generate_ed25519();
+    let operator = Keypair::generate_ed25519();
+    let tracker = Tracker::start(
+        ServiceConfig::loopback()
+            .with_seed_node_allow(vec![seed_key.public().to_peer_id()])
+            .with_operators([operator.public().to_peer_id()]),
+        Keypair::generate_ed25519(),
+        stop.clone(),
+    )
+    .unwrap();
+    let tr = tracker_addr(&tracker).await;
+    let seed_node = Node::start(
+        Config::loopback()
+            .with_dht(false)
+            .with_upload_limit(Some(seed_cap)),
+        seed_key,
+        Arc::new(Store::in_memory()),
+        stop.clone(),
+    )
+    .unwrap();
+    testing::addr(&seed_node, "tcp").await;
+    let f = testing::shared_file(dir, len, 3);
+    let publisher = testing::node(
+        Config::loopback().with_dht(false),
+        f.store.clone(),
+        &stop.child_token(),
+    );
+    let mut config = SeedNodeConfig::new(dir.join("seed-store"), 1 << 30);
+    config.allow.insert(publisher.peer_id());
+    config.policy = policy;
+    config.trackers = vec![tr.clone()];
+    config.takedown_poll = Some(Duration::from_secs(1));
+    let seed = SeedNode::start(&seed_node, config).unwrap();
+    publisher
+        .dial(
+            testing::addr(&seed_node, "tcp").await,
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    let source = f.store.get(&f.shared.link.id).unwrap();
+    timeout(
+        LIMIT,
+        push(&publisher, seed_node.peer_id(), source, |_, _| {}),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    publisher.shutdown();
+    // The seed node is in the swarm before the downloaders arrive.
+    let mut stats = tracker.subscribe_stats();
+    timeout(LIMIT, stats.wait_for(|s| s.table.seed_nodes >= 1))
+        .await
+        .expect("the seed node announces")
+        .unwrap();
+    let mut link = f.shared.link;
+    link.peers.clear();
+    link.trackers = vec![tr.to_string()];
+    Setup {
+        tracker,
+        tr,
+        seed_node,
+        seed,
+        link,
+        data: f.data,
+        operator,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frugal_seed_node_sends_about_one_copy_and_everyone_completes() {
+    let dir = tempfile::tempdir().unwrap();
+    let stop = CancellationToken::new();
+    let s = setup(dir.path(), 4 << 20, Policy::Frugal, 2 << 20, &stop).await;
+    const PEERS: usize = 4;
+    let peers: Vec<Node> = (0..PEERS)
+        .map(|_| {
+            let config = Config::loopback()
+                .with_dht(false)
+                .with_upload_limit(Some(1 << 20));
+            testing::node(config, Arc::new(Store::in_memory()), &stop)
+        })
+        .collect();
+    let fetches = peers.iter().enumerate().map(|(i, node)| {
+        let out = dir.path().join(format!("peer{i}"));
+        std::fs::create_dir(&out).unwrap();
+        let link = s.link.clone();
+        async move {
+            let (tx, _rx) = watch::channel(Progress::default());
+            let done = fetch(node, &link, FetchOptions::new(Output::Dir(out)), tx)
+                .await
+                .unwrap();
+            std::fs::read(done.path).unwrap()
+        }
+    });
+    let files = timeout(LIMIT, join_all(fetches))
+        .await
+        .expect("all complete");
+    for f in &files {
+        assert!(f == &s.data, "a peer's copy differs");
+    }
+    let stats = s.seed.stats();
+    let blob = &stats.blobs[0];
+    let frugal = blob.frugal.expect("frugal decisions are counted");
+    assert!(
+        blob.egress_copies < 1.3,
+        "a frugal seed node sent {:.2} copies to {PEERS} peers: {frugal:?}",
+        blob.egress_copies
+    );
+    assert!(
+        frugal.revealed > 0 && frugal.distinct_sent > 0,
+        "{frugal:?}"
+    );
+    eprintln!(
+        "frugal seed node: {:.2} copies, {frugal:?}",
+        blob.egress_copies
+    );
+    drop(s.tracker);
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_takedown_no_seed_node_serves_the_blob_and_get_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let stop = CancellationToken::new();
+    let s = setup(dir.path(), 1 << 20, Policy::Fast, 50 << 20, &stop).await;
+    assert!(s.seed.has(&s.link.id));
+    // The operator's node, with the identity the tracker trusts.
+    let operator = Node::start(
+        Config::loopback().with_dht(false),
+        s.operator.clone(),
+        Arc::new(Store::in_memory()),
+        stop.child_token(),
+    )
+    .unwrap();
+    takedown::submit(&operator, &s.tr, s.link.id, "test: reported content")
+        .await
+        .unwrap();
+    // The seed node hears it at its next poll (every second here) and deletes the blob.
+    timeout(LIMIT, async {
+        while s.seed.has(&s.link.id) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the seed node follows the takedown list");
+    assert!(s.seed_node.store().get(&s.link.id).is_none());
+    let blobs = dir.path().join("seed-store").join("blobs");
+    assert_eq!(
+        std::fs::read_dir(&blobs).unwrap().count(),
+        0,
+        "ciphertext deleted"
+    );
+    assert_eq!(s.seed.stats().takedowns, 1);
+
+    // A downloader with the link (naming the tracker, and the seed node directly) is told.
+    let mut link = s.link.clone();
+    link.peers = vec![testing::addr(&s.seed_node, "tcp").await.to_string()];
+    let getter = testing::node(
+        Config::loopback().with_dht(false),
+        Arc::new(Store::in_memory()),
+        &stop,
+    );
+    let out = dir.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    let (tx, _rx) = watch::channel(Progress::default());
+    let err = timeout(
+        LIMIT,
+        fetch(&getter, &link, FetchOptions::new(Output::Dir(out)), tx),
+    )
+    .await
+    .expect("the fetch ends")
+    .unwrap_err();
+    assert!(matches!(err, FetchError::TakenDown { .. }), "{err:?}");
+    assert!(err.to_string().contains("taken down"), "{err}");
+    stop.cancel();
+}
