@@ -11,6 +11,7 @@ use shoal_protocol::{
     blob::{BlobId, BlockRange, Need, PARENT_LEN, RangeDecoder},
     format::{HEADER_LEN, Header, Opener, SegmentCipher},
     have::{BlockSet, HaveMsg, SUBSCRIBE_LEN, Subscribe},
+    push::{OFFER_LEN, Offer, Reply},
     tracker::{Request, Response},
     wire::{BlobRequest, ResponseHeader},
 };
@@ -28,6 +29,7 @@ pub const TARGETS: &[(&str, Body)] = &[
     ("tracker_request", tracker_request),
     ("tracker_response", tracker_response),
     ("have_msg", have_msg),
+    ("push_msg", push_msg),
 ];
 
 /// Share links: accepted links print back to the same link.
@@ -183,5 +185,33 @@ pub fn have_msg(data: &[u8]) {
             let blocks: u32 = ranges.iter().map(|r| r.len()).sum();
             assert_eq!(set.len(), blocks, "ranges overlap or exceed the blob");
         }
+    }
+}
+
+/// `/shoal/push/1`: offers as a seed node reads them, and replies as a publisher reads them
+/// (first byte, then as many as `frame_len` says, for a blob whose block count is the first
+/// input byte times 64). Accepted messages re-encode to the same bytes.
+pub fn push_msg(data: &[u8]) {
+    if let Some(offer) = data.get(..OFFER_LEN)
+        && let Ok(o) = Offer::decode(offer)
+    {
+        assert_eq!(&o.encode()[..], offer, "offer is not canonical");
+    }
+    let Some((&scale, rest)) = data.split_first() else {
+        return;
+    };
+    let blocks = u64::from(scale) * 64;
+    let Ok(mut len) = Reply::frame_len(rest) else {
+        return;
+    };
+    if rest.len() >= 3 {
+        // A reader that has the first 3 bytes knows the whole length.
+        len = Reply::frame_len(&rest[..3]).unwrap_or(len);
+    }
+    let Some(frame) = rest.get(..len) else {
+        return;
+    };
+    if let Ok(reply) = Reply::decode(frame, blocks) {
+        assert_eq!(reply.encode(), frame, "decode-encode is not the identity");
     }
 }

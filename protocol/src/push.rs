@@ -118,6 +118,9 @@ pub enum DecodePushError {
     /// Unknown refusal or failure reason.
     #[error("unknown push reason {0}")]
     UnknownReason(u8),
+    /// A reason that carries no value came with a non-zero value (messages are canonical).
+    #[error("push reason {0} carries no value, but the value is not zero")]
+    NonZeroValue(u8),
     /// Too many ranges.
     #[error("accept has {0} ranges; at most {MAX_WANT_RANGES} are allowed")]
     RangeCount(usize),
@@ -197,6 +200,9 @@ impl Refusal {
     }
 
     fn from_code(code: u8, value: u64) -> Result<Self, DecodePushError> {
+        if matches!(code, 1 | 3 | 5) && value != 0 {
+            return Err(DecodePushError::NonZeroValue(code));
+        }
         Ok(match code {
             1 => Self::NotAllowed,
             2 => Self::Quota { free: value },
@@ -220,6 +226,9 @@ impl Failure {
     }
 
     fn from_code(code: u8, value: u64) -> Result<Self, DecodePushError> {
+        if matches!(code, 2 | 3) && value != 0 {
+            return Err(DecodePushError::NonZeroValue(code));
+        }
         Ok(match code {
             1 => Self::Corrupt {
                 block: u32::try_from(value).map_err(|_| DecodePushError::UnknownReason(code))?,
@@ -475,6 +484,11 @@ mod tests {
         assert_eq!(
             Reply::decode(&[TAG_REFUSE, 9, 0, 0, 0, 0, 0, 0, 0, 0], 10),
             Err(DecodePushError::UnknownReason(9))
+        );
+        assert_eq!(
+            Reply::decode(&[TAG_REFUSE, 1, 0, 1, 0, 0, 0, 0, 0, 0], 10),
+            Err(DecodePushError::NonZeroValue(1)),
+            "found by fuzzing: a value on a reason without one is not canonical"
         );
         assert_eq!(
             Reply::decode(&[0x99], 10),
