@@ -4,59 +4,16 @@
 // Helpers outside #[test] fns: a panic there is a test failure, which is what we want.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::{
     io::{BufRead, BufReader},
-    path::{Path, PathBuf},
-    process::{Child, Command, Output, Stdio},
+    path::Path,
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
-const SHOAL: &str = env!("CARGO_BIN_EXE_shoal");
-const LIMIT: Duration = Duration::from_secs(60);
-
-fn shoal(dir: &Path) -> Command {
-    let mut c = Command::new(SHOAL);
-    c.current_dir(dir)
-        .env("SHOAL_DATA_DIR", dir.join("data"))
-        .env_remove("RUST_LOG")
-        .env_remove("SHOAL_BOOTSTRAP");
-    c
-}
-
-/// Runs a command to completion, reading its output as it comes (a full pipe would block
-/// it), and kills it if it outlives [`LIMIT`].
-fn run(cmd: &mut Command) -> Output {
-    let child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let (tx, rx) = std::sync::mpsc::sync_channel(1);
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(LIMIT) {
-        Ok(out) => out.unwrap(),
-        Err(_) => {
-            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-            panic!("command timed out: {cmd:?}");
-        }
-    }
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-/// Kills the child on drop, so a failing test leaves no process behind.
-struct Guard(Child);
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use common::{Guard, LIMIT, Log, SHOAL, run, shoal, start, text, walk, write_random};
 
 /// Starts `shoal share` and returns it with the link from its first stdout line. Its stderr
 /// is collected in the background (see [`Sharer::stderr`]).
@@ -65,49 +22,13 @@ fn share(dir: &Path, file: &str, extra: &[&str]) -> (Guard, String) {
     (g, link)
 }
 
-type Log = std::sync::Arc<std::sync::Mutex<Vec<u8>>>;
-
 fn share_logged(dir: &Path, file: &str, extra: &[&str]) -> (Guard, String, Log) {
-    let mut child = shoal(dir)
-        .args(["share", file, "--listen", "/ip4/127.0.0.1/tcp/0"])
-        .args(extra)
-        .env("RUST_LOG", "debug")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let log = Log::default();
-    let sink = log.clone();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 8192];
-        while let Ok(n @ 1..) = std::io::Read::read(&mut stderr, &mut buf) {
-            sink.lock().unwrap().extend_from_slice(&buf[..n]);
-        }
-    });
-    let (tx, rx) = std::sync::mpsc::sync_channel(1);
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = BufReader::new(stdout).read_line(&mut line);
-        let _ = tx.send(line);
-    });
-    let line = rx.recv_timeout(LIMIT).expect("share prints its link");
-    (Guard(child), line.trim().to_owned(), log)
-}
-
-fn write_random(path: &Path, len: usize) -> Vec<u8> {
-    let mut x = 0x2545_f491_4f6c_dd1d_u64 ^ len as u64;
-    let data: Vec<u8> = (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
-    std::fs::write(path, &data).unwrap();
-    data
+    start(
+        shoal(dir)
+            .args(["share", file, "--listen", "/ip4/127.0.0.1/tcp/0"])
+            .args(extra)
+            .env("RUST_LOG", "debug"),
+    )
 }
 
 fn state_blocks(state: &Path) -> u32 {
@@ -217,21 +138,6 @@ fn the_key_never_reaches_logs_or_inspect() {
             entry.display()
         );
     }
-}
-
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                out.extend(walk(&p));
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
 }
 
 #[test]

@@ -5,61 +5,32 @@
 // Helpers outside #[test] fns: a panic there is a test failure, which is what we want.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::{
-    io::{BufRead, BufReader},
     path::Path,
-    process::{Child, Command, Stdio},
-    time::Duration,
+    process::{Command, Stdio},
 };
 
+use common::{Guard, LIMIT, SHOAL, run, shoal, start, text};
+
 use libp2p::{Multiaddr, PeerId, multiaddr::Protocol};
-
-const SHOAL: &str = env!("CARGO_BIN_EXE_shoal");
-const LIMIT: Duration = Duration::from_secs(60);
-
-fn shoal(dir: &Path) -> Command {
-    let mut c = Command::new(SHOAL);
-    c.current_dir(dir)
-        .env("SHOAL_DATA_DIR", dir.join("data"))
-        .env_remove("RUST_LOG");
-    c
-}
-
-/// Kills the child on drop, so a failing test leaves no process behind.
-struct Guard(Child);
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// Starts `shoal tracker` on loopback with random ports and returns it with its first
 /// stdout line.
 fn start_tracker(dir: &Path, extra: &[&str]) -> (Guard, String) {
-    let mut child = shoal(dir)
-        .args([
-            "tracker",
-            "--listen",
-            "/ip4/127.0.0.1/tcp/0",
-            "--http",
-            "127.0.0.1:0",
-        ])
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let guard = Guard(child);
-    let (tx, rx) = std::sync::mpsc::sync_channel(1);
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = BufReader::new(stdout).read_line(&mut line);
-        let _ = tx.send(line);
-    });
-    let line = rx.recv_timeout(LIMIT).expect("tracker prints its address");
-    (guard, line.trim().to_owned())
+    let (guard, line, _) = start(
+        shoal(dir)
+            .args([
+                "tracker",
+                "--listen",
+                "/ip4/127.0.0.1/tcp/0",
+                "--http",
+                "127.0.0.1:0",
+            ])
+            .args(extra),
+    );
+    (guard, line)
 }
 
 /// The peer id an address ends with, checking it is `/ip4/127.0.0.1/tcp/<port>/p2p/<id>`.
@@ -150,31 +121,6 @@ fn tracker_help_has_examples() {
     }
 }
 
-/// Runs a command to completion with [`LIMIT`], reading its output as it comes.
-fn run(cmd: &mut Command) -> std::process::Output {
-    let child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let (tx, rx) = std::sync::mpsc::sync_channel(1);
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(LIMIT) {
-        Ok(out) => out.unwrap(),
-        Err(_) => {
-            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-            panic!("command timed out: {cmd:?}");
-        }
-    }
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
 /// The peer id of the node identity `shoal` keeps in `data/identity.key`.
 fn node_peer_id(data: &Path) -> PeerId {
     let bytes = std::fs::read(data.join("identity.key")).unwrap();
@@ -212,30 +158,15 @@ fn takedown_then_get_of_the_link_fails_with_exit_code_7() {
 
     // Share a file through the tracker; keep the sharer running.
     std::fs::write(root.join("f"), vec![7u8; 300_000]).unwrap();
-    let mut sharer = with_data("sharer")
-        .args([
-            "share",
-            "f",
-            "--listen",
-            "/ip4/127.0.0.1/tcp/0",
-            "--no-dht",
-            "--tracker",
-            &tr,
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = sharer.stdout.take().unwrap();
-    let _sharer = Guard(sharer);
-    let (tx, rx) = std::sync::mpsc::sync_channel(1);
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = BufReader::new(stdout).read_line(&mut line);
-        let _ = tx.send(line);
-    });
-    let link = rx.recv_timeout(LIMIT).expect("share prints its link");
-    let link = link.trim().to_owned();
+    let (_sharer, link, _) = start(with_data("sharer").args([
+        "share",
+        "f",
+        "--listen",
+        "/ip4/127.0.0.1/tcp/0",
+        "--no-dht",
+        "--tracker",
+        &tr,
+    ]));
     assert!(link.contains("tr=") && link.contains("peer="), "{link}");
     let blob_id = link
         .strip_prefix("shoal:")

@@ -5,6 +5,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
+use common::tracker_addr;
+
 use std::{sync::Arc, time::Duration};
 
 use futures::future::join_all;
@@ -20,15 +24,6 @@ use shoal_tracker::{ServiceConfig, Tracker};
 use tokio::{sync::watch, time::timeout};
 
 const LIMIT: Duration = Duration::from_secs(90);
-
-async fn tracker_addr(tracker: &Tracker) -> Multiaddr {
-    let addrs = tracker.listen_addrs(Duration::from_secs(10)).await;
-    let tcp = addrs
-        .iter()
-        .find(|a| a.to_string().contains("/tcp/"))
-        .expect("the tracker listens on TCP");
-    format!("{tcp}/p2p/{}", tracker.peer_id()).parse().unwrap()
-}
 
 struct Setup {
     tracker: Tracker,

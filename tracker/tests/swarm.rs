@@ -5,13 +5,17 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
+use common::tracker_addr;
+
 use std::{
     sync::{Arc, atomic::Ordering},
     time::Duration,
 };
 
 use futures::future::join_all;
-use libp2p::{Multiaddr, identity::Keypair};
+use libp2p::identity::Keypair;
 use shoal_node::{
     CancellationToken, Config, Node, Store,
     announce::{Announcer, Status},
@@ -24,15 +28,6 @@ use tokio::{sync::watch, time::timeout};
 
 const LIMIT: Duration = Duration::from_secs(90);
 const LEECHERS: usize = 6;
-
-async fn tracker_addr(tracker: &Tracker) -> Multiaddr {
-    let addrs = tracker.listen_addrs(Duration::from_secs(10)).await;
-    let tcp = addrs
-        .iter()
-        .find(|a| a.to_string().contains("/tcp/"))
-        .expect("the tracker listens on TCP");
-    format!("{tcp}/p2p/{}", tracker.peer_id()).parse().unwrap()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leechers_find_each_other_through_the_tracker_and_finish_after_it_dies() {

@@ -5,6 +5,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
+use common::tracker_addr;
+
 use std::time::{Duration, Instant};
 
 use libp2p::{Multiaddr, identity::Keypair};
@@ -25,15 +29,6 @@ fn init_logging() {
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
         .try_init();
-}
-
-async fn tracker_addr(tracker: &Tracker) -> Multiaddr {
-    let addrs = tracker.listen_addrs(Duration::from_secs(10)).await;
-    let tcp = addrs
-        .iter()
-        .find(|a| a.to_string().contains("/tcp/"))
-        .expect("the tracker listens on TCP");
-    format!("{tcp}/p2p/{}", tracker.peer_id()).parse().unwrap()
 }
 
 /// A node that only dials out (as `shoal takedown` runs one).
