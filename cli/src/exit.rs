@@ -7,6 +7,8 @@ use shoal_protocol::link::LinkError;
 
 /// Anything else.
 pub(crate) const OTHER: u8 = 1;
+/// Flags that do not make sense (clap uses the same code for its own usage errors).
+pub(crate) const USAGE: u8 = 2;
 /// The link is malformed.
 pub(crate) const BAD_LINK: u8 = 3;
 /// No peer could deliver the blob.
