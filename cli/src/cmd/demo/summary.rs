@@ -141,10 +141,12 @@ impl Report {
         let all_done = self.all_done();
         let mut s = String::new();
         if self.verified {
-            let _ = writeln!(
-                s,
-                "Done in {all_done:.1} s: all {n} peers hold the file, every copy byte-identical to the original."
-            );
+            let who = if n == 1 {
+                "the peer holds the file, byte-identical to the original".to_owned()
+            } else {
+                format!("all {n} peers hold the file, every copy byte-identical to the original")
+            };
+            let _ = writeln!(s, "Done in {all_done:.1} s: {who}.");
         } else {
             let _ = writeln!(
                 s,
@@ -170,6 +172,13 @@ impl Report {
                     "  T_min = {t:.1} s: no system can finish sooner (Kumar–Ross: max(F/u_s, N·F/(u_s + Σu_i))); the last peer took {:.2}×",
                     all_done / t
                 );
+                if all_done < t {
+                    // See: node/src/rate.rs, BURST.
+                    let _ = writeln!(
+                        s,
+                        "  (under T_min: each upload cap lets a quarter second's worth through at once, which counts in a short run)"
+                    );
+                }
             }
             None => {
                 let _ = writeln!(
@@ -202,17 +211,18 @@ impl Report {
             ui::size(self.delivered())
         );
         let alone = ui::size(self.blob_len.saturating_mul(n as u64));
+        let copies = if n == 1 { "copy" } else { "copies" };
         match (b.server_alone, self.seed_cap) {
             (Some(t), Some(c)) => {
                 let _ = writeln!(
                     s,
-                    "  a server alone would send {n} copies ({alone}) and need at least {t:.1} s at {}/s ({:.1}× longer)",
+                    "  a server alone would send {n} {copies} ({alone}) and need at least {t:.1} s at {}/s ({:.1}× longer)",
                     ui::size(c),
                     t / all_done.max(1e-3)
                 );
             }
             _ => {
-                let _ = writeln!(s, "  a server alone would send {n} copies ({alone})");
+                let _ = writeln!(s, "  a server alone would send {n} {copies} ({alone})");
             }
         }
         let _ = writeln!(s);
@@ -220,7 +230,13 @@ impl Report {
             Policy::Frugal => "`--policy fast` (peers finish sooner, the seed node sends more)",
             Policy::Fast => "`--policy frugal` (the seed node aims at one copy; peers take longer)",
         };
-        let _ = writeln!(s, "Try {other}, or `--peers 16`.");
+        let more = (2 * n).min(super::MAX_PEERS);
+        let more = if more > n {
+            format!(", or `--peers {more}`")
+        } else {
+            String::new()
+        };
+        let _ = writeln!(s, "Try {other}{more}.");
         let _ = writeln!(
             s,
             "For real: `shoal share FILE` on one machine, `shoal get LINK` on the others."
