@@ -311,7 +311,7 @@ fn node_config(transport: Transport, cap: Option<u64>) -> Config {
 }
 
 /// The node's listen address with `/p2p/<id>`.
-async fn addr_of(addrs: Vec<Multiaddr>, peer: PeerId, what: &str) -> anyhow::Result<Multiaddr> {
+fn addr_of(addrs: Vec<Multiaddr>, peer: PeerId, what: &str) -> anyhow::Result<Multiaddr> {
     let first = addrs
         .into_iter()
         .next()
@@ -359,8 +359,7 @@ async fn swarm(
         tracker.listen_addrs(STEP_TIMEOUT).await,
         tracker.peer_id(),
         "tracker",
-    )
-    .await?;
+    )?;
 
     // 3. The seed node: stores pushed ciphertext, serves it to the swarm under `policy`.
     let publisher_key = Keypair::generate_ed25519();
@@ -383,8 +382,7 @@ async fn swarm(
         seed_node.listen_addrs(STEP_TIMEOUT).await,
         seed_id,
         "seed node",
-    )
-    .await?;
+    )?;
 
     // 4. The publisher pushes the ciphertext (never the key) and leaves.
     let publisher_stop = stop.child_token();
