@@ -17,7 +17,7 @@ mod ui;
 
 const AFTER_HELP: &str = "\
 Examples:
-  shoal demo                                 try it: share and fetch a file on this machine
+  shoal demo                                 try it: a seed node and 8 peers share a file here
   shoal share movie.mkv                      print a link and serve the file until Ctrl-C
   shoal get 'shoal:…#…' -o movie.mkv          fetch, verify, decrypt (run again to resume)
   shoal get --seed 'shoal:…#…'               fetch, then keep serving it to others
@@ -71,7 +71,7 @@ enum Command {
     Inspect(cmd::inspect::Args),
     /// Seed everything this machine remembers (and given links) to other peers until Ctrl-C.
     Seed(cmd::seed::Args),
-    /// Share a generated file between two nodes on this machine and report how it went.
+    /// Run a tracker, a seed node and home peers in one process; show what the swarm saves.
     Demo(cmd::demo::Args),
     /// Run a tracker: peers announce the swarms they are in and learn about each other.
     Tracker(cmd::tracker::Args),

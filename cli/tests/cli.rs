@@ -248,15 +248,77 @@ fn get_with_no_reachable_peer_lists_what_it_tried() {
     );
 }
 
-#[test]
-fn demo_runs_and_reports() {
-    let dir = tempfile::tempdir().unwrap();
-    let o = run(shoal(dir.path()).args(["demo", "--size", "3MiB", "--json"]));
+/// The demo's JSON summary after a small run (`extra` adds flags).
+fn demo_json(dir: &Path, extra: &[&str]) -> serde_json::Value {
+    let started = Instant::now();
+    let o = run(shoal(dir)
+        .args(["demo", "--size", "2MiB", "--peers", "3", "--json"])
+        .args(extra));
+    eprintln!(
+        "demo {extra:?} took {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
     assert!(o.status.success(), "{}", text(&o.stderr));
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(v["ok"], true);
-    assert_eq!(v["file_len"], 3 * 1024 * 1024);
-    assert!(v["fetch_mb_per_s"].as_f64().unwrap() > 0.0);
+    // --json: the summary on stdout, no live view on stderr.
+    assert!(
+        !text(&o.stderr).contains("peers done"),
+        "{}",
+        text(&o.stderr)
+    );
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+/// Tracker, seed node, publisher and 3 capped peers in one process: every copy verified,
+/// the seed node sent something, and the peers carried part of the bytes.
+#[test]
+fn demo_runs_a_swarm_and_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = demo_json(dir.path(), &[]);
+    assert_eq!(v["verified"], true, "{v}");
+    assert_eq!(v["peers"], 3, "{v}");
+    assert_eq!(v["size"], 2 * 1024 * 1024, "{v}");
+    assert_eq!(v["policy"], "fast", "{v}");
+    let secs = v["peer_secs"].as_array().unwrap();
+    assert_eq!(secs.len(), 3, "{v}");
+    assert!(secs.iter().all(|s| s.as_f64().unwrap() > 0.0), "{v}");
+    assert!(v["t_min_secs"].as_f64().unwrap() > 0.0, "{v}");
+    assert!(v["seed_egress_copies"].as_f64().unwrap() > 0.0, "{v}");
+    assert!(v["seed_egress_bytes"].as_u64().unwrap() > 0, "{v}");
+    assert!(v["peer_upload_bytes"].as_u64().unwrap() > 0, "{v}");
+    let offload = v["offload_percent"].as_f64().unwrap();
+    assert!(offload > 0.0 && offload < 100.0, "{v}");
+}
+
+/// The frugal seed node sends about one copy. Regression test for issue 4 (frugal seed
+/// nodes once answered `missing` to every newcomer's first request, blocks 0 and last).
+#[test]
+fn demo_frugal_seed_node_sends_about_one_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = demo_json(dir.path(), &["--policy", "frugal"]);
+    assert_eq!(v["verified"], true, "{v}");
+    assert!(v["seed_egress_copies"].as_f64().unwrap() < 1.5, "{v}");
+}
+
+/// Flags that make no demo are refused before anything starts, saying why.
+#[test]
+fn demo_refuses_nonsense_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    for (args, says) in [
+        (&["--peers", "0"][..], "at least 1 peer"),
+        (&["--peers", "1000"][..], "at most 32 peers"),
+        (&["--size", "0"][..], "at least 1 byte"),
+        (&["--size", "2GiB"][..], "at most 1.0 GiB"),
+        (&["--peers", "30", "--size", "1GiB"][..], "the demo allows"),
+        (&["--policy", "cheap"][..], "fast"),
+    ] {
+        let o = run(shoal(dir.path()).arg("demo").args(args));
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", text(&o.stderr));
+        assert!(
+            text(&o.stderr).contains(says),
+            "{args:?}: {}",
+            text(&o.stderr)
+        );
+    }
 }
 
 /// A write failure mid-download (here the file-size limit, which fails writes like a full

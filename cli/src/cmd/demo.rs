@@ -1,27 +1,88 @@
-//! `shoal demo`: the whole path on one machine, no setup. A generated file is sealed and
-//! shared by one node and fetched by a second over loopback, verified block by block and
-//! decrypted; then the copy is compared with the original.
+//! `shoal demo`: the whole system in one process on 127.0.0.1, no setup. A tracker, a seed
+//! node, a publisher that pushes a generated file's ciphertext to the seed node and goes
+//! offline, and N home peers with capped uplinks that download the file together, from the
+//! seed node and from each other. A live view while it runs; then each peer's time against
+//! the Kumar–Ross bound, the seed node's egress in copies of the file, the peers' share of
+//! the bytes, and a byte-for-byte check of every copy.
+
+mod live;
+mod summary;
 
 use std::{
+    collections::HashSet,
     io::Write,
+    path::{Path, PathBuf},
     process::ExitCode,
-    sync::Arc,
+    sync::{Arc, atomic::Ordering},
     time::{Duration, Instant},
 };
 
 use anyhow::Context;
-use libp2p::identity::Keypair;
+use futures::future::join_all;
+use libp2p::{Multiaddr, PeerId, identity::Keypair};
 use shoal_node::{
     CancellationToken, Config, Node, Store,
-    fetch::{self, FetchOptions, Output, Progress},
+    fetch::{self, FetchOptions, Fetched, Output, Progress},
     seal::KeyMode,
+    seednode::{self, Policy, SeedNode, SeedNodeConfig},
 };
-use shoal_protocol::format::SEGMENT_PLAINTEXT_LEN;
+use shoal_protocol::{Link, format::SEGMENT_PLAINTEXT_LEN};
+use shoal_tracker::{ServiceConfig, Tracker, table};
 use tokio::sync::watch;
 
 use crate::{exit, ui};
 
-/// Transport between the demo's two nodes.
+/// Most home peers: each is a full node in this process, on a machine that may have two
+/// cores.
+const MAX_PEERS: usize = 32;
+/// Largest generated file.
+const MAX_SIZE: u64 = 1 << 30;
+/// Most bytes the demo keeps in its temporary directory (the original, the seed node's
+/// ciphertext, one copy per peer).
+const MAX_DISK: u64 = 8 << 30;
+/// How long starting a node, the tracker noticing the seed node, or a push may take.
+const STEP_TIMEOUT: Duration = Duration::from_secs(30);
+/// The tracker's rate limit per peer and swarm (the table's resolution is one second).
+const MIN_ANNOUNCE_INTERVAL: Duration = Duration::from_secs(1);
+/// Live view refresh interval.
+const REFRESH: Duration = Duration::from_millis(200);
+/// How long to wait for the peers' `stopped` announces at the end.
+const LEAVE_TIMEOUT: Duration = Duration::from_secs(2);
+
+const AFTER_HELP: &str = "\
+Everything runs in this process on 127.0.0.1 and is deleted at the end: a tracker, a seed
+node (stores ciphertext only, uploads at most --seed-cap), a publisher that pushes the
+encrypted file to the seed node and goes offline, and --peers home peers (each uploading at
+most --peer-cap) that fetch the file together and serve each other what they have. A cap of
+0 means unlimited. Exit code 5 if a copy differs from the original.
+
+Examples:
+  shoal demo                               8 peers, 16 MiB, seed node at 4 MiB/s
+  shoal demo --policy frugal               the seed node aims at sending one copy
+  shoal demo --peers 16 --size 64MiB       a bigger swarm
+  shoal demo --json | jq .offload_percent  the summary as one JSON object";
+
+/// How the seed node serves.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub(crate) enum PolicyArg {
+    /// Serve whatever is asked, up to the cap: peers finish soonest, the seed node sends
+    /// what the peers cannot.
+    Fast,
+    /// Hand each block to one peer and let the peers spread it: the seed node aims at one
+    /// copy of the file, whatever the number of peers; peers take longer.
+    Frugal,
+}
+
+impl From<PolicyArg> for Policy {
+    fn from(p: PolicyArg) -> Self {
+        match p {
+            PolicyArg::Frugal => Self::Frugal,
+            PolicyArg::Fast => Self::Fast,
+        }
+    }
+}
+
+/// Transport between the demo's nodes.
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
 pub(crate) enum Transport {
     /// QUIC (TLS 1.3 inside, UDP).
@@ -30,45 +91,147 @@ pub(crate) enum Transport {
     Tcp,
 }
 
+impl Transport {
+    const fn name(self) -> &'static str {
+        match self {
+            Self::Quic => "quic-v1",
+            Self::Tcp => "tcp",
+        }
+    }
+
+    fn listen(self) -> Vec<Multiaddr> {
+        let addr = match self {
+            Self::Quic => "/ip4/127.0.0.1/udp/0/quic-v1",
+            Self::Tcp => "/ip4/127.0.0.1/tcp/0",
+        };
+        vec![addr.parse().expect("valid multiaddr")]
+    }
+}
+
 /// Run the demo.
 #[derive(clap::Args, Debug)]
+#[command(after_help = AFTER_HELP)]
 pub(crate) struct Args {
-    /// Size of the generated file.
-    #[arg(long, default_value = "64MiB", value_parser = ui::parse_size)]
+    /// Home peers that fetch the file together (1 to 32).
+    #[arg(long, default_value_t = 8, value_parser = parse_peers)]
+    peers: usize,
+    /// Size of the generated file (at most 1GiB).
+    #[arg(long, default_value = "16MiB", value_parser = parse_file_size)]
     size: u64,
-    /// Transport between the two nodes.
+    /// How the seed node serves: `fast` (any block asked; peers finish soonest) or
+    /// `frugal` (each block to one peer, about one copy in all; with the default caps a
+    /// perfect frugal run needs 1.31 × T_min, the summary's frugal bound).
+    #[arg(long, value_enum, default_value = "fast")]
+    policy: PolicyArg,
+    /// The seed node's upload cap, per second (0 = unlimited).
+    #[arg(long, value_name = "RATE", default_value = "4MiB", value_parser = ui::parse_size)]
+    seed_cap: u64,
+    /// Each home peer's upload cap, per second (0 = unlimited).
+    #[arg(long, value_name = "RATE", default_value = "1MiB", value_parser = ui::parse_size)]
+    peer_cap: u64,
+    /// Transport between the nodes.
     #[arg(long, value_enum, default_value = "tcp")]
     transport: Transport,
-    /// Print the summary as JSON on stdout.
+    /// Print the summary as one JSON object on stdout (no live view).
     #[arg(long)]
     json: bool,
 }
 
+fn parse_peers(s: &str) -> Result<usize, String> {
+    let n: usize = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of peers"))?;
+    match n {
+        0 => Err("the demo needs at least 1 peer".into()),
+        n if n > MAX_PEERS => Err(format!(
+            "at most {MAX_PEERS} peers: each is a full node in this one process"
+        )),
+        n => Ok(n),
+    }
+}
+
+fn parse_file_size(s: &str) -> Result<u64, String> {
+    match ui::parse_size(s)? {
+        0 => Err("the file must have at least 1 byte".into()),
+        n if n > MAX_SIZE => Err(format!(
+            "at most {} (got {})",
+            ui::size(MAX_SIZE),
+            ui::size(n)
+        )),
+        n => Ok(n),
+    }
+}
+
+/// `0` = unlimited.
+const fn cap(rate: u64) -> Option<u64> {
+    if rate == 0 { None } else { Some(rate) }
+}
+
+fn cap_text(rate: u64) -> String {
+    match cap(rate) {
+        None => "unlimited".into(),
+        Some(r) => format!("{}/s", ui::size(r)),
+    }
+}
+
+/// One home peer's result.
+struct PeerRun {
+    /// Time from the common start to the verified file.
+    elapsed: Duration,
+    /// Bytes this peer uploaded to others.
+    uploaded: u64,
+    path: PathBuf,
+}
+
+/// What the networked part of the demo measured.
+struct Measured {
+    link: Link,
+    push_time: Duration,
+    peers: Vec<PeerRun>,
+    seed_egress_bytes: u64,
+    seed_egress_copies: f64,
+}
+
 pub(crate) fn run(args: &Args) -> anyhow::Result<ExitCode> {
-    let dir = tempfile::tempdir().context("creating a temporary directory")?;
-    let say = |s: String| {
+    let disk = args.size.saturating_mul(args.peers as u64 + 2);
+    if disk > MAX_DISK {
+        return Err(exit::coded(
+            exit::USAGE,
+            format!(
+                "--peers {} --size {} would keep {} in a temporary directory; the demo allows {} (fewer peers or a smaller --size)",
+                args.peers,
+                ui::size(args.size),
+                ui::size(disk),
+                ui::size(MAX_DISK)
+            ),
+        ));
+    }
+    let say = |s: &str| {
         if !args.json {
             eprintln!("{s}");
         }
     };
-    say(format!(
-        "shoal demo: two nodes on this machine share a {} file, end-to-end encrypted.",
+    let policy = Policy::from(args.policy);
+    say(&format!(
+        "shoal demo: a tracker, a seed node and {} home peers in this process on 127.0.0.1 share a {} file.",
+        args.peers,
         ui::size(args.size)
     ));
-
-    // 1. A random file (random, so nothing compresses or dedupes by accident).
-    let src = dir.path().join("demo-file.bin");
-    let started = Instant::now();
-    let original = write_random(&src, args.size)?;
-    say(format!(
-        "  1. wrote {} of random bytes in {:.2} s",
-        ui::size(args.size),
-        started.elapsed().as_secs_f64()
+    say(&format!(
+        "  upload caps: seed node {} ({policy} policy), each peer {}",
+        cap_text(args.seed_cap),
+        cap_text(args.peer_cap)
     ));
+    let dir = tempfile::tempdir().context("creating a temporary directory")?;
 
-    // 2. Seal it: encrypt every 64 KiB segment and build the BLAKE3 verification tree.
+    // 1. The publisher's file: random, so nothing compresses or dedupes by accident.
+    let publisher_dir = dir.path().join("publisher");
+    std::fs::create_dir(&publisher_dir).context("creating a temporary directory")?;
+    let src = publisher_dir.join("shoal-demo.bin");
+    let original = write_random(&src, args.size)?;
     let store = Arc::new(Store::in_memory());
-    let bar = ui::bytes_bar(args.size, "sealing", args.json);
+    let bar = ui::bytes_bar(args.size, "encrypting", args.json);
     let t = Instant::now();
     let shared = store.share_file(
         &src,
@@ -78,129 +241,306 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<ExitCode> {
         &|n| bar.set_position(n),
     )?;
     bar.finish_and_clear();
-    let seal_time = t.elapsed();
-    say(format!(
-        "  2. sealed it in {:.2} s ({:.0} MB/s): blob {}",
-        seal_time.as_secs_f64(),
-        ui::mb_per_s(args.size, seal_time),
+    say(&format!(
+        "  1. the publisher encrypted {} of random bytes in {:.2} s: blob {}",
+        ui::size(args.size),
+        t.elapsed().as_secs_f64(),
         shared.link.id
     ));
 
     let rt = ui::runtime()?;
-    let summary = rt.block_on(async {
-        let stop = CancellationToken::new();
-        let sharer = Node::start(
-            Config::loopback(),
-            Keypair::generate_ed25519(),
-            store,
-            stop.clone(),
-        )?;
-        let getter = Node::start(
-            Config::loopback(),
-            Keypair::generate_ed25519(),
-            Arc::new(Store::in_memory()),
-            stop.clone(),
-        )?;
-        let kind = match args.transport {
-            Transport::Quic => "quic-v1",
-            Transport::Tcp => "tcp",
-        };
-        let addrs = sharer.listen_addrs(Duration::from_secs(10)).await;
-        let addr = addrs
-            .iter()
-            .find(|a| a.to_string().contains(kind))
-            .context("the sharing node did not start listening")?;
-        let mut link = shared.link.clone();
-        link.peers = vec![format!("{addr}/p2p/{}", sharer.peer_id())];
-        say(format!(
-            "  3. node A ({}) serves it on {addr}",
-            short(&sharer.peer_id().to_string())
-        ));
-        say(format!("     link (key hidden): {}#…", link.public_part()));
-
-        // 4. Node B fetches with the link: each block is verified against the blob id
-        //    before it is decrypted and written.
-        let out = dir.path().join("fetched.bin");
-        let (tx, mut rx) = watch::channel(Progress::default());
-        let bar = ui::bytes_bar(args.size, "fetching", args.json);
-        let bar2 = bar.clone();
-        let size = args.size;
-        let progress = tokio::spawn(async move {
-            while rx.changed().await.is_ok() {
-                let done = rx.borrow().done_blocks;
-                bar2.set_position((done * SEGMENT_PLAINTEXT_LEN as u64).min(size));
+    let measured = rt.block_on(async {
+        tokio::select! {
+            m = swarm(args, policy, dir.path(), store, shared.link) => m,
+            r = tokio::signal::ctrl_c() => {
+                r.context("waiting for Ctrl-C")?;
+                Err(exit::coded(exit::OTHER, "interrupted"))
             }
-        });
-        let t = Instant::now();
-        let done = fetch::fetch(
-            &getter,
-            &link,
-            FetchOptions::new(Output::File(out.clone())),
-            tx,
-        )
-        .await?;
-        let fetch_time = t.elapsed();
-        let _ = progress.await;
-        bar.finish_and_clear();
-        say(format!(
-            "  4. node B ({}) fetched, verified and decrypted it in {:.2} s ({:.0} MB/s) over {}",
-            short(&getter.peer_id().to_string()),
-            fetch_time.as_secs_f64(),
-            ui::mb_per_s(args.size, fetch_time),
-            kind
-        ));
+        }
+    });
+    // Blocking threads (file writes, re-sealing) end on their own; don't wait long.
+    rt.shutdown_timeout(Duration::from_secs(1));
+    let measured = measured?;
 
-        // 5. Compare.
-        let copy = hash_file(&out)?;
-        let same = copy == original;
-        say(format!(
-            "  5. the copy is {} (BLAKE3 {})",
-            if same {
-                "byte-identical to the original"
-            } else {
-                "DIFFERENT from the original"
-            },
-            &copy.to_hex()[..16]
-        ));
-        let uploaded = sharer
-            .stats()
-            .uploaded_bytes
-            .load(std::sync::atomic::Ordering::Relaxed);
-        stop.cancel();
-        anyhow::Ok(serde_json::json!({
-            "ok": same,
-            "file_len": args.size,
-            "blob_id": link.id.to_string(),
-            "transport": kind,
-            "seal_seconds": seal_time.as_secs_f64(),
-            "seal_mb_per_s": ui::mb_per_s(args.size, seal_time),
-            "fetch_seconds": fetch_time.as_secs_f64(),
-            "fetch_mb_per_s": ui::mb_per_s(args.size, fetch_time),
-            "uploaded_bytes": uploaded,
-            "name": done.metadata.name,
-        }))
-    })?;
+    let copies_ok = measured
+        .peers
+        .iter()
+        .map(|p| hash_file(&p.path).map(|h| h == original))
+        .collect::<anyhow::Result<Vec<bool>>>()?;
+    let report = summary::Report::new(
+        args,
+        policy,
+        &measured,
+        copies_ok.iter().all(|&ok| ok),
+        &original,
+    );
     if args.json {
-        ui::print_line(&summary.to_string())?;
+        ui::print_line(&report.json().to_string())?;
     } else {
-        say("The sharer saw only ciphertext requests; the key never left the link.".into());
-        say("Next: `shoal share FILE` on one machine and `shoal get LINK` on another.".into());
+        // The result goes to stdout (the steps and the live view went to stderr).
+        say("");
+        let mut out = std::io::stdout().lock();
+        out.write_all(report.text().as_bytes())?;
+        out.flush()?;
     }
-    if summary["ok"] == true {
+    if report.verified() {
         Ok(ExitCode::SUCCESS)
     } else {
+        let bad: Vec<String> = copies_ok
+            .iter()
+            .enumerate()
+            .filter(|(_, ok)| !**ok)
+            .map(|(i, _)| (i + 1).to_string())
+            .collect();
         Err(exit::coded(
             exit::INTEGRITY,
-            "the fetched copy differs from the original",
+            format!(
+                "the copies of peer(s) {} differ from the original",
+                bad.join(", ")
+            ),
         ))
     }
 }
 
-fn short(s: &str) -> String {
-    format!("{}…{}", &s[..8], &s[s.len() - 6..])
+/// Nodes of the demo (not the tracker) with the demo's transport, no DHT (the tracker is
+/// how they meet), uploads capped at `cap` bytes per second.
+fn node_config(transport: Transport, cap: Option<u64>) -> Config {
+    Config::loopback()
+        .with_listen(transport.listen())
+        .with_dht(false)
+        .with_upload_limit(cap)
 }
 
-fn write_random(path: &std::path::Path, size: u64) -> anyhow::Result<blake3::Hash> {
+/// The node's listen address with `/p2p/<id>`.
+fn addr_of(addrs: Vec<Multiaddr>, peer: PeerId, what: &str) -> anyhow::Result<Multiaddr> {
+    let first = addrs
+        .into_iter()
+        .next()
+        .with_context(|| format!("the {what} did not start listening on 127.0.0.1"))?;
+    format!("{first}/p2p/{peer}")
+        .parse()
+        .context("building a multiaddr")
+}
+
+/// Tracker, seed node, publisher and peers: the networked part.
+async fn swarm(
+    args: &Args,
+    policy: Policy,
+    dir: &Path,
+    store: Arc<Store>,
+    link: Link,
+) -> anyhow::Result<Measured> {
+    let say = |s: &str| {
+        if !args.json {
+            eprintln!("{s}");
+        }
+    };
+    let stop = CancellationToken::new();
+    let _stop_all = stop.clone().drop_guard();
+
+    // 2. The tracker, which accepts the seed node's announces as a seed node.
+    let seed_key = Keypair::generate_ed25519();
+    let seed_id = seed_key.public().to_peer_id();
+    // Every node here connects from 127.0.0.1: lift the per-IP connection limits.
+    let conns = u32::try_from(4 * (MAX_PEERS + 2)).expect("small");
+    let tracker = Tracker::start(
+        ServiceConfig::loopback()
+            .with_listen(args.transport.listen())
+            .with_http(None)
+            .with_ip_limits(conns, conns)
+            // Peers finish within seconds of their first announce: accept their
+            // `completed` announce then (a public tracker asks for a minute).
+            .with_table(table::Config::default().with_min_announce_interval(MIN_ANNOUNCE_INTERVAL))
+            .with_seed_node_allow(vec![seed_id]),
+        Keypair::generate_ed25519(),
+        stop.child_token(),
+    )
+    .context("starting the tracker")?;
+    let tracker_addr = addr_of(
+        tracker.listen_addrs(STEP_TIMEOUT).await,
+        tracker.peer_id(),
+        "tracker",
+    )?;
+
+    // 3. The seed node: stores pushed ciphertext, serves it to the swarm under `policy`.
+    let publisher_key = Keypair::generate_ed25519();
+    let seed_node = Node::start(
+        node_config(args.transport, cap(args.seed_cap)),
+        seed_key,
+        Arc::new(Store::in_memory()),
+        stop.clone(),
+    )
+    .context("starting the seed node")?;
+    let mut seed_config = SeedNodeConfig::new(
+        dir.join("seed-node"),
+        args.size.saturating_mul(4).saturating_add(64 << 20),
+    );
+    seed_config.allow = HashSet::from([publisher_key.public().to_peer_id()]);
+    seed_config.policy = policy;
+    seed_config.trackers = vec![tracker_addr.clone()];
+    let seed = SeedNode::start(&seed_node, seed_config).context("starting the seed node")?;
+    let seed_addr = addr_of(
+        seed_node.listen_addrs(STEP_TIMEOUT).await,
+        seed_id,
+        "seed node",
+    )?;
+
+    // 4. The publisher pushes the ciphertext (never the key) and leaves.
+    let publisher_stop = stop.child_token();
+    let publisher = Node::start(
+        node_config(args.transport, None),
+        publisher_key,
+        store.clone(),
+        publisher_stop.clone(),
+    )
+    .context("starting the publisher's node")?;
+    let source = store
+        .get(&link.id)
+        .context("the shared file is not in the publisher's store")?;
+    publisher
+        .dial(seed_addr, STEP_TIMEOUT)
+        .await
+        .context("the publisher cannot reach the seed node")?;
+    let bar = ui::bytes_bar(source.blob_len(), "pushing", args.json);
+    let t = Instant::now();
+    let pushed = seednode::push(&publisher, seed_id, source, |sent, total| {
+        bar.set_length(total);
+        bar.set_position(sent);
+    })
+    .await
+    .context("pushing to the seed node")?;
+    let push_time = t.elapsed();
+    bar.finish_and_clear();
+    publisher_stop.cancel();
+    // The seed node announces what it stores; peers find it through the tracker.
+    let mut tracked = tracker.subscribe_stats();
+    tokio::time::timeout(STEP_TIMEOUT, tracked.wait_for(|s| s.table.seed_nodes >= 1))
+        .await
+        .context("the seed node did not announce itself to the tracker in time")?
+        .context("the tracker stopped")?;
+    say(&format!(
+        "  2. it pushed the ciphertext to the seed node ({} in {:.2} s) and went offline;",
+        ui::size(pushed.bytes_sent),
+        push_time.as_secs_f64()
+    ));
+    say("     the seed node never sees the key: only the link carries it");
+    let mut link = link;
+    link.peers.clear();
+    link.trackers = vec![tracker_addr.to_string()];
+    say(&format!("     link (key hidden): {}#…", link.public_part()));
+
+    // 5. The home peers, all at once.
+    let mut peers = Vec::with_capacity(args.peers);
+    for i in 0..args.peers {
+        let node = Node::start(
+            node_config(args.transport, cap(args.peer_cap)),
+            Keypair::generate_ed25519(),
+            Arc::new(Store::in_memory()),
+            stop.clone(),
+        )
+        .with_context(|| format!("starting peer {}", i + 1))?;
+        let out = dir.join(format!("peer-{}", i + 1));
+        std::fs::create_dir(&out).context("creating a peer's directory")?;
+        peers.push((node, out));
+    }
+    for (node, _) in &peers {
+        // Listening before they announce, so the tracker hands out their addresses.
+        if node.listen_addrs(STEP_TIMEOUT).await.is_empty() {
+            anyhow::bail!("a peer did not start listening on 127.0.0.1");
+        }
+    }
+    say(&format!(
+        "  3. {} peers fetch it at once, from the seed node and from each other:",
+        args.peers
+    ));
+    let blob_len = link.blob_len.unwrap_or(args.size);
+    let mut watches = Vec::with_capacity(args.peers);
+    let started = Instant::now();
+    let runs: Vec<_> = peers
+        .iter()
+        .map(|(node, out)| {
+            let (tx, rx) = watch::channel(Progress::default());
+            watches.push(rx);
+            let node = node.clone();
+            let link = link.clone();
+            let mut opts = FetchOptions::new(Output::Dir(out.clone()));
+            opts.provide = false;
+            tokio::spawn(async move {
+                let r = fetch::fetch(&node, &link, opts, tx).await;
+                (r, started.elapsed())
+            })
+        })
+        .collect();
+    let mut view = live::View::new(args.json, args.peers, args.size, blob_len);
+    let all = join_all(runs);
+    tokio::pin!(all);
+    let mut tick = tokio::time::interval(REFRESH);
+    let results = loop {
+        tokio::select! {
+            r = &mut all => break r,
+            _ = tick.tick() => view.update(&live::Now {
+                elapsed: started.elapsed(),
+                peers: watches.iter().zip(&peers).map(|(w, (node, _))| {
+                    let p = w.borrow();
+                    live::PeerNow {
+                        done_bytes: (p.done_blocks * SEGMENT_PLAINTEXT_LEN as u64).min(args.size),
+                        complete: p.total_blocks > 0 && p.done_blocks == p.total_blocks,
+                        uploaded: uploaded(node),
+                    }
+                }).collect(),
+                seed_egress: seed_egress(&seed, &link).0,
+            }),
+        }
+    };
+    view.finish();
+
+    // Everyone is done: every peer kept serving until now. Collect the figures.
+    let mut runs = Vec::with_capacity(args.peers);
+    let mut announcers = Vec::new();
+    for (i, (joined, (node, _))) in results.into_iter().zip(&peers).enumerate() {
+        let (fetched, elapsed) = joined.context("a peer's task failed")?;
+        let Fetched {
+            path, announcer, ..
+        } = fetched.with_context(|| format!("peer {} could not fetch the file", i + 1))?;
+        announcers.extend(announcer);
+        runs.push(PeerRun {
+            elapsed,
+            uploaded: uploaded(node),
+            path,
+        });
+    }
+    let (seed_egress_bytes, seed_egress_copies) = seed_egress(&seed, &link);
+    // Leave the tracker politely (bounded), then stop everything.
+    let _ = tokio::time::timeout(
+        LEAVE_TIMEOUT,
+        join_all(announcers.into_iter().map(|a| a.leave())),
+    )
+    .await;
+    stop.cancel();
+    Ok(Measured {
+        link,
+        push_time,
+        peers: runs,
+        seed_egress_bytes,
+        seed_egress_copies,
+    })
+}
+
+fn uploaded(node: &Node) -> u64 {
+    node.stats().uploaded_bytes.load(Ordering::Relaxed)
+}
+
+/// The seed node's egress for the demo's blob: bytes and copies of the blob.
+fn seed_egress(seed: &SeedNode, link: &Link) -> (u64, f64) {
+    let id = link.id.to_string();
+    seed.stats()
+        .blobs
+        .into_iter()
+        .find(|b| b.id == id)
+        .map_or((0, 0.0), |b| (b.egress_bytes, b.egress_copies))
+}
+
+fn write_random(path: &Path, size: u64) -> anyhow::Result<blake3::Hash> {
     use rand::{RngCore, SeedableRng};
     let mut rng = rand::rngs::StdRng::from_os_rng();
     let mut f =
@@ -219,10 +559,10 @@ fn write_random(path: &std::path::Path, size: u64) -> anyhow::Result<blake3::Has
     Ok(hasher.finalize())
 }
 
-fn hash_file(path: &std::path::Path) -> anyhow::Result<blake3::Hash> {
+fn hash_file(path: &Path) -> anyhow::Result<blake3::Hash> {
     let mut hasher = blake3::Hasher::new();
     hasher
-        .update_reader(std::fs::File::open(path).context("reading the fetched file")?)
-        .context("reading the fetched file")?;
+        .update_reader(std::fs::File::open(path).context("reading a peer's copy")?)
+        .context("reading a peer's copy")?;
     Ok(hasher.finalize())
 }
