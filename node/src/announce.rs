@@ -208,7 +208,12 @@ async fn run(
                 return;
             }
             Ok(AnnounceResponse::Refused { reason }) => {
-                warn!(%tracker, blob = %blob, ?reason, "tracker refused the announce");
+                if matches!(reason, RefusalReason::RateLimited { .. }) {
+                    // Expected now and then (an early re-announce): it waits and retries.
+                    debug!(%tracker, blob = %blob, ?reason, "tracker refused the announce");
+                } else {
+                    warn!(%tracker, blob = %blob, ?reason, "tracker refused the announce");
+                }
                 report.set(Outcome::Refused(format!(
                     "refused the announce ({reason:?})"
                 )));

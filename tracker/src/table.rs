@@ -19,7 +19,8 @@
 //!   is never counted or listed, and `expire` frees its memory.
 //! - **Rate limit.** A refresh of an entry sooner than [`Config::min_announce_interval`]
 //!   after its last accepted announce is refused with [`Refusal::RateLimited`] and changes
-//!   nothing — except `Stopped`, which always removes the entry.
+//!   nothing — except `Stopped`, which always removes the entry, and an entry's first
+//!   `Completed`, which is always recorded.
 //! - **Established entries.** An entry becomes *established* when it is refreshed at least
 //!   half an [`Config::announce_interval`] after it was created: it has proven to be a live
 //!   peer that follows the protocol. Newcomers never evict established entries.
@@ -965,7 +966,10 @@ impl<P: Copy + Eq + Hash + Ord + fmt::Debug> PeerTable<P> {
         let sw = &mut self.swarms[s as usize];
         let old = sw.entries[pos as usize];
         let next_ok = u64::from(old.last) + u64::from(self.ticks.min_gap);
-        if u64::from(t) < next_ok {
+        // The first `completed` is news worth hearing at once: the peer moves to the seeder
+        // list where leechers find it. Only once per entry, so it cannot dodge the limit.
+        let first_completed = req.event == Event::Completed && !old.completed;
+        if u64::from(t) < next_ok && !first_completed {
             self.stats.refused_rate_limited += 1;
             trace!(blob = %req.blob, "announce rate limited");
             return Err(Refusal::RateLimited {

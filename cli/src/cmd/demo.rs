@@ -27,7 +27,7 @@ use shoal_node::{
     seednode::{self, Policy, SeedNode, SeedNodeConfig},
 };
 use shoal_protocol::{Link, format::SEGMENT_PLAINTEXT_LEN};
-use shoal_tracker::{ServiceConfig, Tracker, table};
+use shoal_tracker::{ServiceConfig, Tracker};
 use tokio::sync::watch;
 
 use crate::{exit, ui};
@@ -42,8 +42,6 @@ const MAX_SIZE: u64 = 1 << 30;
 const MAX_DISK: u64 = 8 << 30;
 /// How long starting a node, the tracker noticing the seed node, or a push may take.
 const STEP_TIMEOUT: Duration = Duration::from_secs(30);
-/// The tracker's rate limit per peer and swarm (the table's resolution is one second).
-const MIN_ANNOUNCE_INTERVAL: Duration = Duration::from_secs(1);
 /// Live view refresh interval.
 const REFRESH: Duration = Duration::from_millis(200);
 /// How long to wait for the peers' `stopped` announces at the end.
@@ -348,9 +346,6 @@ async fn swarm(
             .with_listen(args.transport.listen())
             .with_http(None)
             .with_ip_limits(conns, conns)
-            // Peers finish within seconds of their first announce: accept their
-            // `completed` announce then (a public tracker asks for a minute).
-            .with_table(table::Config::default().with_min_announce_interval(MIN_ANNOUNCE_INTERVAL))
             .with_seed_node_allow(vec![seed_id]),
         Keypair::generate_ed25519(),
         stop.child_token(),

@@ -217,7 +217,7 @@ fn rate_limit_leaves_the_entry_unchanged() {
     let mut sim = Sim::new(Config::default());
     sim.ok(0, 1, 1, Role::Leecher, Event::Started);
     let before = sim.table.entry(&1, &blob(1)).unwrap();
-    let mut seeder = ann(1, 1, Role::Seeder, Event::Completed);
+    let mut seeder = ann(1, 1, Role::Seeder, Event::Periodic);
     seeder.addrs = vec![vec![9, 9]];
     assert_eq!(
         sim.announce(30, 1, &seeder),
@@ -247,6 +247,23 @@ fn rate_limit_leaves_the_entry_unchanged() {
     // Stopped is honoured at once.
     sim.ok(MIN_GAP + 1, 1, 1, Role::Seeder, Event::Stopped);
     assert!(!sim.listed(1, 1));
+}
+
+#[test]
+fn the_first_completed_is_honoured_at_once_and_only_once() {
+    let mut sim = Sim::new(Config::default());
+    sim.ok(0, 1, 1, Role::Leecher, Event::Started);
+    // A download that finished within the minimum interval becomes a seeder at once.
+    sim.announce(10, 1, &ann(1, 1, Role::Seeder, Event::Completed))
+        .unwrap();
+    let e = sim.table.entry(&1, &blob(1)).unwrap();
+    assert_eq!(e.role, Role::Seeder);
+    assert_eq!(sim.table.scrape(sim.at(10), blob(1)).completed, 1);
+    // Another `completed` cannot be used to dodge the limit.
+    assert!(matches!(
+        sim.announce(20, 1, &ann(1, 1, Role::Seeder, Event::Completed)),
+        Err(Refusal::RateLimited { .. })
+    ));
 }
 
 #[test]
