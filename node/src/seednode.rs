@@ -796,12 +796,15 @@ impl Partial {
             .truncate(false)
             .open(&part_path)?;
         let state = State::load(have_path.clone(), id, Some(offer.blob_len));
+        let pairs_kept =
+            fs::metadata(&obao_path).is_ok_and(|m| m.len() == Outboard::size_for(offer.blob_len));
         let (obao, outboard) = open_sparse_outboard(&obao_path, id, offer.blob_len)
             .map_err(|e| io::Error::other(e.to_string()))?;
-        // Blocks of an earlier push count only if their pairs survived too (the pairs
-        // are synced before the have-map at each checkpoint).
+        // Blocks of an earlier push count only if the part file and their pairs survived
+        // too (both are synced before the have-map at each checkpoint; a crash while a
+        // finished push was being moved into `blobs/` can leave either behind alone).
         let state = match state {
-            Some(s) if part.metadata()?.len() == offer.blob_len => s,
+            Some(s) if pairs_kept && part.metadata()?.len() == offer.blob_len => s,
             _ => {
                 part.set_len(0)?;
                 part.set_len(offer.blob_len)?;
@@ -1175,4 +1178,58 @@ async fn read_reply(
     tokio::time::timeout(timeout, read_reply_untimed(stream, blocks))
         .await
         .map_err(|_| PushError::Interrupted("the seed node did not answer in time".into()))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reopen(dir: &Path, offer: &Offer) -> Vec<u64> {
+        let p = Partial::open(dir, offer).expect("open partial");
+        (0..block_count(offer.blob_len))
+            .filter(|&b| p.state.has(b))
+            .collect()
+    }
+
+    /// A crash can leave a push's have-map beside a part file or outboard that did not
+    /// survive (e.g. between the two renames of `finish`): its blocks must then be asked
+    /// for again, never counted as stored.
+    #[test]
+    fn a_resumed_push_counts_blocks_only_while_data_and_pairs_both_survive() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let offer = Offer {
+            id: BlobId::from_bytes([7; 32]),
+            blob_len: shoal_protocol::format::Layout::for_file(3 * 65_520)
+                .expect("layout")
+                .blob_len(),
+        };
+        assert!(block_count(offer.blob_len) >= 3);
+        let mut p = Partial::open(dir.path(), &offer).expect("open partial");
+        p.pending.extend([0, 2]);
+        p.checkpoint().expect("checkpoint");
+        drop(p);
+        assert_eq!(
+            reopen(dir.path(), &offer),
+            [0, 2],
+            "a clean resume keeps them"
+        );
+
+        fs::remove_file(dir.path().join(format!("{}.obao", offer.id))).expect("rm obao");
+        assert_eq!(
+            reopen(dir.path(), &offer),
+            [0u64; 0],
+            "pairs lost: start over"
+        );
+
+        let mut p = Partial::open(dir.path(), &offer).expect("open partial");
+        p.pending.push(1);
+        p.checkpoint().expect("checkpoint");
+        drop(p);
+        fs::remove_file(dir.path().join(format!("{}.blob", offer.id))).expect("rm blob");
+        assert_eq!(
+            reopen(dir.path(), &offer),
+            [0u64; 0],
+            "data lost: start over"
+        );
+    }
 }
