@@ -78,9 +78,14 @@ print(json.dumps({"link": base + "?" + urllib.parse.urlencode(params, safe="/:")
 PY
 }
 
+# The seed node's egress; its whole /stats (frugal decisions included) is appended to
+# $RESULTS/flash_crowd_shoal_seed_node.jsonl.
 seed_node_uploaded() {
-  curl -s "http://127.0.0.1:$((TRACKER_PORT + 6))/stats" |
-    python3 -c 'import json,sys; print(sum(b["egress_bytes"] for b in json.load(sys.stdin)["blobs"]))' 2>/dev/null || echo ""
+  curl -s "http://127.0.0.1:$((TRACKER_PORT + 6))/stats" >"$WORK/seed/stats.json" || true
+  tr -d '\n' <"$WORK/seed/stats.json" >>"$RESULTS/flash_crowd_shoal_seed_node.jsonl" &&
+    echo >>"$RESULTS/flash_crowd_shoal_seed_node.jsonl"
+  python3 -c 'import json,sys; print(sum(b["egress_bytes"] for b in json.load(sys.stdin)["blobs"]))' \
+    <"$WORK/seed/stats.json" 2>/dev/null || echo ""
 }
 
 impl_start_seeder() {

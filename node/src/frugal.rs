@@ -22,7 +22,12 @@
 //!   newcomers, and they cost two blocks per peer.
 //! - The node subscribes back to every subscriber's have-map, so it knows what the swarm
 //!   holds: a block a peer reports stops being a candidate, and a block whose every holder
-//!   left becomes one again.
+//!   left becomes one again. A peer that completes stops subscribing but goes on serving:
+//!   it counts as a holder until its have-map can no longer be read.
+//! - Safety valve: a peer that has received nothing from other peers for [`STALL_AFTER`]
+//!   (it cannot reach the holders: they are behind a firewall, or no longer announced) is
+//!   also shown blocks others hold, once no never-sent or lost block is left for it. No
+//!   downloader waits forever on a frugal seed node.
 
 use std::{collections::HashMap, hash::Hash, time::Duration};
 
@@ -34,6 +39,9 @@ use std::time::Instant;
 pub const DEFAULT_WINDOW: u32 = 16;
 /// A block sent this long ago that no connected peer reports holding is sent again.
 pub const RESEND_AFTER: Duration = Duration::from_secs(30);
+/// A peer that received no block from other peers for this long is served blocks others
+/// hold too.
+pub const STALL_AFTER: Duration = Duration::from_secs(10);
 
 /// Counters of one blob's frugal decisions.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -46,6 +54,8 @@ pub struct SuperSeedStats {
     pub blocks_resent: u64,
     /// Requests answered `missing` because they asked for blocks not revealed to the peer.
     pub refused: u64,
+    /// Blocks revealed to stalled peers though others held them ([`STALL_AFTER`]).
+    pub revealed_to_stalled: u64,
     /// Distinct blocks sent at least once.
     pub distinct_sent: u64,
 }
@@ -59,6 +69,19 @@ struct PeerState {
     has: BlockSet,
     /// Revealed, not yet served to it, not reported held.
     pending: u32,
+    /// When it last reported a block it did not get from us (or joined).
+    progress_at: Instant,
+}
+
+/// What [`SuperSeed::reveal`] looks for, in order.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Pass {
+    /// Blocks never sent.
+    NeverSent,
+    /// Blocks sent whose copies are lost.
+    Lost,
+    /// For a stalled peer: any block it lacks.
+    Stalled,
 }
 
 /// One blob's super-seeding state, over peers of type `P`.
@@ -108,24 +131,35 @@ impl<P: Hash + Eq + Clone> SuperSeed<P> {
         self.stats
     }
 
-    /// Peers subscribed.
+    /// Peers known: subscribed to our have-map, or still serving theirs.
     pub fn peers(&self) -> usize {
         self.index.len()
     }
 
-    /// `peer` subscribed to our have-map.
-    pub fn join(&mut self, peer: P) {
+    /// Peers subscribed to our have-map (downloading from the swarm).
+    pub fn subscribed(&self) -> usize {
+        self.slots
+            .iter()
+            .flatten()
+            .filter(|s| s.subscriptions > 0)
+            .count()
+    }
+
+    /// `peer` subscribed to our have-map. Returns whether it is new: then the caller
+    /// subscribes to the peer's own have-map and calls [`SuperSeed::leave`] when that ends.
+    pub fn join(&mut self, peer: P, now: Instant) -> bool {
         if let Some(&slot) = self.index.get(&peer) {
             if let Some(s) = self.slots[slot].as_mut() {
                 s.subscriptions += 1;
             }
-            return;
+            return false;
         }
         let state = PeerState {
             subscriptions: 1,
             revealed: BlockSet::new(self.total),
             has: BlockSet::new(self.total),
             pending: 0,
+            progress_at: now,
         };
         let slot = match self.slots.iter().position(Option::is_none) {
             Some(free) => {
@@ -138,22 +172,56 @@ impl<P: Hash + Eq + Clone> SuperSeed<P> {
             }
         };
         self.index.insert(peer, slot);
+        true
     }
 
-    /// One of `peer`'s subscriptions ended; with the last one it leaves: what it held no
-    /// longer counts, and blocks revealed to it and not fetched are free again.
-    pub fn leave(&mut self, peer: &P) {
+    /// Blocks revealed to `peer` so far (what a new subscription of it is shown first).
+    pub fn revealed_to(&self, peer: &P) -> Vec<BlockRange> {
+        self.index
+            .get(peer)
+            .and_then(|&slot| self.slots[slot].as_ref())
+            .map(|s| s.revealed.ranges())
+            .unwrap_or_default()
+    }
+
+    /// One of `peer`'s subscriptions to our have-map ended. It stays in the swarm as far as
+    /// we know (what it holds still counts: a downloader that completes stops subscribing
+    /// but goes on serving); with its last subscription, blocks revealed to it and not
+    /// fetched are free for others.
+    pub fn unsubscribe(&mut self, peer: &P) {
         let Some(&slot) = self.index.get(peer) else {
             return;
         };
         let Some(state) = self.slots[slot].as_mut() else {
             return;
         };
-        state.subscriptions -= 1;
+        state.subscriptions = state.subscriptions.saturating_sub(1);
         if state.subscriptions > 0 {
             return;
         }
-        let state = self.slots[slot].take().expect("checked above");
+        state.pending = 0;
+        for p in &mut self.pending_at {
+            if *p == Some(slot) {
+                *p = None;
+            }
+        }
+    }
+
+    /// We stopped hearing `peer`'s have-map (it closed, or refused). If it is not
+    /// subscribed to ours either, it has left: what it held no longer counts, and blocks
+    /// only it received are lost. Returns whether it left (else: still subscribed, keep
+    /// listening to it).
+    pub fn leave(&mut self, peer: &P) -> bool {
+        let Some(&slot) = self.index.get(peer) else {
+            return true;
+        };
+        if self.slots[slot]
+            .as_ref()
+            .is_some_and(|s| s.subscriptions > 0)
+        {
+            return false;
+        }
+        let state = self.slots[slot].take().expect("slot of an indexed peer");
         self.index.remove(peer);
         for b in state.has.iter() {
             self.avail[b as usize] -= 1;
@@ -169,10 +237,11 @@ impl<P: Hash + Eq + Clone> SuperSeed<P> {
                 *l = None;
             }
         }
+        true
     }
 
     /// `peer` reports holding `ranges` (its have-map, or an addition to it).
-    pub fn peer_has(&mut self, peer: &P, ranges: &[BlockRange]) {
+    pub fn peer_has(&mut self, peer: &P, ranges: &[BlockRange], now: Instant) {
         let Some(&slot) = self.index.get(peer) else {
             return;
         };
@@ -182,6 +251,9 @@ impl<P: Hash + Eq + Clone> SuperSeed<P> {
         for r in ranges {
             for b in r.start..r.end.min(self.total) {
                 if state.has.insert(b) {
+                    if self.last_sent[b as usize].is_none_or(|(s, _)| s != slot) {
+                        state.progress_at = now;
+                    }
                     self.avail[b as usize] += 1;
                     if self.pending_at[b as usize] == Some(slot) {
                         self.pending_at[b as usize] = None;
@@ -204,8 +276,11 @@ impl<P: Hash + Eq + Clone> SuperSeed<P> {
         }
         let mut want = self.window - pending;
         let mut out: Vec<BlockRange> = Vec::new();
-        for resend in [false, true] {
-            if want == 0 {
+        let stalled = self.slots[slot]
+            .as_ref()
+            .is_some_and(|s| now.duration_since(s.progress_at) >= STALL_AFTER);
+        for pass in [Pass::NeverSent, Pass::Lost, Pass::Stalled] {
+            if want == 0 || (pass == Pass::Stalled && !stalled) {
                 break;
             }
             for i in 0..self.total {
@@ -213,8 +288,19 @@ impl<P: Hash + Eq + Clone> SuperSeed<P> {
                     break;
                 }
                 let b = (self.cursor + i) % self.total;
-                if !self.candidate(slot, b, resend, now) {
+                if !self.candidate(slot, b, pass, now) {
                     continue;
+                }
+                if pass == Pass::Stalled {
+                    self.stats.revealed_to_stalled += 1;
+                }
+                if pass == Pass::Lost {
+                    tracing::debug!(
+                        block = b,
+                        sent = self.sent[b as usize],
+                        holder_left = self.last_sent[b as usize].is_none(),
+                        "frugal: revealing a lost block again"
+                    );
                 }
                 let state = self.slots[slot].as_mut().expect("slot of an indexed peer");
                 state.revealed.insert(b);
@@ -239,20 +325,26 @@ impl<P: Hash + Eq + Clone> SuperSeed<P> {
         out
     }
 
-    fn candidate(&self, slot: usize, b: u32, resend: bool, now: Instant) -> bool {
+    fn candidate(&self, slot: usize, b: u32, pass: Pass, now: Instant) -> bool {
         let i = b as usize;
         let state = self.slots[slot].as_ref().expect("slot of an indexed peer");
         if state.has.contains(b) || state.revealed.contains(b) {
             return false;
         }
+        if pass == Pass::Stalled {
+            return true;
+        }
         if self.avail[i] > 0 || self.pending_at[i].is_some() {
             return false;
         }
-        if !resend {
-            return self.sent[i] == 0;
+        match pass {
+            Pass::NeverSent => self.sent[i] == 0,
+            _ => {
+                self.sent[i] > 0
+                    && self.last_sent[i]
+                        .is_none_or(|(_, at)| now.duration_since(at) >= RESEND_AFTER)
+            }
         }
-        self.sent[i] > 0
-            && self.last_sent[i].is_none_or(|(_, at)| now.duration_since(at) >= RESEND_AFTER)
     }
 
     /// Whether `peer` may be served `ranges`: every block was revealed to it, or is the
@@ -285,6 +377,12 @@ impl<P: Hash + Eq + Clone> SuperSeed<P> {
                     self.stats.distinct_sent += 1;
                 } else {
                     self.stats.blocks_resent += 1;
+                    tracing::debug!(
+                        block = b,
+                        sent = self.sent[i],
+                        same_peer = slot.is_some() && self.last_sent[i].map(|(s, _)| s) == slot,
+                        "frugal: block sent again"
+                    );
                 }
                 if let Some(slot) = slot {
                     if self.pending_at[i] == Some(slot) {
@@ -313,7 +411,7 @@ mod tests {
         let now = Instant::now();
         let mut ss = SuperSeed::new(100, 8);
         for p in 0..4 {
-            ss.join(p);
+            ss.join(p, now);
         }
         let mut seen = BlockSet::new(100);
         // Peers fetch what they are shown and report it; nothing is shown twice.
@@ -325,7 +423,7 @@ mod tests {
                 }
                 assert!(ss.may_serve(&p, &r) || r.is_empty());
                 ss.served(&p, &r, now);
-                ss.peer_has(&p, &r);
+                ss.peer_has(&p, &r, now);
             }
         }
         assert!(seen.is_full());
@@ -334,15 +432,27 @@ mod tests {
             (s.distinct_sent, s.blocks_sent, s.blocks_resent),
             (100, 100, 0)
         );
-        // Everything is in the swarm: nothing more to reveal.
-        assert!(ss.reveal(&0, now + RESEND_AFTER * 2).is_empty());
+        // Everything is in the swarm: nothing more to reveal, even after the resend grace,
+        // to a peer that is getting blocks from others.
+        let later = now + RESEND_AFTER * 2;
+        let theirs = blocks(&ss.revealed_to(&1));
+        ss.peer_has(
+            &0,
+            &[BlockRange {
+                start: theirs[0],
+                end: theirs[0] + 1,
+            }],
+            later,
+        );
+        assert!(ss.reveal(&0, later).is_empty());
+        assert_eq!(ss.stats().revealed_to_stalled, 0);
     }
 
     #[test]
     fn window_bounds_what_a_peer_is_shown() {
         let now = Instant::now();
         let mut ss = SuperSeed::new(100, 8);
-        ss.join("a");
+        ss.join("a", now);
         assert_eq!(blocks(&ss.reveal(&"a", now)).len(), 8);
         // Nothing fetched: the window is full.
         assert!(ss.reveal(&"a", now).is_empty());
@@ -355,8 +465,8 @@ mod tests {
     fn unrevealed_requests_are_refused_and_counted() {
         let now = Instant::now();
         let mut ss = SuperSeed::new(10, 2);
-        ss.join(1);
-        ss.join(2);
+        ss.join(1, now);
+        ss.join(2, now);
         ss.reveal(&1, now);
         let r1 = [BlockRange { start: 1, end: 2 }];
         assert!(ss.may_serve(&1, &r1));
@@ -375,16 +485,17 @@ mod tests {
     fn blocks_of_a_peer_that_left_are_revealed_again() {
         let now = Instant::now();
         let mut ss = SuperSeed::new(4, 4);
-        ss.join(1);
-        ss.join(2);
+        ss.join(1, now);
+        ss.join(2, now);
         let r = ss.reveal(&1, now);
         assert_eq!(blocks(&r), vec![0, 1, 2, 3]);
         ss.served(&1, &[BlockRange { start: 0, end: 2 }], now);
-        ss.peer_has(&1, &[BlockRange { start: 0, end: 2 }]);
+        ss.peer_has(&1, &[BlockRange { start: 0, end: 2 }], now);
         // Peer 2 gets nothing: blocks 0-1 are in the swarm, 2-3 pending at peer 1.
         assert!(ss.reveal(&2, now).is_empty());
         // Peer 1 leaves before sharing: everything comes back for peer 2.
-        ss.leave(&1);
+        ss.unsubscribe(&1);
+        assert!(ss.leave(&1));
         let again = blocks(&ss.reveal(&2, now));
         assert_eq!(again, vec![0, 1, 2, 3]);
         ss.served(&2, &[BlockRange { start: 0, end: 4 }], now);
@@ -395,8 +506,8 @@ mod tests {
     fn a_block_nobody_reports_is_resent_only_after_the_grace() {
         let now = Instant::now();
         let mut ss = SuperSeed::new(2, 2);
-        ss.join(1);
-        ss.join(2);
+        ss.join(1, now);
+        ss.join(2, now);
         let r = ss.reveal(&1, now);
         ss.served(&1, &r, now);
         // Peer 1 is still here but never reports the blocks (its have-map is slow).
@@ -408,12 +519,99 @@ mod tests {
     fn resubscribing_does_not_drop_the_peer() {
         let now = Instant::now();
         let mut ss = SuperSeed::new(4, 2);
-        ss.join(1);
-        ss.join(1);
+        assert!(ss.join(1, now), "a new peer");
+        assert!(!ss.join(1, now), "a second subscription of the same peer");
         let r = ss.reveal(&1, now);
-        ss.leave(&1);
-        assert!(ss.may_serve(&1, &r), "one subscription is still open");
-        ss.leave(&1);
+        ss.unsubscribe(&1);
+        assert_eq!((ss.peers(), ss.subscribed()), (1, 1));
+        assert!(!ss.leave(&1), "one subscription is still open");
+        assert!(ss.may_serve(&1, &r));
+        assert_eq!(
+            ss.revealed_to(&1),
+            r,
+            "a new subscription is shown these first"
+        );
+        ss.unsubscribe(&1);
+        assert_eq!((ss.peers(), ss.subscribed()), (1, 0));
+        assert!(ss.leave(&1));
         assert_eq!(ss.peers(), 0);
+    }
+
+    #[test]
+    fn a_peer_that_stops_subscribing_but_still_reports_keeps_its_blocks_counted() {
+        let now = Instant::now();
+        let mut ss = SuperSeed::new(4, 2);
+        ss.join(1, now);
+        ss.join(2, now);
+        let r = ss.reveal(&1, now);
+        assert_eq!(blocks(&r), vec![0, 1]);
+        ss.served(&1, &r, now);
+        ss.peer_has(&1, &r, now);
+        // Peer 1 completes elsewhere and stops subscribing; we still hear its have-map.
+        ss.unsubscribe(&1);
+        assert_eq!(
+            blocks(&ss.reveal(&2, now)),
+            vec![2, 3],
+            "0-1 are in the swarm"
+        );
+        ss.served(&2, &[BlockRange { start: 2, end: 4 }], now);
+        ss.peer_has(&2, &[BlockRange { start: 2, end: 4 }], now);
+        assert!(
+            ss.reveal(&2, now + Duration::from_secs(1)).is_empty(),
+            "nothing is lost"
+        );
+        assert_eq!(ss.stats().blocks_resent, 0);
+    }
+
+    #[test]
+    fn blocks_revealed_to_a_peer_that_stops_subscribing_are_freed_for_others() {
+        let now = Instant::now();
+        let mut ss = SuperSeed::new(2, 2);
+        ss.join(1, now);
+        ss.join(2, now);
+        assert_eq!(blocks(&ss.reveal(&1, now)), vec![0, 1]);
+        assert!(ss.reveal(&2, now).is_empty(), "pending at peer 1");
+        ss.unsubscribe(&1);
+        assert_eq!(blocks(&ss.reveal(&2, now)), vec![0, 1]);
+    }
+
+    #[test]
+    fn a_peer_that_gets_nothing_from_others_is_served_after_the_stall_time() {
+        let now = Instant::now();
+        let all = [BlockRange { start: 0, end: 6 }];
+        let mut ss = SuperSeed::new(6, 4);
+        ss.join(1, now);
+        ss.peer_has(&1, &all, now);
+        // Peer 2 arrives; peer 1 holds everything but peer 2 cannot reach it.
+        ss.join(2, now);
+        assert!(ss.reveal(&2, now).is_empty(), "everything is in the swarm");
+        assert!(ss.reveal(&2, now + STALL_AFTER / 2).is_empty());
+        let late = now + STALL_AFTER;
+        assert_eq!(blocks(&ss.reveal(&2, late)), vec![0, 1, 2, 3]);
+        assert_eq!(ss.stats().revealed_to_stalled, 4);
+        // Blocks it gets from us do not count as progress: it stays stalled.
+        let got = [BlockRange { start: 0, end: 4 }];
+        ss.served(&2, &got, late);
+        ss.peer_has(&2, &got, late);
+        assert_eq!(blocks(&ss.reveal(&2, late)), vec![4, 5]);
+
+        // A peer that does get blocks from others is not stalled.
+        let mut ss = SuperSeed::new(4, 4);
+        ss.join(1, now);
+        let r = ss.reveal(&1, now);
+        ss.served(&1, &r, now);
+        ss.peer_has(&1, &r, now);
+        ss.join(2, now);
+        ss.peer_has(
+            &2,
+            &[BlockRange { start: 0, end: 1 }],
+            now + STALL_AFTER / 2,
+        );
+        assert!(ss.reveal(&2, now + STALL_AFTER).is_empty());
+        assert_eq!(
+            blocks(&ss.reveal(&2, now + STALL_AFTER / 2 + STALL_AFTER)),
+            vec![1, 2, 3],
+            "stalled again once that stops"
+        );
     }
 }

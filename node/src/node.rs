@@ -51,6 +51,11 @@ const MAX_HAVE_SUBSCRIPTIONS: usize = 512;
 /// Shortest time between two have-map updates on one subscription: blocks verified
 /// meanwhile go in one frame.
 const HAVE_UPDATE_EVERY: Duration = Duration::from_millis(100);
+/// A frugal source re-subscribes to a subscriber's own have-map this long after it was
+/// refused (the peer still bootstrapping) or the stream broke, doubling up to the maximum;
+/// a complete peer's (closed after its full map) is read again at the maximum.
+const SUBSCRIBE_BACK_FIRST_RETRY: Duration = Duration::from_millis(300);
+const SUBSCRIBE_BACK_MAX_RETRY: Duration = Duration::from_secs(5);
 /// Peers queued for a fetch that has not picked them up yet (more are dropped: the fetch
 /// also learns them from trackers).
 const INTEREST_QUEUE: usize = 64;
@@ -904,8 +909,8 @@ async fn serve_have(inner: &Arc<Inner>, peer: PeerId, stream: &mut Stream) -> st
 }
 
 /// Serves one have-map subscription to a blob served frugally: only the blocks revealed to
-/// this peer ([`crate::frugal`]), more as it fetches them. Meanwhile subscribes to the
-/// peer's own have-map of the blob, so the frugal state knows what the swarm holds.
+/// this peer ([`crate::frugal`]), more as it fetches them. The first subscription of a peer
+/// starts [`listen_frugal_peer`].
 async fn serve_have_frugal(
     inner: &Arc<Inner>,
     peer: PeerId,
@@ -913,35 +918,44 @@ async fn serve_have_frugal(
     source: Arc<Source>,
     total: u32,
 ) -> std::io::Result<()> {
-    let id = source.id();
-    if let Some(mut ss) = source.super_seed() {
-        ss.join(peer);
+    let Some(new_peer) = source
+        .super_seed()
+        .map(|mut ss| ss.join(peer, std::time::Instant::now()))
+    else {
+        return Ok(());
+    };
+    debug!(%peer, blob = %source.id(), new_peer, "frugal: subscribed");
+    if new_peer {
+        // One listener per peer, for as long as it subscribes to us or serves its own
+        // have-map (a downloader that completes stops subscribing but goes on serving).
+        tokio::spawn(listen_frugal_peer(
+            Node {
+                inner: inner.clone(),
+            },
+            peer,
+            source.clone(),
+            total,
+        ));
     }
-    let node = Node {
-        inner: inner.clone(),
-    };
-    let back = {
-        let source = source.clone();
-        tokio::spawn(async move {
-            let _ = crate::fetch::read_have_map(&node, peer, id, total, |ranges| {
-                if let Some(mut ss) = source.super_seed() {
-                    ss.peer_has(&peer, &ranges);
-                }
-                std::future::ready(true)
-            })
-            .await;
-        })
-    };
+    // A re-subscription is shown what was revealed before first.
+    let mut new = source
+        .super_seed()
+        .map(|ss| ss.revealed_to(&peer))
+        .unwrap_or_default();
     let mut eof = [0u8; 1];
     let result = async {
         loop {
-            let new = source
-                .super_seed()
-                .map(|mut ss| ss.reveal(&peer, std::time::Instant::now()))
-                .unwrap_or_default();
+            new.extend(
+                source
+                    .super_seed()
+                    .map(|mut ss| ss.reveal(&peer, std::time::Instant::now()))
+                    .unwrap_or_default(),
+            );
+            new.sort_unstable();
             for msg in have::frames(total, &new) {
                 stream.write_all(&msg.encode_frame()).await?;
             }
+            new.clear();
             tokio::select! {
                 // Blocks served (a window may have room) or, at the latest, what peers
                 // reported meanwhile.
@@ -953,11 +967,52 @@ async fn serve_have_frugal(
         }
     }
     .await;
-    back.abort();
     if let Some(mut ss) = source.super_seed() {
-        ss.leave(&peer);
+        ss.unsubscribe(&peer);
     }
+    debug!(%peer, blob = %source.id(), "frugal: unsubscribed");
     result
+}
+
+/// Listens to a frugal source's subscriber's own have-map, so the frugal state knows what
+/// the swarm holds, until the peer has left: it is not subscribed to ours and its own
+/// cannot be read. A peer still bootstrapping answers "not found" and a stream can break:
+/// it is asked again meanwhile. A peer that completes closes its have-map after the full
+/// map: it goes on serving, so it is asked again now and then, and stays counted while
+/// it answers (without that, what only it received from us would look lost and be sent
+/// again).
+async fn listen_frugal_peer(node: Node, peer: PeerId, source: Arc<Source>, total: u32) {
+    let id = source.id();
+    let mut pause = SUBSCRIBE_BACK_FIRST_RETRY;
+    loop {
+        let result = crate::fetch::read_have_map(&node, peer, id, total, |ranges| {
+            if let Some(mut ss) = source.super_seed() {
+                ss.peer_has(&peer, &ranges, std::time::Instant::now());
+            }
+            std::future::ready(true)
+        })
+        .await;
+        // Taken down or replaced meanwhile: nothing left to serve frugally.
+        let served = node
+            .inner
+            .store
+            .get(&id)
+            .is_some_and(|s| Arc::ptr_eq(&s, &source));
+        if !served {
+            return;
+        }
+        if let Err(e) = result {
+            if source.super_seed().is_none_or(|mut ss| ss.leave(&peer)) {
+                debug!(%peer, blob = %id, error = %e, "frugal: peer left");
+                return;
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(SUBSCRIBE_BACK_MAX_RETRY);
+        } else {
+            // Closed after its whole map: complete, still here.
+            tokio::time::sleep(SUBSCRIBE_BACK_MAX_RETRY).await;
+        }
+    }
 }
 
 async fn serve(

@@ -1,5 +1,6 @@
 //! Seed nodes with a real tracker on 127.0.0.1: a frugal seed node feeding a swarm (about
-//! one copy of egress, everyone completes), and a takedown end to end (the seed node
+//! one copy of egress, everyone completes) and leaving newcomers to a peer that completed,
+//! and a takedown end to end (the seed node
 //! follows the tracker's list, deletes the ciphertext, and a `get` says why). Every wait
 //! has a timeout.
 
@@ -76,6 +77,8 @@ async fn setup(
     config.policy = policy;
     config.trackers = vec![tr.clone()];
     config.takedown_poll = Some(Duration::from_secs(1));
+    // A small window keeps blocks unrevealed until the first peers complete.
+    config.frugal_window = 2;
     let seed = SeedNode::start(&seed_node, config).unwrap();
     publisher
         .dial(
@@ -157,11 +160,86 @@ async fn a_frugal_seed_node_sends_about_one_copy_and_everyone_completes() {
         frugal.revealed > 0 && frugal.distinct_sent > 0,
         "{frugal:?}"
     );
+    // Nobody leaves, so nothing is lost: only the first and last block (what every
+    // downloader bootstraps from) may go to more than one peer. Peers that complete stop
+    // subscribing to the seed node but still count as holders.
+    assert!(
+        frugal.blocks_resent <= 2 * PEERS as u64,
+        "blocks sent again though no peer left: {frugal:?}"
+    );
     eprintln!(
         "frugal seed node: {:.2} copies, {frugal:?}",
         blob.egress_copies
     );
     drop(s.tracker);
+    stop.cancel();
+}
+
+/// A downloader that completes stops subscribing to the seed node's have-map but goes on
+/// seeding: a frugal seed node must still count it as a holder (else every block only it
+/// received looks lost and goes out again to the next downloader).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frugal_seed_node_leaves_newcomers_to_a_peer_that_completed() {
+    let dir = tempfile::tempdir().unwrap();
+    let stop = CancellationToken::new();
+    let s = setup(dir.path(), 1 << 20, Policy::Frugal, 4 << 20, &stop).await;
+    // The first downloader's uplink is slow: the second would rather use the seed node too.
+    let get = |name: &str| {
+        let node = testing::node(
+            Config::loopback()
+                .with_dht(false)
+                .with_upload_limit(Some(512 << 10)),
+            Arc::new(Store::in_memory()),
+            &stop,
+        );
+        let out = dir.path().join(name);
+        std::fs::create_dir(&out).unwrap();
+        let link = s.link.clone();
+        async move {
+            let (tx, _rx) = watch::channel(Progress::default());
+            let done = timeout(
+                LIMIT,
+                fetch(&node, &link, FetchOptions::new(Output::Dir(out)), tx),
+            )
+            .await
+            .expect("the fetch ends")
+            .unwrap();
+            (node, done)
+        }
+    };
+    // The first downloader gets everything from the seed node and stays (announced as a
+    // seeder while `first` is kept).
+    let first = get("first").await;
+    let before = s.seed.stats().blobs[0].frugal.unwrap();
+    let source = s.seed_node.store().get(&s.link.id).unwrap();
+    let counts = || {
+        let ss = source.super_seed().unwrap();
+        (ss.peers(), ss.subscribed())
+    };
+    timeout(LIMIT, async {
+        while counts().1 > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the first downloader stops subscribing to the seed node");
+    assert_eq!(counts().0, 1, "a peer that completed still counts");
+    let second = get("second").await;
+    assert!(std::fs::read(&second.1.path).unwrap() == s.data);
+    let frugal = s.seed.stats().blobs[0].frugal.unwrap();
+    // Nothing is shown to the newcomer (the first downloader holds every block), and at
+    // most the first and last block are sent (a newcomer bootstraps from whoever it
+    // reaches first).
+    assert_eq!(
+        frugal.revealed, before.revealed,
+        "blocks the first downloader holds were revealed again: {frugal:?}"
+    );
+    assert!(
+        frugal.blocks_sent - before.blocks_sent <= 2,
+        "the seed node sent {} blocks to the second downloader: {frugal:?}",
+        frugal.blocks_sent - before.blocks_sent
+    );
+    drop(first);
     stop.cancel();
 }
 

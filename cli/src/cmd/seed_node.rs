@@ -271,8 +271,16 @@ pub(crate) fn prometheus_text(s: &SeedNodeStats) -> String {
         metric(
             "frugal_resent_blocks_total",
             "counter",
-            "Blocks sent again after their first copy left the swarm.",
+            "Blocks sent more than once: the first and last block to each newcomer that \
+             bootstraps here, and copies lost with a peer that left.",
             &rows(&|st| st.blocks_resent),
+        );
+        metric(
+            "frugal_stalled_reveals_total",
+            "counter",
+            "Blocks revealed to a peer that got nothing from other peers for 10 s though \
+             others held them.",
+            &rows(&|st| st.revealed_to_stalled),
         );
         metric(
             "frugal_refused_requests_total",
