@@ -7,6 +7,9 @@
 # Needs: a release build (cargo build --release -p shoal-cli), iperf3, GNU time (apt-get
 # install iperf3 time). Only 127.0.0.1 is used.
 set -euo pipefail
+for tool in iperf3 /usr/bin/time; do
+  command -v "$tool" >/dev/null || { echo "$tool not found: apt-get install iperf3 time" >&2; exit 2; }
+done
 MIB=${1:-1024}
 RUNS=${2:-5}
 TRANSPORT=${3:-tcp}
