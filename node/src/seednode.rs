@@ -15,7 +15,8 @@
 //! - `blobs/<id>.blob` and `blobs/<id>.obao`: stored blobs (the `.blob` is renamed in last:
 //!   its presence marks the blob complete);
 //! - `partial/<id>.blob`, `.obao`, `.have`: a push in progress or interrupted (resumed by
-//!   the next push of the same blob; counted against the quota);
+//!   the next push of the same blob; counted against the quota; deleted once nobody has
+//!   resumed it for [`SeedNodeConfig::abandon_after`]);
 //! - `taken-down`: blob ids taken down, one per line (never stored again);
 //! - `LOCK`: held while a seed node uses the directory.
 
@@ -120,7 +121,15 @@ pub struct SeedNodeConfig {
     /// How often to pull the trackers' takedown lists (every blob listed is deleted and
     /// refused); `None` follows none.
     pub takedown_poll: Option<Duration>,
+    /// An interrupted push that nobody resumes for this long is deleted, and its quota
+    /// freed (checked at start and every hour).
+    pub abandon_after: Duration,
 }
+
+/// Default for [`SeedNodeConfig::abandon_after`]: a day.
+pub const ABANDON_AFTER: Duration = Duration::from_secs(24 * 3600);
+/// How often abandoned pushes are looked for.
+const ABANDON_CHECK_EVERY: Duration = Duration::from_secs(3600);
 
 /// Default interval between takedown-list pulls.
 pub const TAKEDOWN_POLL: Duration = Duration::from_secs(60);
@@ -137,6 +146,7 @@ impl SeedNodeConfig {
             trackers: Vec::new(),
             frugal_window: DEFAULT_WINDOW,
             takedown_poll: Some(TAKEDOWN_POLL),
+            abandon_after: ABANDON_AFTER,
         }
     }
 }
@@ -179,6 +189,7 @@ struct PushCounters {
     failed_corrupt: AtomicU64,
     failed_other: AtomicU64,
     takedowns: AtomicU64,
+    abandoned: AtomicU64,
 }
 
 /// A snapshot of a seed node's state, for `/stats`, `/metrics` and status lines.
@@ -208,6 +219,8 @@ pub struct SeedNodeStats {
     pub pushes_failed: u64,
     /// Blobs taken down (deleted).
     pub takedowns: u64,
+    /// Interrupted pushes deleted because nobody resumed them in time.
+    pub pushes_abandoned: u64,
 }
 
 /// Refused pushes by reason.
@@ -344,6 +357,19 @@ impl SeedNode {
         });
         let seed = Self { inner };
         seed.load_stored().map_err(store_err)?;
+        seed.expire_abandoned(std::time::SystemTime::now());
+        {
+            let seed = Arc::downgrade(&seed.inner);
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(ABANDON_CHECK_EVERY);
+                every.tick().await;
+                loop {
+                    every.tick().await;
+                    let Some(inner) = seed.upgrade() else { return };
+                    Self { inner }.expire_abandoned(std::time::SystemTime::now());
+                }
+            });
+        }
         tokio::spawn(accept_pushes(seed.inner.clone(), incoming));
         let cfg = &seed.inner.config;
         if let Some(every) = cfg.takedown_poll
@@ -463,7 +489,41 @@ impl SeedNode {
             pushes_corrupt: get(&c.failed_corrupt),
             pushes_failed: get(&c.failed_other),
             takedowns: get(&c.takedowns),
+            pushes_abandoned: get(&c.abandoned),
         }
+    }
+
+    /// Deletes the interrupted pushes (not running now) whose part file was last written
+    /// before `now - abandon_after`, freeing their quota. Returns how many.
+    pub fn expire_abandoned(&self, now: std::time::SystemTime) -> usize {
+        let inner = &self.inner;
+        let Some(cutoff) = now.checked_sub(inner.config.abandon_after) else {
+            return 0;
+        };
+        let mut book = self.book();
+        let stale: Vec<BlobId> = book
+            .partial
+            .keys()
+            .filter(|id| !book.active.contains(id))
+            .filter(|id| {
+                fs::metadata(inner.partial_dir.join(format!("{id}.blob")))
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|t| t < cutoff)
+            })
+            .copied()
+            .collect();
+        for id in &stale {
+            book.partial.remove(id);
+            for ext in ["blob", "obao", "have"] {
+                let _ = fs::remove_file(inner.partial_dir.join(format!("{id}.{ext}")));
+            }
+            info!(blob = %id, "deleted an interrupted push nobody resumed");
+        }
+        inner
+            .counters
+            .abandoned
+            .fetch_add(stale.len() as u64, Ordering::Relaxed);
+        stale.len()
     }
 
     /// Takes down every blob received on `listed` (deleted and refused), until its sender

@@ -15,7 +15,7 @@ use libp2p::{PeerId, StreamProtocol};
 use shoal_node::{
     CancellationToken, Config, Node, Source, Store,
     fetch::{FetchError, FetchOptions, Output, fetch},
-    seednode::{PushError, SeedNode, SeedNodeConfig, push},
+    seednode::{ABANDON_AFTER, PushError, SeedNode, SeedNodeConfig, push},
     testing,
 };
 use shoal_protocol::{
@@ -320,6 +320,78 @@ async fn interrupted_push_resumes_without_resending_stored_blocks() {
         .await
         .unwrap();
     assert_eq!(got, p.data);
+    stop.cancel();
+}
+
+/// An interrupted push survives a seed node restart (its quota stays reserved for the
+/// resume), and one nobody resumes within `abandon_after` is deleted and its quota freed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_push_is_kept_across_a_restart_and_deleted_once_abandoned() {
+    let dir = tempfile::tempdir().unwrap();
+    let stop = CancellationToken::new();
+    let p = publisher(dir.path(), 8 * MIB, Config::loopback(), &stop);
+    let store = dir.path().join("seed");
+    let seed_stop = stop.child_token();
+    let (seed_node, seed) = seed_node(&store, 1 << 30, &[p.node.peer_id()], &seed_stop).await;
+    connect(&p.node, &seed_node).await;
+    // Cut the push at 30 % by stopping the seed node.
+    let (cut_tx, mut cut_rx) = watch::channel(false);
+    let pushing = {
+        let node = p.node.clone();
+        let source = p.source.clone();
+        let to = seed_node.peer_id();
+        tokio::spawn(async move {
+            push(&node, to, source, move |sent, total| {
+                if sent * 10 >= total * 3 {
+                    cut_tx.send_replace(true);
+                }
+            })
+            .await
+        })
+    };
+    timeout(LIMIT, cut_rx.wait_for(|&c| c))
+        .await
+        .unwrap()
+        .unwrap();
+    seed_stop.cancel();
+    assert!(timeout(LIMIT, pushing).await.unwrap().unwrap().is_err());
+    drop(seed);
+    let reopened = timeout(LIMIT, async {
+        loop {
+            let node = testing::node(
+                Config::loopback(),
+                Arc::new(Store::in_memory()),
+                &stop.child_token(),
+            );
+            match SeedNode::start(&node, SeedNodeConfig::new(store.clone(), 1 << 30)) {
+                Ok(s) => break s,
+                Err(_) => {
+                    node.shutdown();
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    })
+    .await
+    .unwrap();
+    let partial = store.join("partial");
+    let stats = reopened.stats();
+    assert!(
+        stats.used >= 8 * MIB as u64,
+        "the interrupted push keeps its reservation: {stats:?}"
+    );
+    assert!(partial.join(format!("{}.blob", p.link.id)).exists());
+    let now = std::time::SystemTime::now();
+    assert_eq!(reopened.expire_abandoned(now), 0, "a recent push is kept");
+    let later = now + ABANDON_AFTER + Duration::from_secs(3600);
+    assert_eq!(reopened.expire_abandoned(later), 1);
+    let stats = reopened.stats();
+    assert_eq!((stats.used, stats.pushes_abandoned), (0, 1), "{stats:?}");
+    assert_eq!(
+        std::fs::read_dir(&partial).unwrap().count(),
+        0,
+        "files deleted"
+    );
     stop.cancel();
 }
 

@@ -298,6 +298,7 @@ pub(crate) fn prometheus_text(s: &SeedNodeStats) -> String {
             ("{outcome=\"stored\"}".into(), s.pushes_stored as f64),
             ("{outcome=\"corrupt\"}".into(), s.pushes_corrupt as f64),
             ("{outcome=\"failed\"}".into(), s.pushes_failed as f64),
+            ("{outcome=\"abandoned\"}".into(), s.pushes_abandoned as f64),
             (
                 "{outcome=\"refused_not_allowed\"}".into(),
                 r.not_allowed as f64,
