@@ -60,6 +60,58 @@ async fn seed_node(
     (node, seed)
 }
 
+/// Pushes `source` from `from` to `seed_node` and cancels `cut` once `tenths`/10 of it is
+/// sent; returns how the push ended.
+async fn push_cut_at(
+    from: &Node,
+    seed_node: &Node,
+    source: Arc<shoal_node::Source>,
+    tenths: u64,
+    cut: &CancellationToken,
+) -> Result<shoal_node::seednode::PushReport, PushError> {
+    let (cut_tx, mut cut_rx) = watch::channel(false);
+    let pushing = {
+        let from = from.clone();
+        let to = seed_node.peer_id();
+        tokio::spawn(async move {
+            push(&from, to, source, move |sent, total| {
+                if sent * 10 >= total * tenths {
+                    cut_tx.send_replace(true);
+                }
+            })
+            .await
+        })
+    };
+    timeout(LIMIT, cut_rx.wait_for(|&c| c))
+        .await
+        .unwrap()
+        .unwrap();
+    cut.cancel();
+    timeout(LIMIT, pushing).await.unwrap().unwrap()
+}
+
+/// Starts a seed node on `store` again once the stopped one has let go of it.
+async fn reopen(store: &Path, stop: &CancellationToken) -> SeedNode {
+    timeout(LIMIT, async {
+        loop {
+            let node = testing::node(
+                Config::loopback(),
+                Arc::new(Store::in_memory()),
+                &stop.child_token(),
+            );
+            match SeedNode::start(&node, SeedNodeConfig::new(store.to_owned(), 1 << 30)) {
+                Ok(s) => break s,
+                Err(_) => {
+                    node.shutdown();
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    })
+    .await
+    .expect("the stopped seed node lets go of its store")
+}
+
 async fn connect(from: &Node, to: &Node) {
     let addr = testing::addr(to, "tcp").await;
     from.dial(addr, Duration::from_secs(10)).await.unwrap();
@@ -271,26 +323,7 @@ async fn interrupted_push_resumes_without_resending_stored_blocks() {
     let (seed_node, seed) =
         seed_node(&store, 1 << 30, &[first.peer_id(), p.node.peer_id()], &stop).await;
     connect(&first, &seed_node).await;
-    let (cut_tx, mut cut_rx) = watch::channel(false);
-    let pushing = {
-        let first = first.clone();
-        let source = p.source.clone();
-        let to = seed_node.peer_id();
-        tokio::spawn(async move {
-            push(&first, to, source, move |sent, total| {
-                if sent * 10 >= total * 6 {
-                    cut_tx.send_replace(true);
-                }
-            })
-            .await
-        })
-    };
-    timeout(LIMIT, cut_rx.wait_for(|&c| c))
-        .await
-        .unwrap()
-        .unwrap();
-    first_stop.cancel();
-    let first_result = timeout(LIMIT, pushing).await.unwrap().unwrap();
+    let first_result = push_cut_at(&first, &seed_node, p.source.clone(), 6, &first_stop).await;
     assert!(first_result.is_err(), "the first push was cut");
     assert!(!seed.has(&p.link.id));
     // Wait until the seed node has seen the cut (the push is no longer active).
@@ -335,45 +368,10 @@ async fn an_interrupted_push_is_kept_across_a_restart_and_deleted_once_abandoned
     let (seed_node, seed) = seed_node(&store, 1 << 30, &[p.node.peer_id()], &seed_stop).await;
     connect(&p.node, &seed_node).await;
     // Cut the push at 30 % by stopping the seed node.
-    let (cut_tx, mut cut_rx) = watch::channel(false);
-    let pushing = {
-        let node = p.node.clone();
-        let source = p.source.clone();
-        let to = seed_node.peer_id();
-        tokio::spawn(async move {
-            push(&node, to, source, move |sent, total| {
-                if sent * 10 >= total * 3 {
-                    cut_tx.send_replace(true);
-                }
-            })
-            .await
-        })
-    };
-    timeout(LIMIT, cut_rx.wait_for(|&c| c))
-        .await
-        .unwrap()
-        .unwrap();
-    seed_stop.cancel();
-    assert!(timeout(LIMIT, pushing).await.unwrap().unwrap().is_err());
+    let cut = push_cut_at(&p.node, &seed_node, p.source.clone(), 3, &seed_stop).await;
+    assert!(cut.is_err(), "the push was cut");
     drop(seed);
-    let reopened = timeout(LIMIT, async {
-        loop {
-            let node = testing::node(
-                Config::loopback(),
-                Arc::new(Store::in_memory()),
-                &stop.child_token(),
-            );
-            match SeedNode::start(&node, SeedNodeConfig::new(store.clone(), 1 << 30)) {
-                Ok(s) => break s,
-                Err(_) => {
-                    node.shutdown();
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        }
-    })
-    .await
-    .unwrap();
+    let reopened = reopen(&store, &stop).await;
     let partial = store.join("partial");
     let stats = reopened.stats();
     assert!(
@@ -427,24 +425,7 @@ async fn taken_down_blob_is_deleted_refused_and_stays_down_after_a_restart() {
     // The takedown list survives a restart.
     seed_stop.cancel();
     drop(seed);
-    let reopened = timeout(LIMIT, async {
-        loop {
-            let node = testing::node(
-                Config::loopback(),
-                Arc::new(Store::in_memory()),
-                &stop.child_token(),
-            );
-            match SeedNode::start(&node, SeedNodeConfig::new(store.clone(), 1 << 30)) {
-                Ok(s) => break s,
-                Err(_) => {
-                    node.shutdown();
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        }
-    })
-    .await
-    .unwrap();
+    let reopened = reopen(&store, &stop).await;
     assert!(reopened.stats().blobs.is_empty());
     assert!(!reopened.take_down(p.link.id).unwrap(), "already down");
     stop.cancel();
