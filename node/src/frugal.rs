@@ -331,10 +331,13 @@ impl<P: Hash + Eq + Clone> SuperSeed<P> {
         if state.has.contains(b) || state.revealed.contains(b) {
             return false;
         }
+        if self.pending_at[i].is_some() {
+            return false;
+        }
         if pass == Pass::Stalled {
             return true;
         }
-        if self.avail[i] > 0 || self.pending_at[i].is_some() {
+        if self.avail[i] > 0 {
             return false;
         }
         match pass {
@@ -613,5 +616,111 @@ mod tests {
             vec![1, 2, 3],
             "stalled again once that stops"
         );
+    }
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Join(u8),
+        Unsubscribe(u8),
+        Leave(u8),
+        Has(u8, u32, u32),
+        Reveal(u8),
+        Serve(u8),
+        Wait(u64),
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        let peer = 0u8..4;
+        prop_oneof![
+            peer.clone().prop_map(Op::Join),
+            peer.clone().prop_map(Op::Unsubscribe),
+            peer.clone().prop_map(Op::Leave),
+            (peer.clone(), 0u32..40, 1u32..8).prop_map(|(p, s, l)| Op::Has(p, s, l)),
+            peer.clone().prop_map(Op::Reveal),
+            peer.prop_map(Op::Serve),
+            (0u64..40).prop_map(Op::Wait),
+        ]
+    }
+
+    impl<P: Hash + Eq + Clone> SuperSeed<P> {
+        /// The bookkeeping agrees with itself.
+        fn check(&self) {
+            for (slot, state) in self.slots.iter().enumerate() {
+                let Some(state) = state else { continue };
+                let pending = self.pending_at.iter().filter(|p| **p == Some(slot)).count();
+                assert_eq!(
+                    state.pending as usize, pending,
+                    "pending count of slot {slot}"
+                );
+            }
+            for b in 0..self.total {
+                let holders = self
+                    .slots
+                    .iter()
+                    .flatten()
+                    .filter(|s| s.has.contains(b))
+                    .count();
+                assert_eq!(self.avail[b as usize] as usize, holders, "holders of {b}");
+            }
+            assert_eq!(self.index.len(), self.slots.iter().flatten().count());
+        }
+    }
+
+    proptest::proptest! {
+        /// Any sequence of events keeps the counts consistent, never panics, never shows a
+        /// peer a block twice or one it holds, and never lets a peer's unfetched reveals
+        /// exceed the window.
+        #[test]
+        fn bookkeeping_holds_under_any_events(
+            total in 1u32..40,
+            window in 1u32..8,
+            ops in proptest::collection::vec(op(), 0..200),
+        ) {
+            let start = Instant::now();
+            let mut now = start;
+            let mut ss = SuperSeed::new(total, window);
+            for op in ops {
+                match op {
+                    Op::Join(p) => {
+                        ss.join(p, now);
+                    }
+                    Op::Unsubscribe(p) => ss.unsubscribe(&p),
+                    Op::Leave(p) => {
+                        ss.leave(&p);
+                    }
+                    Op::Has(p, s, l) => ss.peer_has(&p, &[BlockRange { start: s, end: s + l }], now),
+                    Op::Reveal(p) => {
+                        let before = ss.revealed_to(&p);
+                        let held: Vec<u32> = ss
+                            .index
+                            .get(&p)
+                            .and_then(|&slot| ss.slots[slot].as_ref())
+                            .map(|s| s.has.iter().collect())
+                            .unwrap_or_default();
+                        let new = blocks(&ss.reveal(&p, now));
+                        let before = blocks(&before);
+                        for b in &new {
+                            proptest::prop_assert!(!before.contains(b), "{b} shown twice");
+                            proptest::prop_assert!(!held.contains(b), "{b} is held");
+                        }
+                        let pending = ss
+                            .index
+                            .get(&p)
+                            .and_then(|&slot| ss.slots[slot].as_ref())
+                            .map_or(0, |s| s.pending);
+                        proptest::prop_assert!(pending <= window);
+                    }
+                    Op::Serve(p) => {
+                        let shown = ss.revealed_to(&p);
+                        if ss.may_serve(&p, &shown) {
+                            ss.served(&p, &shown, now);
+                        }
+                    }
+                    Op::Wait(s) => now += Duration::from_secs(s),
+                }
+                ss.check();
+            }
+        }
     }
 }
