@@ -719,7 +719,7 @@ async fn fetch_inner(
     // The parent pairs verified so far, kept in a sparse outboard file synced with the part
     // file, so this node serves the blocks it has to other downloaders (also after a resume).
     let obao_path = dir.join(format!(".shoal-{id}.obao"));
-    let (obao, mut outboard) = open_sparse_outboard(&obao_path, id, blob_len)?;
+    let (obao, mut outboard, _) = open_sparse_outboard(&obao_path, id, blob_len)?;
     for (position, pair) in &boot_parents {
         outboard.set_pair(*position, pair);
         write_all_at(&obao, pair, position * PARENT_LEN as u64).map_err(disk(&obao_path))?;
@@ -1827,12 +1827,13 @@ impl Sparse<'_> {
 
 /// Opens (or creates) the sparse outboard of a download: the pairs of an earlier run if the
 /// file has the right size, else all zeros (blocks resumed without their pairs are fetched
-/// fine but not served until the download completes).
+/// fine but not served until the download completes). The flag says whether the earlier
+/// pairs were kept.
 pub(crate) fn open_sparse_outboard(
     path: &Path,
     id: BlobId,
     blob_len: u64,
-) -> Result<(File, Outboard), FetchError> {
+) -> Result<(File, Outboard, bool), FetchError> {
     let disk = |source| FetchError::Disk {
         path: path.to_owned(),
         source,
@@ -1849,11 +1850,11 @@ pub(crate) fn open_sparse_outboard(
         let mut pairs = vec![0u8; usize::try_from(size).expect("outboard fits in memory")];
         read_exact_at(&file, &mut pairs, 0).map_err(disk)?;
         let outboard = Outboard::from_parts(id, blob_len, pairs).expect("size checked");
-        return Ok((file, outboard));
+        return Ok((file, outboard, true));
     }
     file.set_len(0).map_err(disk)?;
     file.set_len(size).map_err(disk)?;
-    Ok((file, Outboard::partial(id, blob_len)))
+    Ok((file, Outboard::partial(id, blob_len), false))
 }
 
 /// Keeps a download-in-progress source in the node's store for the life of the fetch: it

@@ -200,6 +200,11 @@ impl<P: Hash + Eq + Clone> SuperSeed<P> {
             return;
         }
         state.pending = 0;
+        self.release_pending(slot);
+    }
+
+    /// Blocks revealed to `slot` and not fetched are no longer pending there.
+    fn release_pending(&mut self, slot: usize) {
         for p in &mut self.pending_at {
             if *p == Some(slot) {
                 *p = None;
@@ -226,11 +231,7 @@ impl<P: Hash + Eq + Clone> SuperSeed<P> {
         for b in state.has.iter() {
             self.avail[b as usize] -= 1;
         }
-        for p in &mut self.pending_at {
-            if *p == Some(slot) {
-                *p = None;
-            }
-        }
+        self.release_pending(slot);
         for l in &mut self.last_sent {
             if l.is_some_and(|(s, _)| s == slot) {
                 // The recipient left: the copy may be gone (a later holder reports it).

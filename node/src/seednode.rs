@@ -514,9 +514,7 @@ impl SeedNode {
             .collect();
         for id in &stale {
             book.partial.remove(id);
-            for ext in ["blob", "obao", "have"] {
-                let _ = fs::remove_file(inner.partial_dir.join(format!("{id}.{ext}")));
-            }
+            inner.remove_partial_files(*id);
             info!(blob = %id, "deleted an interrupted push nobody resumed");
         }
         inner
@@ -615,10 +613,15 @@ impl Inner {
         }
         let _ = fs::remove_file(&blob);
         let _ = fs::remove_file(blob.with_extension("obao"));
+        self.remove_partial_files(id);
+        Ok(was_stored || was_partial)
+    }
+
+    /// Deletes what a push of `id` left in `partial/`, if anything.
+    fn remove_partial_files(&self, id: BlobId) {
         for ext in ["blob", "obao", "have"] {
             let _ = fs::remove_file(self.partial_dir.join(format!("{id}.{ext}")));
         }
-        Ok(was_stored || was_partial)
     }
 
     /// Decides on an offer: refuse it, or reserve quota and mark the push active.
@@ -856,9 +859,7 @@ impl Partial {
             .truncate(false)
             .open(&part_path)?;
         let state = State::load(have_path.clone(), id, Some(offer.blob_len));
-        let pairs_kept =
-            fs::metadata(&obao_path).is_ok_and(|m| m.len() == Outboard::size_for(offer.blob_len));
-        let (obao, outboard) = open_sparse_outboard(&obao_path, id, offer.blob_len)
+        let (obao, outboard, pairs_kept) = open_sparse_outboard(&obao_path, id, offer.blob_len)
             .map_err(|e| io::Error::other(e.to_string()))?;
         // Blocks of an earlier push count only if the part file and their pairs survived
         // too (both are synced before the have-map at each checkpoint; a crash while a

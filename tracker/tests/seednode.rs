@@ -16,7 +16,7 @@ use futures::future::join_all;
 use libp2p::{Multiaddr, identity::Keypair};
 use shoal_node::{
     CancellationToken, Config, Node, Store,
-    fetch::{FetchError, FetchOptions, Output, Progress, fetch},
+    fetch::{FetchError, FetchOptions, Fetched, Output, Progress, fetch},
     seednode::{Policy, SeedNode, SeedNodeConfig, push},
     takedown, testing,
 };
@@ -116,6 +116,24 @@ async fn setup(
     }
 }
 
+/// Fetches `link` with `node` into a new directory `dir/name`, within [`LIMIT`].
+async fn fetch_into(
+    node: &Node,
+    link: &Link,
+    dir: &std::path::Path,
+    name: &str,
+) -> Result<Fetched, FetchError> {
+    let out = dir.join(name);
+    std::fs::create_dir(&out).unwrap();
+    let (tx, _rx) = watch::channel(Progress::default());
+    timeout(
+        LIMIT,
+        fetch(node, link, FetchOptions::new(Output::Dir(out)), tx),
+    )
+    .await
+    .expect("the fetch ends")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frugal_seed_node_sends_about_one_copy_and_everyone_completes() {
     let dir = tempfile::tempdir().unwrap();
@@ -131,12 +149,9 @@ async fn a_frugal_seed_node_sends_about_one_copy_and_everyone_completes() {
         })
         .collect();
     let fetches = peers.iter().enumerate().map(|(i, node)| {
-        let out = dir.path().join(format!("peer{i}"));
-        std::fs::create_dir(&out).unwrap();
-        let link = s.link.clone();
+        let (link, dir) = (&s.link, dir.path());
         async move {
-            let (tx, _rx) = watch::channel(Progress::default());
-            let done = fetch(node, &link, FetchOptions::new(Output::Dir(out)), tx)
+            let done = fetch_into(node, link, dir, &format!("peer{i}"))
                 .await
                 .unwrap();
             std::fs::read(done.path).unwrap()
@@ -192,18 +207,9 @@ async fn a_frugal_seed_node_leaves_newcomers_to_a_peer_that_completed() {
             Arc::new(Store::in_memory()),
             &stop,
         );
-        let out = dir.path().join(name);
-        std::fs::create_dir(&out).unwrap();
-        let link = s.link.clone();
+        let (link, dir, name) = (&s.link, dir.path(), name.to_owned());
         async move {
-            let (tx, _rx) = watch::channel(Progress::default());
-            let done = timeout(
-                LIMIT,
-                fetch(&node, &link, FetchOptions::new(Output::Dir(out)), tx),
-            )
-            .await
-            .expect("the fetch ends")
-            .unwrap();
+            let done = fetch_into(&node, link, dir, &name).await.unwrap();
             (node, done)
         }
     };
@@ -285,16 +291,9 @@ async fn after_a_takedown_no_seed_node_serves_the_blob_and_get_says_why() {
         Arc::new(Store::in_memory()),
         &stop,
     );
-    let out = dir.path().join("out");
-    std::fs::create_dir(&out).unwrap();
-    let (tx, _rx) = watch::channel(Progress::default());
-    let err = timeout(
-        LIMIT,
-        fetch(&getter, &link, FetchOptions::new(Output::Dir(out)), tx),
-    )
-    .await
-    .expect("the fetch ends")
-    .unwrap_err();
+    let err = fetch_into(&getter, &link, dir.path(), "out")
+        .await
+        .unwrap_err();
     assert!(matches!(err, FetchError::TakenDown { .. }), "{err:?}");
     assert!(err.to_string().contains("taken down"), "{err}");
     stop.cancel();
