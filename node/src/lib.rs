@@ -60,6 +60,7 @@ pub mod takedown;
 #[cfg(feature = "test-utils")]
 pub mod testing;
 pub mod tracker_codec;
+pub mod transport;
 
 pub use config::Config;
 pub use dht::DhtError;

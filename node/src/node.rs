@@ -15,11 +15,10 @@ use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use libp2p::{
     Multiaddr, PeerId, Stream, StreamProtocol, Swarm, identify,
     identity::Keypair,
-    noise, ping, request_response,
+    ping, request_response,
     swarm::{
         ConnectionId, NetworkBehaviour, SwarmEvent, behaviour::toggle::Toggle, dial_opts::DialOpts,
     },
-    tcp,
 };
 use shoal_protocol::{
     BlobId, BlockIndex,
@@ -235,41 +234,30 @@ impl Node {
                 dht::split_p2p(addr).ok_or_else(|| StartError::Bootstrap { addr: addr.clone() })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
-            .with_tokio()
-            .with_tcp(
-                tcp::Config::default().nodelay(true),
-                noise::Config::new,
-                crate::muxer::Config::new,
-            )
-            .map_err(|e| StartError::Transport(e.into()))?
-            .with_quic()
-            .with_behaviour(|key| Behaviour {
-                limits: libp2p::connection_limits::Behaviour::new(
-                    libp2p::connection_limits::ConnectionLimits::default()
-                        .with_max_established(Some(config.max_connections))
-                        .with_max_established_per_peer(Some(config.max_connections_per_peer))
-                        .with_max_pending_incoming(Some(64)),
-                ),
-                stream: libp2p_stream::Behaviour::new(),
-                identify: identify::Behaviour::new(identify::Config::new(
-                    "/shoal/id/1".into(),
-                    key.public(),
-                )),
-                ping: ping::Behaviour::default(),
-                tracker: tracker_codec::behaviour(
-                    request_response::ProtocolSupport::Outbound,
-                    config.request_timeout,
-                ),
-                kad: Toggle::from(
-                    config
-                        .dht
-                        .then(|| dht::behaviour(key.public().to_peer_id(), &config)),
-                ),
-            })
-            .map_err(|e| StartError::Transport(e.into()))?
-            .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
-            .build();
+        let mut swarm = crate::transport::build_swarm(keypair, idle, |key| Behaviour {
+            limits: libp2p::connection_limits::Behaviour::new(
+                libp2p::connection_limits::ConnectionLimits::default()
+                    .with_max_established(Some(config.max_connections))
+                    .with_max_established_per_peer(Some(config.max_connections_per_peer))
+                    .with_max_pending_incoming(Some(64)),
+            ),
+            stream: libp2p_stream::Behaviour::new(),
+            identify: identify::Behaviour::new(identify::Config::new(
+                "/shoal/id/1".into(),
+                key.public(),
+            )),
+            ping: ping::Behaviour::default(),
+            tracker: tracker_codec::behaviour(
+                request_response::ProtocolSupport::Outbound,
+                config.request_timeout,
+            ),
+            kad: Toggle::from(
+                config
+                    .dht
+                    .then(|| dht::behaviour(key.public().to_peer_id(), &config)),
+            ),
+        })
+        .map_err(StartError::Transport)?;
         for addr in &config.listen {
             swarm
                 .listen_on(addr.clone())

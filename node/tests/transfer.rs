@@ -476,3 +476,33 @@ async fn connection_limit_refuses_extra_peers() {
     assert_eq!(peers(&first), 1);
     stop.cancel();
 }
+
+/// The transport's handshake proves who answers: an address naming another peer id is refused
+/// over TCP (TLS) and QUIC, and the right id connects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dialing_an_address_with_another_peer_id_fails() {
+    let stop = CancellationToken::new();
+    let target = testing::node(Config::loopback(), Arc::new(Store::in_memory()), &stop);
+    let dialer = testing::node(Config::loopback(), Arc::new(Store::in_memory()), &stop);
+    let impostor = libp2p::identity::Keypair::generate_ed25519()
+        .public()
+        .to_peer_id();
+    for kind in ["tcp", "quic"] {
+        let addr = testing::addr(&target, kind).await;
+        let wrong: libp2p::Multiaddr = addr
+            .to_string()
+            .replace(&target.peer_id().to_string(), &impostor.to_string())
+            .parse()
+            .unwrap();
+        let err = dialer
+            .dial(wrong, LIMIT)
+            .await
+            .expect_err("the wrong peer id must not connect");
+        assert!(
+            err.why.contains(&target.peer_id().to_string()),
+            "{kind}: the error names the peer that answered: {err}"
+        );
+        assert_eq!(dialer.dial(addr, LIMIT).await.unwrap(), target.peer_id());
+    }
+    stop.cancel();
+}

@@ -51,10 +51,9 @@ use libp2p::{
     Multiaddr, PeerId, StreamProtocol, Swarm, TransportError, connection_limits, identify,
     identity::Keypair,
     multiaddr::Protocol,
-    noise, ping,
+    ping,
     request_response::{self, InboundFailure, ProtocolSupport, ResponseChannel},
     swarm::{ConnectionId, NetworkBehaviour, SwarmEvent},
-    tcp, yamux,
 };
 use serde::Serialize;
 use shoal_node::tracker_codec::{self, TrackerCodec};
@@ -485,34 +484,23 @@ impl Tracker {
         let codec = CountingCodec {
             decode_errors: decode_errors.clone(),
         };
-        let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
-            .with_tokio()
-            .with_tcp(
-                tcp::Config::default().nodelay(true),
-                noise::Config::new,
-                yamux::Config::default,
-            )
-            .map_err(|e| StartError::Transport(e.into()))?
-            .with_quic()
-            .with_behaviour(|key| Behaviour {
-                limits: connection_limits::Behaviour::new(limits),
-                ip_limits,
-                tracker: request_response::Behaviour::with_codec(
-                    codec,
-                    [(tracker_codec::tracker_protocol(), ProtocolSupport::Inbound)],
-                    request_response::Config::default()
-                        .with_request_timeout(request_timeout)
-                        .with_max_concurrent_streams(tracker_codec::MAX_CONCURRENT_STREAMS),
-                ),
-                identify: identify::Behaviour::new(identify::Config::new(
-                    IDENTIFY_PROTOCOL.into(),
-                    key.public(),
-                )),
-                ping: ping::Behaviour::default(),
-            })
-            .map_err(|e| StartError::Transport(e.into()))?
-            .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
-            .build();
+        let mut swarm = shoal_node::transport::build_swarm(keypair, idle, |key| Behaviour {
+            limits: connection_limits::Behaviour::new(limits),
+            ip_limits,
+            tracker: request_response::Behaviour::with_codec(
+                codec,
+                [(tracker_codec::tracker_protocol(), ProtocolSupport::Inbound)],
+                request_response::Config::default()
+                    .with_request_timeout(request_timeout)
+                    .with_max_concurrent_streams(tracker_codec::MAX_CONCURRENT_STREAMS),
+            ),
+            identify: identify::Behaviour::new(identify::Config::new(
+                IDENTIFY_PROTOCOL.into(),
+                key.public(),
+            )),
+            ping: ping::Behaviour::default(),
+        })
+        .map_err(StartError::Transport)?;
         for addr in &config.listen {
             let listen_error = |source| StartError::Listen {
                 addr: addr.clone(),

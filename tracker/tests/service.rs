@@ -94,7 +94,9 @@ struct ClientBehaviour {
     stream: libp2p_stream::Behaviour,
 }
 
-/// A bare libp2p peer: it dials the tracker and sends requests; it listens nowhere.
+/// A bare libp2p peer: it dials the tracker and sends requests; it listens nowhere. It speaks
+/// only Noise and stock yamux on TCP, so the tests also check that Shoal's listeners (which
+/// offer TLS first) still take plain libp2p peers.
 struct Client {
     swarm: Swarm<ClientBehaviour>,
 }
