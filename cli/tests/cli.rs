@@ -97,6 +97,65 @@ fn kill_9_mid_download_then_resume_completes_without_refetching() {
     assert!(!state.exists() && !out.join(format!(".shoal-{id}.part")).exists());
 }
 
+/// Ctrl-C (SIGINT) during `get`: exit code 130, a message saying how to resume, verified
+/// blocks kept on disk, and the same command completes the file.
+#[test]
+fn ctrl_c_mid_download_exits_130_and_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = write_random(&dir.path().join("big.bin"), 12_000_000);
+    let (_seeder, link) = share(dir.path(), "big.bin", &["--up-limit", "3MB"]);
+    let id = link
+        .trim_start_matches("shoal:")
+        .split('?')
+        .next()
+        .unwrap()
+        .to_owned();
+    let out = dir.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    let state = out.join(format!(".shoal-{id}.state"));
+    let getter = shoal(dir.path())
+        .args(["get", &link, "-o"])
+        .arg(&out)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut getter = Guard(getter);
+    let deadline = Instant::now() + LIMIT;
+    while state_blocks(&state) < 20 {
+        assert!(Instant::now() < deadline, "download made no progress");
+        assert!(getter.0.try_wait().unwrap().is_none(), "get exited early");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let sent = Command::new("kill")
+        .args(["-INT", &getter.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(getter.0.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    let status = getter.0.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{stderr}");
+    assert!(
+        stderr.contains("run the same command again to resume"),
+        "{stderr}"
+    );
+    let kept = state_blocks(&state);
+    assert!(kept >= 20, "verified blocks were kept: {kept}");
+    assert!(!out.join("big.bin").exists());
+
+    let o = run(shoal(dir.path())
+        .args(["get", &link, "--json", "-o"])
+        .arg(&out));
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(
+        v["resumed_blocks"].as_u64().unwrap() >= u64::from(kept),
+        "{v}"
+    );
+    assert_eq!(std::fs::read(out.join("big.bin")).unwrap(), data);
+}
+
 #[test]
 fn the_key_never_reaches_logs_or_inspect() {
     let dir = tempfile::tempdir().unwrap();

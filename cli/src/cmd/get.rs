@@ -6,7 +6,7 @@ use anyhow::Context;
 use libp2p::Multiaddr;
 use shoal_node::{
     CancellationToken, Config, Node, Store,
-    fetch::{self, FetchError, FetchOptions, Output, Progress},
+    fetch::{FetchError, FetchOptions, Output, Progress},
 };
 use shoal_protocol::{Link, format::SEGMENT_PLAINTEXT_LEN};
 use tokio::sync::watch;
@@ -95,12 +95,9 @@ pub(crate) fn run(args: &Args, data_dir: Option<PathBuf>) -> anyhow::Result<Exit
         let node = Node::start(config, keypair, Arc::new(store), stop.clone())?;
         let (tx, rx) = watch::channel(Progress::default());
         let bar_task = tokio::spawn(show_progress(rx, args.json));
-        let result = tokio::select! {
-            r = fetch::fetch(&node, &link, opts, tx) => r,
-            _ = tokio::signal::ctrl_c() => {
-                eprintln!("\ninterrupted; verified blocks are kept: run the same command again to resume");
-                return Ok(ExitCode::from(130));
-            }
+        let Some(result) = ui::fetch_until_ctrl_c(&node, &link, opts, tx).await? else {
+            eprintln!("\ninterrupted; verified blocks are kept: run the same command again to resume");
+            return Ok(ExitCode::from(130));
         };
         let _ = bar_task.await;
         let done = match result {

@@ -8,7 +8,7 @@ use libp2p::Multiaddr;
 use shoal_node::{
     CancellationToken, Config, Node, Store,
     announce::{Announcer, Status},
-    fetch::{self, FetchOptions, Output, Progress},
+    fetch::{FetchOptions, Output, Progress},
     identity,
 };
 use shoal_protocol::{Link, blob::block_count};
@@ -106,12 +106,9 @@ pub(crate) fn run(args: &Args, data_dir: Option<PathBuf>) -> anyhow::Result<Exit
             let (tx, _rx) = watch::channel(Progress::default());
             let mut opts = FetchOptions::new(Output::Dir(dir.clone()));
             opts.trackers.clone_from(&args.tracker);
-            let got = tokio::select! {
-                r = fetch::fetch(&node, link, opts, tx) => r,
-                _ = tokio::signal::ctrl_c() => {
-                    stop.cancel();
-                    return Ok(ExitCode::from(130));
-                }
+            let Some(got) = ui::fetch_until_ctrl_c(&node, link, opts, tx).await? else {
+                stop.cancel();
+                return Ok(ExitCode::from(130));
             };
             match got {
                 Ok(done) => {
