@@ -38,6 +38,7 @@ use tracing::{debug, info, warn};
 
 use crate::{
     announce::{Announcer, Outcome, Status},
+    buffers,
     dht::Found,
     node::{DialError, Interest, Node, blob_protocol, have_protocol},
     rate::RateLimiter,
@@ -1126,37 +1127,6 @@ where
 
 fn lied(e: VerifyError) -> RequestError {
     RequestError::Lied(e.to_string())
-}
-
-/// Recycled 64 KiB block buffers: the writer hands them back to the readers, so a
-/// transfer does not allocate and zero a fresh buffer per block (that was ~3 % of a
-/// getter's CPU in `perf`; see docs/benchmarks.md).
-mod buffers {
-    use std::sync::Mutex;
-
-    /// Buffers kept for reuse (4 MiB).
-    const KEEP: usize = 64;
-    static POOL: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
-
-    /// A buffer of `len` bytes (contents unspecified: the caller overwrites all of it).
-    pub(super) fn take(len: usize) -> Vec<u8> {
-        let mut b = POOL
-            .lock()
-            .ok()
-            .and_then(|mut p| p.pop())
-            .unwrap_or_default();
-        b.resize(len, 0);
-        b
-    }
-
-    /// Returns a buffer for reuse (dropped if the pool is full).
-    pub(super) fn put(buf: Vec<u8>) {
-        if let Ok(mut p) = POOL.lock()
-            && p.len() < KEEP
-        {
-            p.push(buf);
-        }
-    }
 }
 
 /// What happened to the peers during the main phase.

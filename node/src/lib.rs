@@ -45,6 +45,7 @@
 //! and a lying-peer mode (`Config::corrupt_uploads`) for tests.
 
 pub mod announce;
+mod buffers;
 pub mod config;
 pub mod dht;
 pub mod fetch;

@@ -22,7 +22,7 @@ use libp2p::{
 };
 use shoal_protocol::{
     BlobId, BlockIndex,
-    blob::{BlockRange, EncodeItem, PARENT_LEN, RangeEncoder, block_count},
+    blob::{BlockRange, EncodeItem, PARENT_LEN, RangeEncoder, block_count, block_len},
     format::SEGMENT_LEN,
     have::{self, HAVE_PROTOCOL, HaveMsg, SUBSCRIBE_LEN, Subscribe},
     tracker::{Request as TrackerRequest, Response as TrackerResponse},
@@ -33,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::{
+    buffers,
     config::Config,
     dht::{self, Dht, DhtError, Found, Kad},
     rate::RateLimiter,
@@ -44,6 +45,9 @@ use crate::{
 const COMMAND_QUEUE: usize = 64;
 /// Encoded chunks buffered between the blocking block reader and the stream writer.
 const SERVE_PIPELINE: usize = 4;
+/// Bytes of a recycled chunk buffer: a block and the parent pairs sent before it (16 pairs
+/// cover a tree of 2^16 blocks, 4 GiB; deeper trees grow the buffer).
+const CHUNK_LEN: usize = SEGMENT_LEN + 16 * PARENT_LEN;
 
 /// Most have-map subscriptions served at once; more are closed at once.
 const MAX_HAVE_SUBSCRIPTIONS: usize = 512;
@@ -1062,6 +1066,7 @@ async fn serve(
             .uploaded_bytes
             .fetch_add(chunk.len() as u64, Ordering::Relaxed);
         counted.add_uploaded(chunk.len() as u64);
+        buffers::put(chunk);
     }
     producer.await.map_err(std::io::Error::other)?;
     if let Some(mut ss) = counted.super_seed() {
@@ -1105,15 +1110,24 @@ pub(crate) fn produce(
             EncodeItem::Block { index, .. } => Step::Block(index),
         })
         .collect();
-    // One buffer per chunk sent: parents, then the block appended in place. The status
-    // header goes in front of the first chunk (one frame instead of two).
-    let mut pending = header;
+    // One buffer per chunk sent: parents, then the block read and sealed in place. The status
+    // header goes in front of the first chunk (one frame instead of two). Buffers come from
+    // the pool the send loops return them to, so a block is not zero-filled before it is read.
+    let mut chunk = buffers::take(CHUNK_LEN);
+    chunk[..header.len()].copy_from_slice(&header);
+    let mut used = header.len();
     for step in plan {
         match step {
-            Step::Parent(pair) => pending.extend_from_slice(&pair),
+            Step::Parent(pair) => {
+                grow(&mut chunk, used + PARENT_LEN);
+                chunk[used..used + PARENT_LEN].copy_from_slice(&pair);
+                used += PARENT_LEN;
+            }
             Step::Block(index) => {
-                let start = pending.len();
-                if let Err(e) = source.read_block(&file, index, &mut pending) {
+                let len = block_len(source.blob_len(), index);
+                grow(&mut chunk, used + len);
+                let block = &mut chunk[used..used + len];
+                if let Err(e) = source.read_block_into(&file, index, block) {
                     // Logged once here (an operator must act); the peer just sees the
                     // stream end and goes elsewhere.
                     warn!(blob = %source.id(), block = %index, error = %e, "cannot serve block");
@@ -1121,18 +1135,28 @@ pub(crate) fn produce(
                     return;
                 }
                 if corrupt {
-                    let mid = start + (pending.len() - start) / 2;
-                    pending[mid] ^= 0x01;
+                    block[len / 2] ^= 0x01;
                 }
-                let next = Vec::with_capacity(SEGMENT_LEN + 16 * PARENT_LEN);
+                chunk.truncate(used + len);
+                let next = buffers::take(CHUNK_LEN);
                 if tx
-                    .blocking_send(Ok(std::mem::replace(&mut pending, next)))
+                    .blocking_send(Ok(std::mem::replace(&mut chunk, next)))
                     .is_err()
                 {
                     return; // the requester went away
                 }
+                used = 0;
             }
         }
+    }
+    buffers::put(chunk);
+}
+
+/// Makes `chunk` at least `len` bytes long (a response's first chunk carries a header and
+/// a deep tree more parents than [`CHUNK_LEN`] has room for).
+fn grow(chunk: &mut Vec<u8>, len: usize) {
+    if chunk.len() < len {
+        chunk.resize(len, 0);
     }
 }
 

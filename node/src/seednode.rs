@@ -1172,6 +1172,7 @@ pub async fn push(
             // Parents are a small part of a chunk: count them in, capped.
             sent = (sent + chunk.len() as u64).min(total_bytes);
             progress(sent, total_bytes);
+            crate::buffers::put(chunk);
         }
         drop(rx);
         let _ = producer.await;

@@ -306,20 +306,42 @@ impl Source {
     }
 
     /// Appends block `index` to `out` (which may already hold parent hashes to send before
-    /// it), verified against the outboard; the bytes are read and sealed in place, without
-    /// intermediate copies. Blocking: call from a blocking thread.
+    /// it), verified against the outboard. Blocking: call from a blocking thread.
     ///
     /// # Errors
-    /// If the backing file cannot be read or no longer matches the blob.
+    /// If the backing file cannot be read or no longer matches the blob; `out` is then as it
+    /// was.
     pub fn read_block(
         &self,
         file: &File,
         index: BlockIndex,
         out: &mut Vec<u8>,
     ) -> Result<(), ReadBlockError> {
+        let start = out.len();
+        out.resize(start + block_len(self.blob_len, index), 0);
+        let read = self.read_block_into(file, index, &mut out[start..]);
+        if read.is_err() {
+            out.truncate(start);
+        }
+        read
+    }
+
+    /// Reads block `index` into `block`, which must be exactly the block's length (its earlier
+    /// contents do not matter), sealing it in place for a plaintext source, and verifies it
+    /// against the outboard. No intermediate copies. Blocking: call from a blocking thread.
+    ///
+    /// # Errors
+    /// If `index` is past the end or `block` has the wrong length, or the backing file cannot
+    /// be read or no longer matches the blob. `block` then holds unspecified bytes.
+    pub fn read_block_into(
+        &self,
+        file: &File,
+        index: BlockIndex,
+        block: &mut [u8],
+    ) -> Result<(), ReadBlockError> {
         let blob_len = self.blob_len;
         let len = block_len(blob_len, index);
-        if len == 0 {
+        if len == 0 || block.len() != len {
             return Err(ReadBlockError::OutOfRange(index));
         }
         let path = self.path();
@@ -327,9 +349,6 @@ impl Source {
             path: path.display().to_string(),
             source,
         };
-        let start = out.len();
-        out.resize(start + len, 0);
-        let block = &mut out[start..];
         match &self.origin {
             Origin::Cipher { .. } => read_exact_at(file, block, index.offset()).map_err(io_err)?,
             Origin::Plain { sealer, .. } => {
@@ -350,7 +369,6 @@ impl Source {
         let single = block_count(blob_len) == 1;
         let expected = self.outboard().expected_block_hash(index);
         if expected != Some(block_hash(index, block, single)) {
-            out.truncate(start);
             return Err(self.changed(index));
         }
         Ok(())
@@ -887,6 +905,16 @@ mod tests {
         for i in 0..block_count(src.outboard().blob_len()) as u32 {
             out.clear();
             src.read_block(&f, BlockIndex(i), &mut out).unwrap();
+            // A recycled buffer's old bytes do not leak into the block (every byte of the
+            // segment is written: header part, file bytes, tag).
+            let mut dirty = vec![0xA5; out.len()];
+            src.read_block_into(&f, BlockIndex(i), &mut dirty).unwrap();
+            assert_eq!(dirty, out, "block {i}");
+            let mut wrong = vec![0; out.len() + 1];
+            assert!(matches!(
+                src.read_block_into(&f, BlockIndex(i), &mut wrong),
+                Err(ReadBlockError::OutOfRange(_))
+            ));
         }
         // Same file, unchanged: the share (and link) is reused without re-sealing.
         let again = Store::open(&dir.path().join("data"));
