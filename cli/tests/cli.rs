@@ -38,63 +38,95 @@ fn state_blocks(state: &Path) -> u32 {
     })
 }
 
-#[test]
-fn kill_9_mid_download_then_resume_completes_without_refetching() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = write_random(&dir.path().join("big.bin"), 12_000_000);
-    // Capped at 3 MB/s so the download is still running when it is killed.
-    let (_seeder, link) = share(dir.path(), "big.bin", &["--up-limit", "3MB"]);
+/// A `shoal get` of a 12 MB file from a sharer capped at 3 MB/s (so it is still running when
+/// the test interrupts it), started and waited on until `min_blocks` are verified on disk.
+struct SlowGet {
+    _seeder: Guard,
+    getter: Guard,
+    link: String,
+    data: Vec<u8>,
+    out: std::path::PathBuf,
+    state: std::path::PathBuf,
+    part: std::path::PathBuf,
+}
+
+fn slow_get(dir: &Path, min_blocks: u32, stderr: Stdio) -> SlowGet {
+    let data = write_random(&dir.join("big.bin"), 12_000_000);
+    let (seeder, link) = share(dir, "big.bin", &["--up-limit", "3MB"]);
     let id = link
         .trim_start_matches("shoal:")
         .split('?')
         .next()
         .unwrap()
         .to_owned();
-    let out = dir.path().join("out");
+    let out = dir.join("out");
     std::fs::create_dir(&out).unwrap();
     let state = out.join(format!(".shoal-{id}.state"));
-
-    let getter = shoal(dir.path())
+    let part = out.join(format!(".shoal-{id}.part"));
+    let getter = shoal(dir)
         .args(["get", &link, "-o"])
         .arg(&out)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .unwrap();
     let mut getter = Guard(getter);
     let deadline = Instant::now() + LIMIT;
-    while state_blocks(&state) < 40 {
+    while state_blocks(&state) < min_blocks {
         assert!(Instant::now() < deadline, "download made no progress");
         assert!(
             getter.0.try_wait().unwrap().is_none(),
-            "get exited before it was killed"
+            "get exited before it was interrupted"
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    getter.0.kill().unwrap(); // SIGKILL on Unix: no cleanup runs
-    getter.0.wait().unwrap();
-    let kept = state_blocks(&state);
-    assert!(
-        !out.join("big.bin").exists(),
-        "a partial file appeared under the final name"
-    );
+    SlowGet {
+        _seeder: seeder,
+        getter,
+        link,
+        data,
+        out,
+        state,
+        part,
+    }
+}
 
-    let o = run(shoal(dir.path())
-        .args(["get", &link, "--json", "-o"])
-        .arg(&out));
-    assert!(o.status.success(), "{}", text(&o.stderr));
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert!(
-        v["resumed_blocks"].as_u64().unwrap() >= u64::from(kept),
-        "{v}"
-    );
+impl SlowGet {
+    /// Runs the same `get` again to the end; returns its `--json` summary after checking
+    /// that it resumed at least `kept` blocks and left the right file and nothing else.
+    fn resume(&self, dir: &Path, kept: u32) -> serde_json::Value {
+        assert!(
+            !self.out.join("big.bin").exists(),
+            "a partial file appeared under the final name"
+        );
+        let o = run(shoal(dir)
+            .args(["get", &self.link, "--json", "-o"])
+            .arg(&self.out));
+        assert!(o.status.success(), "{}", text(&o.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert!(
+            v["resumed_blocks"].as_u64().unwrap() >= u64::from(kept),
+            "{v}"
+        );
+        assert_eq!(std::fs::read(self.out.join("big.bin")).unwrap(), self.data);
+        assert!(!self.state.exists() && !self.part.exists());
+        v
+    }
+}
+
+#[test]
+fn kill_9_mid_download_then_resume_completes_without_refetching() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut get = slow_get(dir.path(), 40, Stdio::null());
+    get.getter.0.kill().unwrap(); // SIGKILL on Unix: no cleanup runs
+    get.getter.0.wait().unwrap();
+    let kept = state_blocks(&get.state);
+    let v = get.resume(dir.path(), kept);
     assert_eq!(
         v["resumed_blocks"].as_u64().unwrap() + v["fetched_blocks"].as_u64().unwrap(),
         184,
         "{v}"
     );
-    assert_eq!(std::fs::read(out.join("big.bin")).unwrap(), data);
-    assert!(!state.exists() && !out.join(format!(".shoal-{id}.part")).exists());
 }
 
 /// Ctrl-C (SIGINT) during `get`: exit code 130, a message saying how to resume, verified
@@ -102,58 +134,23 @@ fn kill_9_mid_download_then_resume_completes_without_refetching() {
 #[test]
 fn ctrl_c_mid_download_exits_130_and_resumes() {
     let dir = tempfile::tempdir().unwrap();
-    let data = write_random(&dir.path().join("big.bin"), 12_000_000);
-    let (_seeder, link) = share(dir.path(), "big.bin", &["--up-limit", "3MB"]);
-    let id = link
-        .trim_start_matches("shoal:")
-        .split('?')
-        .next()
-        .unwrap()
-        .to_owned();
-    let out = dir.path().join("out");
-    std::fs::create_dir(&out).unwrap();
-    let state = out.join(format!(".shoal-{id}.state"));
-    let getter = shoal(dir.path())
-        .args(["get", &link, "-o"])
-        .arg(&out)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut getter = Guard(getter);
-    let deadline = Instant::now() + LIMIT;
-    while state_blocks(&state) < 20 {
-        assert!(Instant::now() < deadline, "download made no progress");
-        assert!(getter.0.try_wait().unwrap().is_none(), "get exited early");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut get = slow_get(dir.path(), 20, Stdio::piped());
     let sent = Command::new("kill")
-        .args(["-INT", &getter.0.id().to_string()])
+        .args(["-INT", &get.getter.0.id().to_string()])
         .status()
         .unwrap();
     assert!(sent.success());
     let mut stderr = String::new();
-    std::io::Read::read_to_string(getter.0.stderr.as_mut().unwrap(), &mut stderr).unwrap();
-    let status = getter.0.wait().unwrap();
+    std::io::Read::read_to_string(get.getter.0.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    let status = get.getter.0.wait().unwrap();
     assert_eq!(status.code(), Some(130), "{stderr}");
     assert!(
         stderr.contains("run the same command again to resume"),
         "{stderr}"
     );
-    let kept = state_blocks(&state);
+    let kept = state_blocks(&get.state);
     assert!(kept >= 20, "verified blocks were kept: {kept}");
-    assert!(!out.join("big.bin").exists());
-
-    let o = run(shoal(dir.path())
-        .args(["get", &link, "--json", "-o"])
-        .arg(&out));
-    assert!(o.status.success(), "{}", text(&o.stderr));
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert!(
-        v["resumed_blocks"].as_u64().unwrap() >= u64::from(kept),
-        "{v}"
-    );
-    assert_eq!(std::fs::read(out.join("big.bin")).unwrap(), data);
+    get.resume(dir.path(), kept);
 }
 
 #[test]
