@@ -339,8 +339,8 @@ async fn interrupted_push_resumes_without_resending_stored_blocks() {
         }
     })
     .await
-    .unwrap()
-    .unwrap();
+    .expect("the resumed push ended in time")
+    .unwrap_or_else(|e| panic!("the resumed push failed: {e:?}"));
     assert!(
         report.blocks_sent <= report.blocks_total - 128,
         "resumed push sent {} of {} blocks",
