@@ -1,7 +1,8 @@
-//! Yamux for libp2p with 64 KiB data frames.
+//! Yamux for libp2p with data frames of a whole sealed segment, over a connection that sends
+//! a frame's header together with its body.
 //!
 //! `libp2p::yamux::Config` does not expose yamux's `split_send_size`, so every write is cut
-//! into 16 KiB frames, each a separate Noise message and flush. With 64 KiB frames a sealed
+//! into 16 KiB frames, each a separate Noise message and flush. With 68 KiB frames a sealed
 //! segment travels as one frame: the team's transport probe measured +25-30 % on loopback
 //! (../shared/bench/README.md), and docs/benchmarks.md has Shoal's before/after. The wire
 //! protocol is unchanged (`/yamux/1.0.0`): only how big our frames are.
@@ -22,8 +23,10 @@ use libp2p::core::{
     upgrade::{InboundConnectionUpgrade, OutboundConnectionUpgrade, UpgradeInfo},
 };
 
-/// Bytes per yamux data frame: one sealed segment.
-const SPLIT_SEND_SIZE: usize = 64 * 1024;
+/// Bytes per yamux data frame: one sealed segment and the tree nodes sent in front of it
+/// (a served chunk is a block plus up to a few 64-byte parent pairs; at exactly 64 KiB those
+/// pairs went out as a second, tiny frame). yamux accepts frames up to 1 MiB.
+const SPLIT_SEND_SIZE: usize = 68 * 1024;
 /// Inbound streams buffered while the node applies backpressure; more are dropped.
 const MAX_BUFFERED_INBOUND_STREAMS: usize = 256;
 /// Concurrent streams per connection.
@@ -55,13 +58,13 @@ impl<C> InboundConnectionUpgrade<C> for Config
 where
     C: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
-    type Output = Muxer<C>;
+    type Output = Muxer<Coalesce<C>>;
     type Error = io::Error;
     type Future = future::Ready<Result<Self::Output, Self::Error>>;
 
     fn upgrade_inbound(self, io: C, _: Self::Info) -> Self::Future {
         future::ready(Ok(Muxer::new(yamux::Connection::new(
-            io,
+            Coalesce::new(io),
             self.0,
             yamux::Mode::Server,
         ))))
@@ -72,13 +75,13 @@ impl<C> OutboundConnectionUpgrade<C> for Config
 where
     C: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
-    type Output = Muxer<C>;
+    type Output = Muxer<Coalesce<C>>;
     type Error = io::Error;
     type Future = future::Ready<Result<Self::Output, Self::Error>>;
 
     fn upgrade_outbound(self, io: C, _: Self::Info) -> Self::Future {
         future::ready(Ok(Muxer::new(yamux::Connection::new(
-            io,
+            Coalesce::new(io),
             self.0,
             yamux::Mode::Client,
         ))))
@@ -167,6 +170,117 @@ where
     }
 }
 
+/// The connection under yamux, holding back a short write (a frame's 12-byte header) until
+/// the next write or flush.
+///
+/// yamux writes each frame's header and body separately. Under TLS every write becomes its
+/// own record and, with `TCP_NODELAY`, its own TCP segment and wake-up at the receiver: per
+/// 64 KiB frame a 34-byte record and a second syscall on both sides. Held back, the header
+/// goes out with the body in one vectored write (rustls packs both into the same records).
+/// Noise buffers until a flush by itself; this does not change what it sends.
+#[derive(Debug)]
+pub(crate) struct Coalesce<C> {
+    io: C,
+    held: [u8; HELD],
+    held_len: usize,
+}
+
+/// The longest write held back: one yamux frame header.
+const HELD: usize = 12;
+
+impl<C> Coalesce<C> {
+    fn new(io: C) -> Self {
+        Self {
+            io,
+            held: [0; HELD],
+            held_len: 0,
+        }
+    }
+
+    /// Marks `n` held bytes as written.
+    fn consume_held(&mut self, n: usize) {
+        self.held.copy_within(n..self.held_len, 0);
+        self.held_len -= n;
+    }
+}
+
+impl<C: AsyncWrite + Unpin> Coalesce<C> {
+    /// Writes out what is held back.
+    fn poll_write_held(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.held_len > 0 {
+            let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.held[..self.held_len]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.consume_held(n);
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<C: AsyncRead + Unpin> AsyncRead for Coalesce<C> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+
+    fn poll_read_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &mut [IoSliceMut<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_read_vectored(cx, bufs)
+    }
+}
+
+impl<C: AsyncWrite + Unpin> AsyncWrite for Coalesce<C> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        if this.held_len == 0 && buf.len() <= HELD {
+            this.held[..buf.len()].copy_from_slice(buf);
+            this.held_len = buf.len();
+            return Poll::Ready(Ok(buf.len()));
+        }
+        while this.held_len > 0 {
+            let bufs = [IoSlice::new(&this.held[..this.held_len]), IoSlice::new(buf)];
+            let n = ready!(Pin::new(&mut this.io).poll_write_vectored(cx, &bufs))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            if n <= this.held_len {
+                this.consume_held(n);
+            } else {
+                let from_buf = n - this.held_len;
+                this.held_len = 0;
+                return Poll::Ready(Ok(from_buf));
+            }
+        }
+        Pin::new(&mut this.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_write_held(cx))?;
+        Pin::new(&mut this.io).poll_flush(cx)
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_write_held(cx))?;
+        Pin::new(&mut this.io).poll_close(cx)
+    }
+}
+
 /// A yamux substream.
 #[derive(Debug)]
 pub(crate) struct Stream(yamux::Stream);
@@ -225,6 +339,139 @@ impl From<Error> for io::Error {
         match err.0 {
             yamux::ConnectionError::Io(e) => e,
             e => Self::other(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::{AsyncWriteExt, executor::block_on};
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// A connection that takes at most `cap` bytes per write, answers `Pending` (waking at
+    /// once) on the calls whose bit is set in `pending`, and records what each write took.
+    struct Recorder {
+        out: Vec<u8>,
+        writes: Vec<usize>,
+        cap: usize,
+        pending: u64,
+        calls: u32,
+    }
+
+    impl Recorder {
+        fn new(cap: usize, pending: u64) -> Self {
+            Self {
+                out: Vec::new(),
+                writes: Vec::new(),
+                cap,
+                pending,
+                calls: 0,
+            }
+        }
+
+        fn stalls(&mut self, cx: &Context<'_>) -> bool {
+            let stall = self.pending >> (self.calls % 64) & 1 == 1;
+            self.calls += 1;
+            if stall {
+                cx.waker().wake_by_ref();
+            }
+            stall
+        }
+    }
+
+    impl AsyncWrite for Recorder {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.poll_write_vectored(cx, &[IoSlice::new(buf)])
+        }
+
+        fn poll_write_vectored(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            bufs: &[IoSlice<'_>],
+        ) -> Poll<io::Result<usize>> {
+            let this = self.get_mut();
+            if this.stalls(cx) {
+                return Poll::Pending;
+            }
+            let mut taken = 0;
+            for b in bufs {
+                let n = b.len().min(this.cap - taken);
+                this.out.extend_from_slice(&b[..n]);
+                taken += n;
+            }
+            this.writes.push(taken);
+            Poll::Ready(Ok(taken))
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            if self.get_mut().stalls(cx) {
+                return Poll::Pending;
+            }
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            self.poll_flush(cx)
+        }
+    }
+
+    #[test]
+    fn a_frame_header_goes_out_with_its_body() {
+        let mut c = Coalesce::new(Recorder::new(usize::MAX, 0));
+        let body = vec![7u8; 64 * 1024];
+        block_on(async {
+            c.write_all(&[1; 12]).await.unwrap();
+            c.write_all(&body).await.unwrap();
+        });
+        assert_eq!(c.io.writes, [12 + body.len()], "one write for both");
+        assert_eq!(&c.io.out[..12], &[1; 12]);
+        assert_eq!(&c.io.out[12..], &body[..]);
+    }
+
+    #[test]
+    fn a_held_header_goes_out_on_flush_and_close() {
+        let mut c = Coalesce::new(Recorder::new(usize::MAX, 0));
+        block_on(c.write_all(b"window-updat")).unwrap();
+        assert!(c.io.out.is_empty(), "held back until something follows");
+        block_on(c.flush()).unwrap();
+        assert_eq!(c.io.out, b"window-updat");
+        block_on(c.write_all(b"go-away")).unwrap();
+        block_on(c.close()).unwrap();
+        assert_eq!(c.io.out, b"window-updatgo-away");
+    }
+
+    proptest! {
+        /// Whatever the sizes of the writes and however the connection takes them, the bytes
+        /// arrive in order, and each flush leaves nothing held back.
+        #[test]
+        fn bytes_arrive_in_order_and_flush_holds_nothing(
+            writes in prop::collection::vec(
+                (prop::collection::vec(any::<u8>(), 0..40), any::<bool>()),
+                0..40,
+            ),
+            cap in 1usize..64,
+            pending in any::<u64>(),
+        ) {
+            // A connection that stalls on every call would never finish.
+            let pending = pending & !1;
+            let mut c = Coalesce::new(Recorder::new(cap, pending));
+            let mut sent = Vec::new();
+            for (bytes, flush) in &writes {
+                block_on(c.write_all(bytes)).unwrap();
+                sent.extend_from_slice(bytes);
+                if *flush {
+                    block_on(c.flush()).unwrap();
+                    prop_assert_eq!(&c.io.out, &sent);
+                }
+            }
+            block_on(c.flush()).unwrap();
+            prop_assert_eq!(&c.io.out, &sent);
         }
     }
 }
