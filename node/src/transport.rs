@@ -1,7 +1,7 @@
 //! The libp2p transports every Shoal process builds its swarm on.
 //!
 //! - TCP, secured by TLS 1.3 (`/tls/1.0.0`) or else Noise (`/noise`), multiplexed by yamux with
-//!   64 KiB frames (`node/src/muxer.rs`);
+//!   frames of up to 68 KiB (`node/src/muxer.rs`);
 //! - QUIC (`quic-v1`, TLS 1.3 inside).
 //!
 //! # Why TLS before Noise on TCP
@@ -21,7 +21,12 @@
 //! stays libp2p's: the certificate (`libp2p::tls::certificate::generate`), its checks
 //! (`certificate::parse`: exactly one self-signed certificate, valid now, carrying a libp2p
 //! extension signed by the peer's identity key) and the handshake signature check
-//! (`P2pCertificate::verify_signature`). The listening side is libp2p's upgrade unchanged.
+//! (`P2pCertificate::verify_signature`). The listening side runs libp2p's server configuration
+//! (`libp2p::tls::make_server_config`, whose client-certificate verifier is libp2p's) through
+//! the same handshake code as libp2p's upgrade; it differs only in the two settings below.
+//!
+//! Both sides raise rustls' send buffer limit to [`TLS_BUFFER_LIMIT`] (a whole yamux frame per
+//! write), and neither logs session secrets to `$SSLKEYLOGFILE`.
 //!
 //! Multistream-select offers TLS first and Noise second, so Shoal still talks to libp2p peers
 //! that only speak Noise (one more round trip while negotiating).
@@ -115,11 +120,17 @@ fn hardware_aes() -> bool {
 /// libp2p's TLS 1.3 handshake (`/tls/1.0.0`), dialing with [`cipher_suites`]' order.
 #[derive(Clone)]
 pub struct Tls {
-    /// libp2p's upgrade: the listening side, unchanged.
-    libp2p: tls::Config,
+    /// The listening side's configuration: libp2p's (`libp2p::tls::make_server_config`).
+    server: Arc<rustls::ServerConfig>,
     /// The dialing side's configuration.
     client: Arc<rustls::ClientConfig>,
 }
+
+/// Encrypted bytes a connection buffers for a socket that cannot take them yet; a write
+/// beyond it is taken in part. rustls' default (64 KiB) is just under one yamux frame (a
+/// 64 KiB block plus its tree nodes and header), which then took two writes and two TCP
+/// segments, the second a few hundred bytes. This is the most one connection holds.
+const TLS_BUFFER_LIMIT: usize = 128 * 1024;
 
 impl std::fmt::Debug for Tls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -161,8 +172,12 @@ impl Tls {
             .with_custom_certificate_verifier(Arc::new(Libp2pServerCert))
             .with_client_cert_resolver(libp2p_client.client_auth_cert_resolver.clone());
         client.alpn_protocols = libp2p_client.alpn_protocols.clone();
+        let mut server = tls::make_server_config(keypair)?;
+        // libp2p logs the session secrets to $SSLKEYLOGFILE when it is set; the dialing side
+        // never did. Neither does now: they would show which blobs a peer asks for.
+        server.key_log = Arc::new(rustls::NoKeyLog);
         Ok(Self {
-            libp2p: tls::Config::new(keypair)?,
+            server: Arc::new(server),
             client: Arc::new(client),
         })
     }
@@ -185,8 +200,19 @@ where
     type Error = tls::UpgradeError;
     type Future = BoxFuture<'static, Result<Self::Output, Self::Error>>;
 
-    fn upgrade_inbound(self, socket: C, info: Self::Info) -> Self::Future {
-        self.libp2p.upgrade_inbound(socket, info)
+    fn upgrade_inbound(self, socket: C, _: Self::Info) -> Self::Future {
+        async move {
+            let stream = futures_rustls::TlsAcceptor::from(self.server)
+                .accept_with(socket, |c| c.set_buffer_limit(Some(TLS_BUFFER_LIMIT)))
+                .await
+                .map_err(tls::UpgradeError::ServerUpgrade)?;
+            let peer_id = single_peer_id(
+                stream.get_ref().1.peer_certificates(),
+                tls::UpgradeError::ServerUpgrade,
+            )?;
+            Ok((peer_id, stream.into()))
+        }
+        .boxed()
     }
 }
 
@@ -204,21 +230,31 @@ where
             // rustls send none.
             let name = ServerName::IpAddress(IpAddr::V4(Ipv4Addr::UNSPECIFIED).into());
             let stream = futures_rustls::TlsConnector::from(self.client)
-                .connect(name, socket)
+                .connect_with(name, socket, |c| c.set_buffer_limit(Some(TLS_BUFFER_LIMIT)))
                 .await
                 .map_err(tls::UpgradeError::ClientUpgrade)?;
-            // The verifier accepted exactly one certificate; parse it again for the peer id.
-            let peer_id = match stream.get_ref().1.peer_certificates() {
-                Some([cert]) => certificate::parse(cert)?.peer_id(),
-                _ => {
-                    return Err(tls::UpgradeError::ClientUpgrade(std::io::Error::other(
-                        "the server did not present exactly one certificate",
-                    )));
-                }
-            };
+            let peer_id = single_peer_id(
+                stream.get_ref().1.peer_certificates(),
+                tls::UpgradeError::ClientUpgrade,
+            )?;
             Ok((peer_id, stream.into()))
         }
         .boxed()
+    }
+}
+
+/// The peer id in the one certificate the other side presented. The verifiers (ours when
+/// dialing, libp2p's when listening) accepted exactly one; it is parsed again for the id.
+/// `side` wraps the error when there is not exactly one (the handshake's side).
+fn single_peer_id(
+    certs: Option<&[CertificateDer<'_>]>,
+    side: fn(std::io::Error) -> tls::UpgradeError,
+) -> Result<PeerId, tls::UpgradeError> {
+    match certs {
+        Some([cert]) => Ok(certificate::parse(cert)?.peer_id()),
+        _ => Err(side(std::io::Error::other(
+            "the peer did not present exactly one certificate",
+        ))),
     }
 }
 
@@ -351,6 +387,19 @@ mod tests {
             inc.flush().await.expect("flush back");
             out.read_exact(&mut buf).await.expect("read back");
             assert_eq!(&buf, b"olleh");
+            // Writes larger than the send buffer limit, through a 64 KiB pipe.
+            let big: Vec<u8> = (0..3 * TLS_BUFFER_LIMIT).map(|i| i as u8).collect();
+            let mut got = vec![0; big.len()];
+            let (w, r) = futures::join!(
+                async {
+                    inc.write_all(&big).await?;
+                    inc.flush().await
+                },
+                out.read_exact(&mut got)
+            );
+            w.expect("large write");
+            r.expect("large read");
+            assert!(got == big, "large transfer intact");
         })
         .await
         .expect("exchange timed out");
@@ -439,6 +488,40 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    #[tokio::test]
+    async fn the_listener_refuses_a_dialer_without_a_certificate() {
+        let mut client = rustls::ClientConfig::builder_with_provider(
+            rustls::crypto::aws_lc_rs::default_provider().into(),
+        )
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("client config")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(Libp2pServerCert))
+        .with_no_client_auth();
+        client.alpn_protocols = vec![b"libp2p".to_vec()];
+        let listener = Tls::new(&Keypair::generate_ed25519()).expect("listener config");
+        let (a, b) = duplex(64 * 1024);
+        let name = ServerName::IpAddress(IpAddr::V4(Ipv4Addr::UNSPECIFIED).into());
+        let dial = async {
+            let mut s = futures_rustls::TlsConnector::from(Arc::new(client))
+                .connect(name, a.compat())
+                .await?;
+            // TLS 1.3 clients finish first; the refusal arrives with the first read.
+            let mut byte = [0u8; 1];
+            s.read(&mut byte).await
+        };
+        let (dialed, accepted) = tokio::time::timeout(Duration::from_secs(10), async {
+            futures::join!(dial, listener.upgrade_inbound(b.compat(), "/tls/1.0.0"))
+        })
+        .await
+        .expect("handshake timed out");
+        assert!(
+            accepted.is_err(),
+            "the listener accepted an anonymous dialer"
+        );
+        assert!(dialed.is_err(), "the dialer was not told");
     }
 
     #[test]
