@@ -3,7 +3,9 @@
 # verification, decryption and the final rename), interleaved with iperf3 single-stream TCP
 # runs in the same session so the ratio holds on a noisy machine. Peak RSS via /usr/bin/time.
 #
-# Usage: [GET_ARGS=--sequential] [OUT_DIR=/dev/shm] bash bench/loopback_get.sh [MIB=1024] [RUNS=5] [TRANSPORT=tcp|quic]
+# Usage: [GET_ARGS=--sequential] [OUT_DIR=/dev/shm] [DROP_CACHES=0] bash bench/loopback_get.sh [MIB=1024] [RUNS=5] [TRANSPORT=tcp|quic]
+# Before each run the page cache is dropped (when run as root), so the sharer reads its file
+# from disk; DROP_CACHES=0 keeps it cached, as the reference scripts in ../shared/bench do.
 # OUT_DIR puts the downloaded file elsewhere (default: next to the work files, on disk); a
 # tmpfs there takes the disk's flush out of the figure.
 # Needs: a release build (cargo build --release -p shoal-cli), iperf3, GNU time (apt-get
@@ -45,7 +47,7 @@ sleep 0.5
 shoal_vals=(); iperf_vals=(); rss_vals=()
 for i in $(seq 1 "$RUNS"); do
   out="${OUT_DIR:-$WORK}/shoal-bench-out$i"; mkdir -p "$out"
-  sync; echo 1 > /proc/sys/vm/drop_caches 2>/dev/null || true
+  if [ "${DROP_CACHES:-1}" != 0 ]; then sync; echo 1 > /proc/sys/vm/drop_caches 2>/dev/null || true; fi
   /usr/bin/time -f '%e %M %U %S' -o "$WORK/time$i" "$SHOAL" get ${GET_ARGS:-} "$LINK" -o "$out/f" >/dev/null 2>"$WORK/get$i.log"
   read -r secs rss_kib user sys <"$WORK/time$i"
   cmp -s "$DATA" "$out/f" || { echo "run $i: OUTPUT DIFFERS"; exit 1; }
