@@ -28,7 +28,10 @@
 //! - **Failures**: a peer that lies is banned at once (its requests go back to the pool and it
 //!   is never scheduled again); one that stalls (no block for `stall_timeout` while it has
 //!   requests) or fails is struck, backed off, and dropped after `max_strikes`; one that says
-//!   it does not have the blob is dropped; `busy` backs off without a strike.
+//!   it does not have the blob is dropped; `busy` backs off without a strike. A failed request
+//!   that was sent before the peer's latest strike adds no strike: requests in flight together
+//!   often fail together (a connection drops; a loaded peer drops the streams it cannot take
+//!   yet), and that is one incident, not several.
 
 use std::{
     collections::{BTreeMap, BTreeSet, VecDeque},
@@ -157,8 +160,27 @@ struct PeerState {
     rate: f64,
     last_progress: Instant,
     strikes: u32,
+    /// Strikes ever given (never reset): a request remembers it when sent, and a failure of
+    /// a request sent before the latest strike is part of that strike's incident.
+    incidents: u32,
     busy_streak: u32,
     backoff_until: Option<Instant>,
+}
+
+impl PeerState {
+    fn new(now: Instant, has: Vec<u64>) -> Self {
+        Self {
+            has,
+            in_flight: 0,
+            requests: BTreeSet::new(),
+            rate: 0.0,
+            last_progress: now,
+            strikes: 0,
+            incidents: 0,
+            busy_streak: 0,
+            backoff_until: None,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -166,6 +188,8 @@ struct Request<P> {
     peer: P,
     /// Blocks not yet delivered.
     left: BTreeSet<u32>,
+    /// The peer's `incidents` when the request was sent.
+    incidents: u32,
 }
 
 /// SplitMix64: a tiny, fixed RNG so that a seed gives the same schedule on every platform
@@ -308,16 +332,10 @@ impl<P: PeerHandle> Scheduler<P> {
                 self.avail[b as usize] += 1;
             }
         }
-        let state = self.peers.entry(peer).or_insert_with(|| PeerState {
-            has: Vec::new(),
-            in_flight: 0,
-            requests: BTreeSet::new(),
-            rate: 0.0,
-            last_progress: now,
-            strikes: 0,
-            busy_streak: 0,
-            backoff_until: None,
-        });
+        let state = self
+            .peers
+            .entry(peer)
+            .or_insert_with(|| PeerState::new(now, Vec::new()));
         state.has = has;
         self.schedule(now);
     }
@@ -330,16 +348,10 @@ impl<P: PeerHandle> Scheduler<P> {
             return;
         }
         let words = (self.total as usize).div_ceil(64);
-        let state = self.peers.entry(peer).or_insert_with(|| PeerState {
-            has: vec![0; words],
-            in_flight: 0,
-            requests: BTreeSet::new(),
-            rate: 0.0,
-            last_progress: now,
-            strikes: 0,
-            busy_streak: 0,
-            backoff_until: None,
-        });
+        let state = self
+            .peers
+            .entry(peer)
+            .or_insert_with(|| PeerState::new(now, vec![0; words]));
         let mut added = false;
         for r in ranges {
             for b in r.start..r.end.min(self.total) {
@@ -454,6 +466,7 @@ impl<P: PeerHandle> Scheduler<P> {
             debug_assert!(false, "failure reported by the wrong peer");
             return false;
         }
+        let sent_at_incident = req.incidents;
         self.release(id);
         match why {
             Failure::Lied => {
@@ -472,7 +485,15 @@ impl<P: PeerHandle> Scheduler<P> {
                     p.backoff_until = Some(now + self.config.backoff * (1 << (p.busy_streak - 1)));
                 }
             }
-            Failure::Failed => self.strike(now, peer),
+            Failure::Failed => {
+                let struck_since = self
+                    .peers
+                    .get(&peer)
+                    .is_some_and(|p| p.incidents > sent_at_incident);
+                if !struck_since {
+                    self.strike(now, peer);
+                }
+            }
         }
         self.schedule(now);
         true
@@ -537,6 +558,7 @@ impl<P: PeerHandle> Scheduler<P> {
             return;
         };
         p.strikes += 1;
+        p.incidents += 1;
         if p.strikes >= self.config.max_strikes {
             self.remove_peer(peer);
             self.dropped.insert(peer);
@@ -762,11 +784,13 @@ impl<P: PeerHandle> Scheduler<P> {
         }
         p.in_flight += u32::try_from(blocks.len()).expect("at most max_blocks_per_request");
         p.requests.insert(id);
+        let incidents = p.incidents;
         self.requests.insert(
             id,
             Request {
                 peer,
                 left: blocks.into_iter().collect(),
+                incidents,
             },
         );
         self.actions.push_back(Action::Request {
@@ -1009,6 +1033,48 @@ mod tests {
         assert!(!s.handle_failure(now, 2, RequestId(999), Failure::Failed));
         assert!(!s.handle_block(now, 2, RequestId(999), 0));
         s.check_invariants();
+    }
+
+    #[test]
+    fn requests_failing_together_are_one_strike() {
+        let config = Config {
+            min_in_flight_blocks: 8,
+            max_in_flight_blocks: 8,
+            max_blocks_per_request: 2,
+            ..Config::default()
+        };
+        let backoff = config.backoff;
+        let mut s = Scheduler::new(config, 100, []);
+        let mut t = t0();
+        s.handle_have(t, 1, 0..100);
+        // Three incidents, each failing every request in flight: dropped at the third.
+        for incident in 1..=3 {
+            let ids: Vec<RequestId> = drain(&mut s)
+                .into_iter()
+                .filter_map(|a| match a {
+                    Action::Request { id, .. } => Some(id),
+                    _ => None,
+                })
+                .collect();
+            assert!(
+                ids.len() >= 2,
+                "incident {incident}: {} requests",
+                ids.len()
+            );
+            let mut actions = Vec::new();
+            for (i, id) in ids.into_iter().enumerate() {
+                // Once dropped, the peer's other requests are forgotten.
+                let known = s.handle_failure(t, 1, id, Failure::Failed);
+                assert!(known || (incident == 3 && i > 0));
+                actions.extend(drain(&mut s));
+            }
+            s.check_invariants();
+            let dropped = actions.contains(&Action::Drop { peer: 1 });
+            assert_eq!(dropped, incident == 3, "incident {incident}: {actions:?}");
+            // The back-off ends; the peer is asked again.
+            t += backoff * 32;
+            s.handle_timeout(t);
+        }
     }
 
     #[test]
