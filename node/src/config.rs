@@ -53,6 +53,11 @@ pub struct Config {
     /// Test only: flip a byte in every block served, to play a lying peer.
     #[cfg(feature = "test-utils")]
     pub corrupt_uploads: bool,
+    /// Test only: close this many block requests of more than two blocks without answering
+    /// (what libp2p-stream does to inbound streams a loaded node has not taken yet); counts
+    /// down, shared by the config's clones.
+    #[cfg(feature = "test-utils")]
+    pub unanswered_requests: std::sync::Arc<std::sync::atomic::AtomicU32>,
 }
 
 impl Default for Config {
@@ -77,6 +82,8 @@ impl Default for Config {
             dht_republish_interval: DHT_REPUBLISH_INTERVAL,
             #[cfg(feature = "test-utils")]
             corrupt_uploads: false,
+            #[cfg(feature = "test-utils")]
+            unanswered_requests: std::sync::Arc::default(),
         }
     }
 }

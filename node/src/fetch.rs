@@ -245,6 +245,13 @@ pub(crate) enum RequestError {
     Lied(String),
     #[error("answered {0:?}")]
     Status(ResponseHeader),
+    /// The stream ended before the status byte. libp2p-stream drops an inbound stream when
+    /// the node has not yet taken the previous one (libp2p/rust-libp2p#5651), so a loaded
+    /// peer does this to some of several requests sent together.
+    #[error(
+        "closed the request without answering (a loaded peer drops requests it cannot take yet)"
+    )]
+    Unanswered,
     #[error("{0}")]
     Io(#[from] io::Error),
     #[error("timed out")]
@@ -620,6 +627,7 @@ async fn fetch_inner(
                                 ResponseHeader::Busy | ResponseHeader::Missing,
                             )
                             | RequestError::Io(_)
+                            | RequestError::Unanswered
                             | RequestError::Timeout => true,
                             _ => false,
                         };
@@ -1058,7 +1066,12 @@ async fn read_status(
     timeout: Duration,
 ) -> Result<u64, RequestError> {
     let mut status = [0u8; 1];
-    read_exact_timeout(stream, &mut status, timeout).await?;
+    match read_exact_timeout(stream, &mut status, timeout).await {
+        Err(RequestError::Io(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
+            return Err(RequestError::Unanswered);
+        }
+        r => r?,
+    }
     match ResponseHeader::decode_status(status[0]) {
         Err(e) => Err(RequestError::Lied(e.to_string())),
         Ok(Some(other)) => Err(RequestError::Status(other)),

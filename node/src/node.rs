@@ -1037,6 +1037,16 @@ async fn serve(
             .await?;
         return stream.close().await;
     }
+    #[cfg(feature = "test-utils")]
+    if req.block_count() > 2
+        && inner
+            .config
+            .unanswered_requests
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_ok()
+    {
+        return Ok(()); // dropped unanswered
+    }
     let frugal_ok = source
         .super_seed()
         .is_none_or(|mut ss| ss.may_serve(&peer, &req.ranges));

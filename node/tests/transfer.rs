@@ -150,6 +150,34 @@ async fn every_size_over_tcp_and_quic() {
     }
 }
 
+/// A loaded peer may leave some of several simultaneous requests unanswered (libp2p-stream
+/// drops inbound streams the node has not taken yet). Those fail together: one strike, not
+/// one each, so the only peer is not dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_left_unanswered_together_do_not_drop_the_only_peer() {
+    let dir = tempfile::tempdir().unwrap();
+    let stop = CancellationToken::new();
+    let config = Config::loopback();
+    config
+        .unanswered_requests
+        .store(3, std::sync::atomic::Ordering::Relaxed);
+    let s = seeder(dir.path(), 8 << 20, config.clone(), &stop).await;
+    let mut link = s.link.clone();
+    link.peers = vec![testing::addr(&s.node, "tcp").await.to_string()];
+    let out = dir.path().join("got.bin");
+    let done = get(&link, &out).await.expect("the download completes");
+    assert_eq!(std::fs::read(&out).unwrap(), s.data);
+    assert!(done.banned.is_empty(), "{:?}", done.banned);
+    assert_eq!(
+        config
+            .unanswered_requests
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "the seeder left three requests unanswered"
+    );
+    stop.cancel();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lying_peer_is_dropped_and_download_completes_from_the_honest_one() {
     let dir = tempfile::tempdir().unwrap();
