@@ -130,7 +130,7 @@ pub struct Tls {
 /// beyond it is taken in part. rustls' default (64 KiB) is just under one yamux frame (a
 /// 64 KiB block plus its tree nodes and header), which then took two writes and two TCP
 /// segments, the second a few hundred bytes. This is the most one connection holds.
-const TLS_BUFFER_LIMIT: usize = 128 * 1024;
+pub const TLS_BUFFER_LIMIT: usize = 128 * 1024;
 
 impl std::fmt::Debug for Tls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
