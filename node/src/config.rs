@@ -58,6 +58,9 @@ pub struct Config {
     /// down, shared by the config's clones.
     #[cfg(feature = "test-utils")]
     pub unanswered_requests: std::sync::Arc<std::sync::atomic::AtomicU32>,
+    /// Test only: close this many have-map subscriptions without answering, likewise.
+    #[cfg(feature = "test-utils")]
+    pub unanswered_subscriptions: std::sync::Arc<std::sync::atomic::AtomicU32>,
 }
 
 impl Default for Config {
@@ -84,6 +87,8 @@ impl Default for Config {
             corrupt_uploads: false,
             #[cfg(feature = "test-utils")]
             unanswered_requests: std::sync::Arc::default(),
+            #[cfg(feature = "test-utils")]
+            unanswered_subscriptions: std::sync::Arc::default(),
         }
     }
 }

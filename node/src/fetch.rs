@@ -245,9 +245,10 @@ pub(crate) enum RequestError {
     Lied(String),
     #[error("answered {0:?}")]
     Status(ResponseHeader),
-    /// The stream ended before the status byte. libp2p-stream drops an inbound stream when
-    /// the node has not yet taken the previous one (libp2p/rust-libp2p#5651), so a loaded
-    /// peer does this to some of several requests sent together.
+    /// The stream was reset before the request was written, or ended before the status byte
+    /// (a block request) or the first frame (a have-map subscription). libp2p-stream drops an inbound stream when the node has not
+    /// yet taken the previous one (libp2p/rust-libp2p#5651), so a loaded peer does this to
+    /// some of several streams opened together.
     #[error(
         "closed the request without answering (a loaded peer drops requests it cannot take yet)"
     )]
@@ -1042,10 +1043,12 @@ async fn open(
         .await
         .map_err(|_| RequestError::Timeout)?
         .map_err(|e| RequestError::Io(io::Error::other(e.to_string())))?;
-    tokio::time::timeout(timeout, stream.write_all(message))
-        .await
-        .map_err(|_| RequestError::Timeout)??;
-    Ok(stream)
+    match tokio::time::timeout(timeout, stream.write_all(message)).await {
+        Err(_) => Err(RequestError::Timeout),
+        // The peer reset the stream before reading it: dropped unanswered.
+        Ok(Err(_)) => Err(RequestError::Unanswered),
+        Ok(Ok(())) => Ok(stream),
+    }
 }
 
 async fn read_exact_timeout(
@@ -1652,9 +1655,14 @@ async fn watch_have(node: Node, peer: PeerId, id: BlobId, total: u32, events: mp
     // A peer that does not have the blob yet may be a downloader still bootstrapping (it
     // found us through a tracker or the link): ask again a few times before giving up on it.
     let mut wait = HAVE_RETRY;
+    // A subscription closed before its first frame may have been dropped by a loaded peer
+    // (see `RequestError::Unanswered`): ask again the same way.
     let mut result = subscribe_have(&node, peer, id, total, &events).await;
     for _ in 0..HAVE_RETRIES {
-        if !matches!(result, Err(RequestError::Status(ResponseHeader::NotFound))) {
+        if !matches!(
+            result,
+            Err(RequestError::Status(ResponseHeader::NotFound) | RequestError::Unanswered)
+        ) {
             break;
         }
         tokio::time::sleep(wait).await;
@@ -1664,7 +1672,9 @@ async fn watch_have(node: Node, peer: PeerId, id: BlobId, total: u32, events: mp
     let _ = events.send(Event::HaveEnded { peer, result }).await;
 }
 
-/// One have-map subscription, until the stream ends.
+/// One have-map subscription, until the stream ends. A stream that ends before any frame
+/// is [`RequestError::Unanswered`]: a peer holding blocks says so first, and one holding none
+/// yet keeps the stream open until it has some.
 async fn subscribe_have(
     node: &Node,
     peer: PeerId,
@@ -1672,10 +1682,16 @@ async fn subscribe_have(
     total: u32,
     events: &mpsc::Sender<Event>,
 ) -> Result<(), RequestError> {
-    read_have_map(node, peer, id, total, |ranges| async move {
-        events.send(Event::Have { peer, ranges }).await.is_ok()
+    let mut heard = false;
+    let result = read_have_map(node, peer, id, total, |ranges| {
+        heard = true;
+        async move { events.send(Event::Have { peer, ranges }).await.is_ok() }
     })
-    .await
+    .await;
+    match result {
+        Ok(()) if !heard => Err(RequestError::Unanswered),
+        r => r,
+    }
 }
 
 /// Subscribes to `peer`'s have-map of blob `id` (of `total` blocks) and hands each frame's

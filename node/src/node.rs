@@ -847,6 +847,15 @@ async fn have_loop(inner: Arc<Inner>, mut incoming: libp2p_stream::IncomingStrea
 /// Serves one have-map subscription: the whole map, then what is added, until the blob is
 /// complete, the subscriber closes the stream, or the download is abandoned.
 async fn serve_have(inner: &Arc<Inner>, peer: PeerId, stream: &mut Stream) -> std::io::Result<()> {
+    #[cfg(feature = "test-utils")]
+    if inner
+        .config
+        .unanswered_subscriptions
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+        .is_ok()
+    {
+        return Ok(()); // dropped unanswered
+    }
     let mut sub = [0u8; SUBSCRIBE_LEN];
     tokio::time::timeout(inner.config.request_timeout, stream.read_exact(&mut sub))
         .await

@@ -178,6 +178,31 @@ async fn requests_left_unanswered_together_do_not_drop_the_only_peer() {
     stop.cancel();
 }
 
+/// Likewise for the have-map subscription: one closed unanswered does not lose the only peer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_left_unanswered_does_not_lose_the_only_peer() {
+    let dir = tempfile::tempdir().unwrap();
+    let stop = CancellationToken::new();
+    let config = Config::loopback();
+    config
+        .unanswered_subscriptions
+        .store(1, std::sync::atomic::Ordering::Relaxed);
+    let s = seeder(dir.path(), 2 << 20, config.clone(), &stop).await;
+    let mut link = s.link.clone();
+    link.peers = vec![testing::addr(&s.node, "tcp").await.to_string()];
+    let out = dir.path().join("got.bin");
+    get(&link, &out).await.expect("the download completes");
+    assert_eq!(std::fs::read(&out).unwrap(), s.data);
+    assert_eq!(
+        config
+            .unanswered_subscriptions
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "the seeder left the subscription unanswered"
+    );
+    stop.cancel();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lying_peer_is_dropped_and_download_completes_from_the_honest_one() {
     let dir = tempfile::tempdir().unwrap();
