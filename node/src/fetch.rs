@@ -465,6 +465,12 @@ async fn fetch_inner(
     if part.try_lock().is_err() {
         return Err(FetchError::InUse(part_path));
     }
+    // Dropped before `part` (declared after it), so while the lock is still held.
+    let mut clutter = EmptyPart {
+        part: part_path.clone(),
+        state: state_path.clone(),
+        published: false,
+    };
 
     // Trackers: from the link (`tr=`) and the options. They list more peers as they join.
     let mut tried = Vec::new();
@@ -895,6 +901,7 @@ async fn fetch_inner(
     }
     drop(part);
     fs::rename(&part_path, &final_path).map_err(disk(&final_path))?;
+    clutter.published = true;
     if let Ok(d) = File::open(&dir) {
         let _ = d.sync_all();
     }
@@ -944,6 +951,28 @@ async fn fetch_inner(
         banned,
         announcer,
     })
+}
+
+/// Removes the part file of a fetch that ends before it recorded anything (no state file: no
+/// peer answered, the key was wrong, the file was taken down): running again starts afresh
+/// anyway, so an empty `.shoal-<id>.part` would only be clutter in the output directory.
+/// Anything with a state file next to it is resume data and stays.
+struct EmptyPart {
+    part: PathBuf,
+    state: PathBuf,
+    /// The part file became the output: nothing to clean.
+    published: bool,
+}
+
+impl Drop for EmptyPart {
+    fn drop(&mut self) {
+        if !self.published
+            && !self.state.exists()
+            && fs::metadata(&self.part).is_ok_and(|m| m.len() == 0)
+        {
+            let _ = fs::remove_file(&self.part);
+        }
+    }
 }
 
 /// `given` followed by the link's `hints` that parse and are not already there; a hint that

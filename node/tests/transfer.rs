@@ -283,6 +283,12 @@ async fn wrong_key_is_detected_before_the_body_is_downloaded() {
         .load(std::sync::atomic::Ordering::Relaxed);
     assert!(sent < 3 * 65_536, "seeder sent {sent} bytes");
     assert!(!out.exists());
+    // Nothing was recorded, so nothing is left behind either.
+    assert!(
+        leftovers(dir.path()).is_empty(),
+        "{:?}",
+        leftovers(dir.path())
+    );
     stop.cancel();
 }
 
@@ -305,6 +311,12 @@ async fn unreachable_and_unknown_blob_errors_list_what_was_tried() {
     let err = get(&link, &dir.path().join("a")).await.unwrap_err();
     assert!(matches!(err, FetchError::Unreachable { .. }), "{err}");
     assert!(err.to_string().contains(&format!("tcp/{port}")), "{err}");
+    // A failed fetch that recorded nothing leaves no empty part file behind.
+    assert!(
+        leftovers(dir.path()).is_empty(),
+        "{:?}",
+        leftovers(dir.path())
+    );
 
     // A reachable peer that does not have the blob.
     let other = testing::node(Config::loopback(), Arc::new(Store::in_memory()), &stop);
@@ -316,6 +328,11 @@ async fn unreachable_and_unknown_blob_errors_list_what_was_tried() {
     assert!(
         err.contains("NotFound") && err.contains(&other.peer_id().to_string()),
         "{err}"
+    );
+    assert!(
+        leftovers(dir.path()).is_empty(),
+        "{:?}",
+        leftovers(dir.path())
     );
 
     // No peer at all.
