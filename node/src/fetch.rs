@@ -246,9 +246,10 @@ pub(crate) enum RequestError {
     #[error("answered {0:?}")]
     Status(ResponseHeader),
     /// The stream was reset before the request was written, or ended before the status byte
-    /// (a block request) or the first frame (a have-map subscription). libp2p-stream drops an inbound stream when the node has not
-    /// yet taken the previous one (libp2p/rust-libp2p#5651), so a loaded peer does this to
-    /// some of several streams opened together.
+    /// (a block request) or the first frame (a have-map subscription). libp2p-stream drops
+    /// an inbound stream when the node has not yet taken the previous one
+    /// (libp2p/rust-libp2p#5651), so a loaded peer does this to some of several streams
+    /// opened together.
     #[error(
         "closed the request without answering (a loaded peer drops requests it cannot take yet)"
     )]

@@ -848,12 +848,7 @@ async fn have_loop(inner: Arc<Inner>, mut incoming: libp2p_stream::IncomingStrea
 /// complete, the subscriber closes the stream, or the download is abandoned.
 async fn serve_have(inner: &Arc<Inner>, peer: PeerId, stream: &mut Stream) -> std::io::Result<()> {
     #[cfg(feature = "test-utils")]
-    if inner
-        .config
-        .unanswered_subscriptions
-        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
-        .is_ok()
-    {
+    if count_down(&inner.config.unanswered_subscriptions) {
         return Ok(()); // dropped unanswered
     }
     let mut sub = [0u8; SUBSCRIBE_LEN];
@@ -1016,6 +1011,15 @@ async fn listen_frugal_peer(node: Node, peer: PeerId, source: Arc<Source>, total
     }
 }
 
+/// Test only: takes one from `counter` unless it is 0; whether it did (the
+/// `Config::unanswered_*` knobs).
+#[cfg(feature = "test-utils")]
+fn count_down(counter: &std::sync::atomic::AtomicU32) -> bool {
+    counter
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+        .is_ok()
+}
+
 async fn serve(
     inner: &Inner,
     peer: PeerId,
@@ -1047,13 +1051,7 @@ async fn serve(
         return stream.close().await;
     }
     #[cfg(feature = "test-utils")]
-    if req.block_count() > 2
-        && inner
-            .config
-            .unanswered_requests
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
-            .is_ok()
-    {
+    if req.block_count() > 2 && count_down(&inner.config.unanswered_requests) {
         return Ok(()); // dropped unanswered
     }
     let frugal_ok = source
