@@ -76,6 +76,7 @@
 //! No features.
 
 mod addrs;
+mod heap;
 mod peers;
 mod rng;
 pub mod service;

@@ -13,6 +13,7 @@ use std::collections::hash_map::Entry;
 use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher};
 
 use crate::addrs::AddrList;
+use crate::heap::map_bytes;
 use crate::rng::SeededState;
 
 /// Unit tests keep 4 bits of the fingerprint, so that the collision path is exercised all
@@ -162,8 +163,8 @@ impl<P: Copy + Eq + Hash> Peers<P> {
     }
 
     pub(crate) fn heap_bytes(&self) -> usize {
-        crate::table::map_bytes(&self.by_fingerprint)
-            + crate::table::map_bytes(&self.collided)
+        map_bytes(&self.by_fingerprint)
+            + map_bytes(&self.collided)
             + self.slots.capacity() * size_of::<PeerSlot<P>>()
             + self.free.capacity() * size_of::<u32>()
             + self

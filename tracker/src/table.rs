@@ -47,6 +47,7 @@ use shoal_protocol::tracker::{
 use tracing::{debug, trace};
 
 use crate::addrs::AddrList;
+use crate::heap::map_bytes;
 use crate::peers::Peers;
 use crate::rng::{SeededState, SplitMix64};
 
@@ -219,12 +220,6 @@ impl Config {
         }
         Ok(t)
     }
-}
-
-/// Heap bytes of a hash map, estimated from its capacity: hashbrown keeps at most 7/8 of its
-/// buckets full and one control byte per bucket.
-pub(crate) fn map_bytes<K, V, S>(m: &HashMap<K, V, S>) -> usize {
-    m.capacity() * 8 / 7 * (size_of::<(K, V)>() + 1)
 }
 
 /// Longest configurable duration: 10 years, so tick sums never overflow.
