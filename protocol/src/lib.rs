@@ -35,6 +35,7 @@
 //! ```
 #![deny(missing_docs)]
 
+mod base32;
 pub mod blob;
 pub mod format;
 pub mod have;

@@ -17,9 +17,12 @@
 
 use std::fmt;
 
-use data_encoding::{Encoding, Specification};
-
-use crate::{blob::BlobId, format::ContentKey, format::Layout};
+use crate::{
+    base32::{self, decode32},
+    blob::BlobId,
+    format::ContentKey,
+    format::Layout,
+};
 
 /// Longest link accepted, in bytes.
 pub const MAX_LINK_LEN: usize = 8192;
@@ -28,13 +31,6 @@ pub const MAX_HINTS: usize = 32;
 const MAX_HINT_VALUE_LEN: usize = 512;
 const MAX_HINT_NAME_LEN: usize = 16;
 const SCHEME: &str = "shoal:";
-const ENCODED_LEN: usize = 52;
-
-pub(crate) static BASE32: std::sync::LazyLock<Encoding> = std::sync::LazyLock::new(|| {
-    let mut spec = Specification::new();
-    spec.symbols.push_str("abcdefghijklmnopqrstuvwxyz234567");
-    spec.encoding().expect("valid base32 specification")
-});
 
 /// Why a link was rejected. Each variant names the part that is wrong.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -79,24 +75,20 @@ pub enum LinkError {
     TooManyHints,
 }
 
-pub(crate) fn decode_id(s: &str) -> Result<[u8; 32], LinkError> {
+fn decode_id(s: &str) -> Result<[u8; 32], LinkError> {
     decode32(s).map_err(|why| LinkError::BadBlobId {
         got: s.chars().take(64).collect(),
         why,
     })
 }
 
-fn decode32(s: &str) -> Result<[u8; 32], &'static str> {
-    if s.len() != ENCODED_LEN {
-        return Err("must be 52 base32 characters");
+/// A blob id parses from its text form; the error is the one a link with a bad id gets.
+/// (Here rather than in [`crate::blob`], so that module does not depend on links.)
+impl std::str::FromStr for BlobId {
+    type Err = LinkError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        decode_id(s).map(Self::from_bytes)
     }
-    if s.bytes().any(|b| b.is_ascii_uppercase()) {
-        return Err("must be lowercase");
-    }
-    let bytes = BASE32
-        .decode(s.as_bytes())
-        .map_err(|_| "contains a character outside a-z and 2-7, or non-zero trailing bits")?;
-    bytes.try_into().map_err(|_| "must decode to 32 bytes")
 }
 
 /// A parsed share link.
@@ -173,7 +165,7 @@ impl Link {
         format!(
             "{}#{}",
             self.public_part(),
-            BASE32.encode(self.key.as_bytes())
+            base32::encode(self.key.as_bytes())
         )
     }
 
@@ -301,7 +293,7 @@ mod tests {
         let l = sample();
         let s = l.to_secret_string();
         assert_eq!(Link::parse(&s).unwrap(), l);
-        let key_text = BASE32.encode(l.key.as_bytes());
+        let key_text = base32::encode(l.key.as_bytes());
         assert!(!l.public_part().contains(&key_text));
         assert!(!format!("{l:?}").contains(&key_text));
     }
@@ -351,7 +343,7 @@ mod tests {
         let s = format!(
             "shoal:{}?x-future=abc#{}",
             sample().id,
-            BASE32.encode(&[9; 32])
+            base32::encode(&[9; 32])
         );
         let l = Link::parse(&s).unwrap();
         assert_eq!(l.other, vec![("x-future".into(), "abc".into())]);
