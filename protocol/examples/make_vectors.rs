@@ -128,6 +128,7 @@ fn case(
     }
 }
 
+// Long on purpose: a table of cases, one literal each.
 /// Every content vector, in file-name order of no importance.
 pub(crate) fn cases() -> Vec<Case> {
     let max_name = format!("{}.bin", "n".repeat(764));
@@ -470,6 +471,8 @@ fn preamble(doc: &mut Doc, title: &str) {
     ));
 }
 
+// Long on purpose: it writes the vector file top to bottom, one annotated field after another,
+// so the code reads in the same order as the file it produces.
 fn render_case(c: &Case) -> Result<String, Box<dyn Error>> {
     let built = build(c)?;
     let blob = &built.blob;

@@ -710,6 +710,8 @@ impl Client {
     }
 }
 
+// Long on purpose: one scenario across a restart; the steps share the tracker, the clients and
+// the store, and their order is what is tested.
 /// Issue 4: an operator takes a blob down; a non-operator cannot; the swarm's entries go,
 /// announces are refused as taken down and scrapes count zero; the list is public; the
 /// takedown and its audit trail survive a restart; a second tracker cannot open the store.

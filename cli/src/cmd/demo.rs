@@ -320,6 +320,8 @@ fn addr_of(addrs: Vec<Multiaddr>, peer: PeerId, what: &str) -> anyhow::Result<Mu
         .context("building a multiaddr")
 }
 
+// Long on purpose: the demo's numbered steps in order (tracker, seed node, publisher, push,
+// peers, wait); each is a few lines, and splitting them would only pass a dozen handles around.
 /// Tracker, seed node, publisher and peers: the networked part.
 async fn swarm(
     args: &Args,

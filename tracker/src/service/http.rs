@@ -155,6 +155,7 @@ async fn metrics(State(stats): State<watch::Receiver<Stats>>) -> impl IntoRespon
     )
 }
 
+// Long on purpose: a flat table, one `metric(...)` call per metric, in the order they print.
 /// The Prometheus text exposition of `s`: every metric with `# HELP` and `# TYPE`, names
 /// prefixed `shoal_tracker_`, counters suffixed `_total`.
 pub(crate) fn render_metrics(s: &Stats) -> String {
