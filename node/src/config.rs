@@ -3,9 +3,7 @@
 use std::time::Duration;
 
 use libp2p::Multiaddr;
-
-/// Upload rate per slot when the upload is capped ([`Config::upload_slots`]).
-const SLOT_RATE: u64 = 256 * 1024;
+use shoal_protocol::slots;
 /// Default lifetime of the provider records other nodes keep for us ([`Config::dht_provider_ttl`]).
 pub const DHT_PROVIDER_TTL: Duration = Duration::from_secs(3 * 60 * 60);
 /// Default interval at which this node republishes its provider records
@@ -125,28 +123,13 @@ impl Config {
         self
     }
 
-    /// Upload slots: how many requests are served at once; further ones are answered `busy`
-    /// so the requester goes to another peer instead of queueing. With an upload cap, one
-    /// slot per 256 KiB/s (at least 2, at most `max_upload_streams`): each served request
-    /// then moves at a useful rate and completes soon, and the slots turn over among the
-    /// requesters (round robin by arrival; see docs/node.md on choking).
-    pub fn upload_slots(&self) -> usize {
-        match self.upload_limit_bytes_per_sec {
-            None => self.max_upload_streams,
-            Some(rate) => usize::try_from(rate / SLOT_RATE)
-                .unwrap_or(usize::MAX)
-                .clamp(2, self.max_upload_streams.max(2)),
-        }
-    }
-
-    /// Most requests of one peer served at once: with a cap, 2 (so one peer cannot take
-    /// every slot); without, all slots.
-    pub fn upload_slots_per_peer(&self) -> usize {
-        if self.upload_limit_bytes_per_sec.is_some() {
-            2
-        } else {
-            self.max_upload_streams
-        }
+    /// Upload slots: how many requests are served at once, and how many of one peer;
+    /// further ones are answered `busy` so the requester goes to another peer instead of
+    /// queueing. Derived from the upload cap and `max_upload_streams` by
+    /// [`slots::Config::for_upload`] (the rule, shared with the simulator; see docs/node.md
+    /// on choking).
+    pub fn upload_slots(&self) -> slots::Config {
+        slots::Config::for_upload(self.upload_limit_bytes_per_sec, self.max_upload_streams)
     }
 
     /// Sets the upload cap in bytes per second (`None` = unlimited).

@@ -26,7 +26,10 @@ use shoal_protocol::BlobId;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
-use crate::{config::Config, node::Behaviour};
+use crate::{
+    behaviour::{Behaviour, Kad},
+    config::Config,
+};
 
 /// The Kademlia protocol name: Shoal's own, so Shoal nodes never join the public IPFS DHT.
 pub const KAD_PROTOCOL: &str = "/shoal/kad/1";
@@ -53,9 +56,6 @@ pub(crate) const QUERY_TIMEOUT: Duration = Duration::from_secs(30);
 pub(crate) const BOOTSTRAP_EVERY: Duration = Duration::from_secs(5 * 60);
 /// Provide commands and lookups in progress at once; more are refused.
 const MAX_PENDING: usize = 256;
-
-/// The Kademlia behaviour a node runs.
-pub(crate) type Kad = kad::Behaviour<kad::store::MemoryStore>;
 
 /// One provider a lookup found, reported as soon as it is known whether it answers.
 #[derive(Debug)]

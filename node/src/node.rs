@@ -1,105 +1,51 @@
 //! The libp2p node: one event loop owns the `Swarm`; everyone else holds a [`Node`] handle
 //! (commands on a bounded channel, replies on oneshots). Bulk data runs over raw
-//! `libp2p-stream` streams: one `/shoal/blob/1` request per stream.
+//! `libp2p-stream` streams: one `/shoal/blob/1` request per stream, served by
+//! [`crate::serve`] and asked by [`crate::wire`].
+//!
+//! The node offers what the rest of the crate builds on: dialling, tracker requests, the DHT,
+//! disconnecting liars, a [`Client`] for block requests and have-map subscriptions, and
+//! [`Node::interest`] (peers that subscribe to a blob being downloaded). It imports none of
+//! the modules that use it.
 
 use std::{
     collections::HashMap,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::{Arc, Mutex, atomic::Ordering},
     time::Duration,
 };
 
-use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use futures::StreamExt;
 use libp2p::{
-    Multiaddr, PeerId, Stream, StreamProtocol, Swarm, identify,
+    Multiaddr, PeerId, Swarm, identify,
     identity::Keypair,
     ping, request_response,
-    swarm::{
-        ConnectionId, NetworkBehaviour, SwarmEvent, behaviour::toggle::Toggle, dial_opts::DialOpts,
-    },
+    swarm::{ConnectionId, SwarmEvent, behaviour::toggle::Toggle, dial_opts::DialOpts},
 };
 use shoal_protocol::{
-    BlobId, BlockIndex,
-    blob::{BlockRange, EncodeItem, PARENT_LEN, RangeEncoder, block_count, block_len},
-    format::SEGMENT_LEN,
-    have::{self, HAVE_PROTOCOL, HaveMsg, SUBSCRIBE_LEN, Subscribe},
+    BlobId,
     tracker::{Request as TrackerRequest, Response as TrackerResponse},
-    wire::{BLOB_PROTOCOL, BlobRequest, MAX_SERVE_BLOCKS, ResponseHeader},
 };
-use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use crate::{
-    buffers,
+    behaviour::{Behaviour, BehaviourEvent},
     config::Config,
-    dht::{self, Dht, DhtError, Found, Kad},
-    rate::RateLimiter,
-    store::{Source, Store},
-    tracker_codec::{self, TrackerCodec},
+    dht::{self, Dht, DhtError, Found},
+    interest::{Interest, Interests},
+    serve::{self, Service},
+    stats::Stats,
+    store::Store,
+    tracker_codec,
+    wire::{Client, blob_protocol, have_protocol},
 };
 
 /// Bound of the command queue into the event loop.
 const COMMAND_QUEUE: usize = 64;
-/// Encoded chunks buffered between the blocking block reader and the stream writer.
-const SERVE_PIPELINE: usize = 4;
-/// Bytes of a recycled chunk buffer: a block and the parent pairs sent before it (16 pairs
-/// cover a tree of 2^16 blocks, 4 GiB; deeper trees grow the buffer).
-const CHUNK_LEN: usize = SEGMENT_LEN + 16 * PARENT_LEN;
-
-/// Most have-map subscriptions served at once; more are closed at once.
-const MAX_HAVE_SUBSCRIPTIONS: usize = 512;
-/// Shortest time between two have-map updates on one subscription: blocks verified
-/// meanwhile go in one frame.
-const HAVE_UPDATE_EVERY: Duration = Duration::from_millis(100);
-/// A frugal source re-subscribes to a subscriber's own have-map this long after it was
-/// refused (the peer still bootstrapping) or the stream broke, doubling up to the maximum;
-/// a complete peer's (closed after its full map) is read again at the maximum.
-const SUBSCRIBE_BACK_FIRST_RETRY: Duration = Duration::from_millis(300);
-const SUBSCRIBE_BACK_MAX_RETRY: Duration = Duration::from_secs(5);
-/// Peers queued for a fetch that has not picked them up yet (more are dropped: the fetch
-/// also learns them from trackers).
-const INTEREST_QUEUE: usize = 64;
 /// How much longer than a lookup's own timeout a caller waits for its answer (the event loop
 /// answers at the timeout; this only covers a stalled loop).
 const LOOKUP_GRACE: Duration = Duration::from_secs(2);
-
-pub(crate) fn blob_protocol() -> StreamProtocol {
-    StreamProtocol::new(BLOB_PROTOCOL)
-}
-
-pub(crate) fn have_protocol() -> StreamProtocol {
-    StreamProtocol::new(HAVE_PROTOCOL)
-}
-
-#[derive(NetworkBehaviour)]
-pub(crate) struct Behaviour {
-    limits: libp2p::connection_limits::Behaviour,
-    stream: libp2p_stream::Behaviour,
-    identify: identify::Behaviour,
-    ping: ping::Behaviour,
-    /// Announces and scrapes to trackers (outbound only: a node answers no tracker requests).
-    tracker: request_response::Behaviour<TrackerCodec>,
-    /// The Shoal DHT (off when `Config::dht` is false).
-    pub(crate) kad: Toggle<Kad>,
-}
-
-/// Live counters of a node, readable at any time.
-#[derive(Debug, Default)]
-pub struct Stats {
-    /// Blob bytes sent to peers (headers and parents included).
-    pub uploaded_bytes: AtomicU64,
-    /// Peers currently connected.
-    pub connected_peers: AtomicU64,
-    /// Requests served to completion.
-    pub requests_served: AtomicU64,
-    /// Requests answered `busy` (every upload slot taken).
-    pub busy_answers: AtomicU64,
-    /// Peers in the DHT routing table.
-    pub dht_peers: AtomicU64,
-}
 
 enum Command {
     Dial {
@@ -186,7 +132,7 @@ struct Inner {
     config: Config,
     /// Fetches in progress, told about peers that subscribe to our have-map of their blob
     /// (someone downloading the same blob: a peer worth asking too).
-    interest: Mutex<HashMap<BlobId, mpsc::Sender<PeerId>>>,
+    interests: Arc<Interests>,
     /// Peers a tracker listed as seed nodes: downloads ask them last
     /// ([`shoal_protocol::schedule::Scheduler::set_last_resort`]). Bounded.
     seed_nodes: Mutex<std::collections::HashSet<PeerId>>,
@@ -194,21 +140,6 @@ struct Inner {
 
 /// Most seed nodes remembered (a tracker lists at most 16 per swarm).
 const MAX_SEED_NODES_KNOWN: usize = 1024;
-
-/// A fetch's registration for peers interested in its blob; unregisters when dropped.
-pub(crate) struct Interest {
-    node: Node,
-    id: BlobId,
-    pub(crate) peers: mpsc::Receiver<PeerId>,
-}
-
-impl Drop for Interest {
-    fn drop(&mut self) {
-        if let Ok(mut map) = self.node.inner.interest.lock() {
-            map.remove(&self.id);
-        }
-    }
-}
 
 impl std::fmt::Debug for Node {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -288,6 +219,19 @@ impl Node {
         let (commands, command_rx) = mpsc::channel(COMMAND_QUEUE);
         let (listen_tx, listen) = watch::channel(Vec::new());
         let stats = Arc::new(Stats::default());
+        let interests = Arc::new(Interests::default());
+        serve::spawn(
+            Service {
+                config: config.clone(),
+                store: store.clone(),
+                stats: stats.clone(),
+                interests: interests.clone(),
+                client: Client::new(control.clone(), config.request_timeout),
+                shutdown: shutdown.clone(),
+            },
+            incoming,
+            incoming_have,
+        );
         let inner = Arc::new(Inner {
             peer_id,
             commands,
@@ -297,7 +241,7 @@ impl Node {
             store,
             shutdown: shutdown.clone(),
             config,
-            interest: Mutex::new(HashMap::new()),
+            interests,
             seed_nodes: Mutex::default(),
         });
         tokio::spawn(event_loop(
@@ -308,8 +252,6 @@ impl Node {
             stats,
             shutdown.clone(),
         ));
-        tokio::spawn(serve_loop(inner.clone(), incoming));
-        tokio::spawn(have_loop(inner.clone(), incoming_have));
         info!(peer = %peer_id, "node started");
         Ok(Self { inner })
     }
@@ -366,24 +308,19 @@ impl Node {
         self.inner.control.clone()
     }
 
-    pub(crate) fn control(&self) -> libp2p_stream::Control {
-        self.inner.control.clone()
+    /// Opens block requests and have-map subscriptions to peers, with the configured
+    /// request timeout.
+    pub(crate) fn client(&self) -> Client {
+        Client::new(
+            self.inner.control.clone(),
+            self.inner.config.request_timeout,
+        )
     }
 
     /// Registers a fetch of `id`: peers that subscribe to our have-map of it are sent on
     /// the returned receiver. One registration per blob (a later one replaces it).
     pub(crate) fn interest(&self, id: BlobId) -> Interest {
-        let (tx, peers) = mpsc::channel(INTEREST_QUEUE);
-        self.inner
-            .interest
-            .lock()
-            .expect("interest lock poisoned")
-            .insert(id, tx);
-        Interest {
-            node: self.clone(),
-            id,
-            peers,
-        }
+        self.inner.interests.register(id)
     }
 
     /// The addresses the node listens on, waiting up to `timeout` for at least one.
@@ -735,459 +672,4 @@ fn dial_opts(addr: &Multiaddr) -> DialOpts {
         Some((peer, bare)) => DialOpts::peer_id(peer).addresses(vec![bare]).build(),
         None => DialOpts::unknown_peer_id().address(addr.clone()).build(),
     }
-}
-
-async fn serve_loop(inner: Arc<Inner>, mut incoming: libp2p_stream::IncomingStreams) {
-    let slots = Arc::new(Semaphore::new(inner.config.upload_slots()));
-    let per_peer_max = inner.config.upload_slots_per_peer();
-    let per_peer: Arc<Mutex<HashMap<PeerId, usize>>> = Arc::default();
-    let limiter = inner
-        .config
-        .upload_limit_bytes_per_sec
-        .map(|r| Arc::new(RateLimiter::new(r)));
-    loop {
-        let next = tokio::select! {
-            () = inner.shutdown.cancelled() => break,
-            next = incoming.next() => next,
-        };
-        let Some((peer, mut stream)) = next else {
-            break;
-        };
-        let inner = inner.clone();
-        let limiter = limiter.clone();
-        let peer_ok = {
-            let mut map = per_peer.lock().expect("slot map lock poisoned");
-            let n = map.entry(peer).or_insert(0);
-            if *n < per_peer_max {
-                *n += 1;
-                true
-            } else {
-                false
-            }
-        };
-        let release_peer = {
-            let per_peer = per_peer.clone();
-            move || {
-                let mut map = per_peer.lock().expect("slot map lock poisoned");
-                if let Some(n) = map.get_mut(&peer) {
-                    *n -= 1;
-                    if *n == 0 {
-                        map.remove(&peer);
-                    }
-                }
-            }
-        };
-        let permit = if peer_ok {
-            let p = slots.clone().try_acquire_owned().ok();
-            if p.is_none() {
-                release_peer();
-            }
-            p
-        } else {
-            None
-        };
-        match permit {
-            Some(permit) => {
-                tokio::spawn(async move {
-                    let res = tokio::select! {
-                        () = inner.shutdown.cancelled() => Ok(()),
-                        res = serve(&inner, peer, limiter.as_deref(), &mut stream) => res,
-                    };
-                    if let Err(e) = res {
-                        debug!(peer = %peer, error = %e, "request ended early");
-                    }
-                    drop(permit);
-                    release_peer();
-                });
-            }
-            None => {
-                // Every slot (or this peer's share) is busy: say so at once so the peer goes
-                // elsewhere rather than queueing behind others.
-                inner.stats.busy_answers.fetch_add(1, Ordering::Relaxed);
-                tokio::spawn(async move {
-                    let _ = tokio::time::timeout(inner.config.request_timeout, async {
-                        stream.write_all(&ResponseHeader::Busy.encode()).await?;
-                        stream.close().await
-                    })
-                    .await;
-                });
-            }
-        }
-    }
-}
-
-async fn have_loop(inner: Arc<Inner>, mut incoming: libp2p_stream::IncomingStreams) {
-    let slots = Arc::new(Semaphore::new(MAX_HAVE_SUBSCRIPTIONS));
-    loop {
-        let next = tokio::select! {
-            () = inner.shutdown.cancelled() => break,
-            next = incoming.next() => next,
-        };
-        let Some((peer, mut stream)) = next else {
-            break;
-        };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            drop(stream); // at the limit: the peer sees the stream end and asks again later
-            continue;
-        };
-        let inner = inner.clone();
-        tokio::spawn(async move {
-            let res = tokio::select! {
-                () = inner.shutdown.cancelled() => Ok(()),
-                res = serve_have(&inner, peer, &mut stream) => res,
-            };
-            if let Err(e) = res {
-                debug!(peer = %peer, error = %e, "have subscription ended");
-            }
-            drop(permit);
-        });
-    }
-}
-
-/// Serves one have-map subscription: the whole map, then what is added, until the blob is
-/// complete, the subscriber closes the stream, or the download is abandoned.
-async fn serve_have(inner: &Arc<Inner>, peer: PeerId, stream: &mut Stream) -> std::io::Result<()> {
-    #[cfg(feature = "test-utils")]
-    if count_down(&inner.config.unanswered_subscriptions) {
-        return Ok(()); // dropped unanswered
-    }
-    let mut sub = [0u8; SUBSCRIBE_LEN];
-    tokio::time::timeout(inner.config.request_timeout, stream.read_exact(&mut sub))
-        .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no subscription"))??;
-    let Ok(Subscribe { id }) = Subscribe::decode(&sub) else {
-        return stream.close().await;
-    };
-    let Some(source) = inner.store.get(&id) else {
-        stream.write_all(&HaveMsg::NotFound.encode_frame()).await?;
-        return stream.close().await;
-    };
-    // Someone fetching this blob: if we are fetching it too, they are worth asking.
-    let tx = inner.interest.lock().ok().and_then(|m| m.get(&id).cloned());
-    if let Some(tx) = tx {
-        let _ = tx.try_send(peer);
-    }
-    let total = u32::try_from(block_count(source.blob_len())).expect("MAX_FILE_LEN bounds blocks");
-    if source.is_frugal() {
-        return serve_have_frugal(inner, peer, stream, source, total).await;
-    }
-    let Some(held) = source.held().cloned() else {
-        let all = [BlockRange {
-            start: 0,
-            end: total,
-        }];
-        for msg in have::frames(total, &all) {
-            stream.write_all(&msg.encode_frame()).await?;
-        }
-        return stream.close().await;
-    };
-    drop(source); // hold only the have-map: an abandoned download drops it and ends this
-    let mut changed = held.subscribe();
-    let mut told = held.snapshot();
-    for msg in have::frames(total, &told.ranges()) {
-        stream.write_all(&msg.encode_frame()).await?;
-    }
-    let mut eof = [0u8; 1];
-    while !told.is_full() {
-        tokio::select! {
-            r = changed.changed() => if r.is_err() { break },
-            // The subscriber sends nothing after subscribing: a read returns when it closes.
-            _ = stream.read(&mut eof) => return Ok(()),
-        }
-        tokio::time::sleep(HAVE_UPDATE_EVERY).await; // batch what arrives meanwhile
-        let now = held.snapshot();
-        for msg in have::frames(total, &now.difference_ranges(&told)) {
-            stream.write_all(&msg.encode_frame()).await?;
-        }
-        told = now;
-    }
-    stream.close().await
-}
-
-/// Serves one have-map subscription to a blob served frugally: only the blocks revealed to
-/// this peer ([`crate::frugal`]), more as it fetches them. The first subscription of a peer
-/// starts [`listen_frugal_peer`].
-async fn serve_have_frugal(
-    inner: &Arc<Inner>,
-    peer: PeerId,
-    stream: &mut Stream,
-    source: Arc<Source>,
-    total: u32,
-) -> std::io::Result<()> {
-    let Some(new_peer) = source
-        .super_seed()
-        .map(|mut ss| ss.join(peer, std::time::Instant::now()))
-    else {
-        return Ok(());
-    };
-    debug!(%peer, blob = %source.id(), new_peer, "frugal: subscribed");
-    if new_peer {
-        // One listener per peer, for as long as it subscribes to us or serves its own
-        // have-map (a downloader that completes stops subscribing but goes on serving).
-        tokio::spawn(listen_frugal_peer(
-            Node {
-                inner: inner.clone(),
-            },
-            peer,
-            source.clone(),
-            total,
-        ));
-    }
-    // A re-subscription is shown what was revealed before first.
-    let mut new = source
-        .super_seed()
-        .map(|ss| ss.revealed_to(&peer))
-        .unwrap_or_default();
-    let mut eof = [0u8; 1];
-    let result = async {
-        loop {
-            new.extend(
-                source
-                    .super_seed()
-                    .map(|mut ss| ss.reveal(&peer, std::time::Instant::now()))
-                    .unwrap_or_default(),
-            );
-            new.sort_unstable();
-            for msg in have::frames(total, &new) {
-                stream.write_all(&msg.encode_frame()).await?;
-            }
-            new.clear();
-            tokio::select! {
-                // Blocks served (a window may have room) or, at the latest, what peers
-                // reported meanwhile.
-                () = source.served() => {}
-                () = tokio::time::sleep(HAVE_UPDATE_EVERY) => {}
-                // The subscriber sends nothing after subscribing: a read returns when it closes.
-                _ = stream.read(&mut eof) => return Ok(()),
-            }
-        }
-    }
-    .await;
-    if let Some(mut ss) = source.super_seed() {
-        ss.unsubscribe(&peer);
-    }
-    debug!(%peer, blob = %source.id(), "frugal: unsubscribed");
-    result
-}
-
-/// Listens to a frugal source's subscriber's own have-map, so the frugal state knows what
-/// the swarm holds, until the peer has left: it is not subscribed to ours and its own
-/// cannot be read. A peer still bootstrapping answers "not found" and a stream can break:
-/// it is asked again meanwhile. A peer that completes closes its have-map after the full
-/// map: it goes on serving, so it is asked again now and then, and stays counted while
-/// it answers (without that, what only it received from us would look lost and be sent
-/// again).
-async fn listen_frugal_peer(node: Node, peer: PeerId, source: Arc<Source>, total: u32) {
-    let id = source.id();
-    let mut pause = SUBSCRIBE_BACK_FIRST_RETRY;
-    loop {
-        let result = crate::fetch::read_have_map(&node, peer, id, total, |ranges| {
-            if let Some(mut ss) = source.super_seed() {
-                ss.peer_has(&peer, &ranges, std::time::Instant::now());
-            }
-            std::future::ready(true)
-        })
-        .await;
-        // Taken down or replaced meanwhile: nothing left to serve frugally.
-        let served = node
-            .inner
-            .store
-            .get(&id)
-            .is_some_and(|s| Arc::ptr_eq(&s, &source));
-        if !served {
-            return;
-        }
-        if let Err(e) = result {
-            if source.super_seed().is_none_or(|mut ss| ss.leave(&peer)) {
-                debug!(%peer, blob = %id, error = %e, "frugal: peer left");
-                return;
-            }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(SUBSCRIBE_BACK_MAX_RETRY);
-        } else {
-            // Closed after its whole map: complete, still here.
-            tokio::time::sleep(SUBSCRIBE_BACK_MAX_RETRY).await;
-        }
-    }
-}
-
-/// Test only: takes one from `counter` unless it is 0; whether it did (the
-/// `Config::unanswered_*` knobs).
-#[cfg(feature = "test-utils")]
-fn count_down(counter: &std::sync::atomic::AtomicU32) -> bool {
-    counter
-        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
-        .is_ok()
-}
-
-async fn serve(
-    inner: &Inner,
-    peer: PeerId,
-    limiter: Option<&RateLimiter>,
-    stream: &mut Stream,
-) -> std::io::Result<()> {
-    let timeout = inner.config.request_timeout;
-    let req = tokio::time::timeout(timeout, read_request(stream))
-        .await
-        .map_err(|_| {
-            std::io::Error::new(std::io::ErrorKind::TimedOut, "request not received in time")
-        })??;
-    let Ok(req) = req else {
-        stream
-            .write_all(&ResponseHeader::BadRequest.encode())
-            .await?;
-        return stream.close().await;
-    };
-    let Some(source) = inner.store.get(&req.id) else {
-        stream.write_all(&ResponseHeader::NotFound.encode()).await?;
-        return stream.close().await;
-    };
-    let blob_len = source.blob_len();
-    let blocks = block_count(blob_len);
-    if req.check_within(blocks).is_err() || req.block_count() > MAX_SERVE_BLOCKS {
-        stream
-            .write_all(&ResponseHeader::BadRequest.encode())
-            .await?;
-        return stream.close().await;
-    }
-    #[cfg(feature = "test-utils")]
-    if req.block_count() > 2 && count_down(&inner.config.unanswered_requests) {
-        return Ok(()); // dropped unanswered
-    }
-    let frugal_ok = source
-        .super_seed()
-        .is_none_or(|mut ss| ss.may_serve(&peer, &req.ranges));
-    if !source.holds(&req.ranges) || !frugal_ok {
-        stream.write_all(&ResponseHeader::Missing.encode()).await?;
-        return stream.close().await;
-    }
-    debug!(blob = %req.id, blocks = req.block_count(), "serving");
-    let (tx, mut rx) = mpsc::channel::<std::io::Result<Vec<u8>>>(SERVE_PIPELINE);
-    #[cfg(feature = "test-utils")]
-    let corrupt = inner.config.corrupt_uploads;
-    #[cfg(not(feature = "test-utils"))]
-    let corrupt = false;
-    let header = ResponseHeader::Ok { blob_len }.encode();
-    let counted = source.clone();
-    let ranges = req.ranges.clone();
-    let producer =
-        tokio::task::spawn_blocking(move || produce(&source, &req.ranges, header, corrupt, &tx));
-    while let Some(chunk) = rx.recv().await {
-        let chunk = chunk?;
-        if let Some(l) = limiter {
-            l.acquire(chunk.len() as u64).await;
-        }
-        stream.write_all(&chunk).await?;
-        inner
-            .stats
-            .uploaded_bytes
-            .fetch_add(chunk.len() as u64, Ordering::Relaxed);
-        counted.add_uploaded(chunk.len() as u64);
-        buffers::put(chunk);
-    }
-    producer.await.map_err(std::io::Error::other)?;
-    if let Some(mut ss) = counted.super_seed() {
-        ss.served(&peer, &ranges, std::time::Instant::now());
-        drop(ss);
-        counted.notify_served();
-    }
-    inner.stats.requests_served.fetch_add(1, Ordering::Relaxed);
-    stream.close().await
-}
-
-/// One step of a range response, planned up front so the outboard lock (a download in
-/// progress adds pairs to it) is held only while planning, never across IO.
-enum Step {
-    Parent([u8; PARENT_LEN]),
-    Block(BlockIndex),
-}
-
-/// Reads the blocks of `ranges` from storage on a blocking thread, encoded for the wire
-/// after `header` (a `/shoal/blob/1` response, or a push's body).
-pub(crate) fn produce(
-    source: &Source,
-    ranges: &[BlockRange],
-    header: Vec<u8>,
-    corrupt: bool,
-    tx: &mpsc::Sender<std::io::Result<Vec<u8>>>,
-) {
-    let file = match source.open() {
-        Ok(f) => f,
-        Err(e) => {
-            warn!(path = %source.path().display(), error = %e, "cannot open shared file");
-            let _ = tx.blocking_send(Err(e));
-            return;
-        }
-    };
-    let plan: Vec<Step> = RangeEncoder::new(&source.outboard(), ranges)
-        .map(|item| match item {
-            EncodeItem::Parent(pair) => {
-                Step::Parent(pair.try_into().expect("pairs are PARENT_LEN bytes"))
-            }
-            EncodeItem::Block { index, .. } => Step::Block(index),
-        })
-        .collect();
-    // One buffer per chunk sent: parents, then the block read and sealed in place. The status
-    // header goes in front of the first chunk (one frame instead of two). Buffers come from
-    // the pool the send loops return them to, so a block is not zero-filled before it is read.
-    let mut chunk = buffers::take(CHUNK_LEN);
-    chunk[..header.len()].copy_from_slice(&header);
-    let mut used = header.len();
-    for step in plan {
-        match step {
-            Step::Parent(pair) => {
-                grow(&mut chunk, used + PARENT_LEN);
-                chunk[used..used + PARENT_LEN].copy_from_slice(&pair);
-                used += PARENT_LEN;
-            }
-            Step::Block(index) => {
-                let len = block_len(source.blob_len(), index);
-                grow(&mut chunk, used + len);
-                let block = &mut chunk[used..used + len];
-                if let Err(e) = source.read_block_into(&file, index, block) {
-                    // Logged once here (an operator must act); the peer just sees the
-                    // stream end and goes elsewhere.
-                    warn!(blob = %source.id(), block = %index, error = %e, "cannot serve block");
-                    let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
-                    return;
-                }
-                if corrupt {
-                    block[len / 2] ^= 0x01;
-                }
-                chunk.truncate(used + len);
-                let next = buffers::take(CHUNK_LEN);
-                if tx
-                    .blocking_send(Ok(std::mem::replace(&mut chunk, next)))
-                    .is_err()
-                {
-                    return; // the requester went away
-                }
-                used = 0;
-            }
-        }
-    }
-    buffers::put(chunk);
-}
-
-/// Makes `chunk` at least `len` bytes long (a response's first chunk carries a header and
-/// a deep tree more parents than [`CHUNK_LEN`] has room for).
-fn grow(chunk: &mut Vec<u8>, len: usize) {
-    if chunk.len() < len {
-        chunk.resize(len, 0);
-    }
-}
-
-async fn read_request(
-    stream: &mut Stream,
-) -> std::io::Result<Result<BlobRequest, shoal_protocol::wire::DecodeRequestError>> {
-    let mut prefix = [0u8; 35];
-    stream.read_exact(&mut prefix).await?;
-    let len = match BlobRequest::encoded_len(&prefix) {
-        Ok(len) => len,
-        Err(e) => return Ok(Err(e)),
-    };
-    let mut buf = prefix.to_vec();
-    buf.resize(len, 0);
-    stream.read_exact(&mut buf[35..]).await?;
-    Ok(BlobRequest::decode(&buf))
 }

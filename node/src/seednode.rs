@@ -41,6 +41,7 @@ use shoal_protocol::{
     BlobId,
     blob::{BlockRange, Need, Outboard, PARENT_LEN, RangeDecoder, block_count},
     push::{Failure, OFFER_LEN, Offer, PUSH_PROTOCOL, Refusal, Reply, want_ranges},
+    superseed::{self, DEFAULT_WINDOW},
     tracker::Role,
 };
 use tokio::sync::mpsc;
@@ -48,9 +49,8 @@ use tracing::{debug, info, warn};
 
 use crate::{
     announce::{Announcer, Status},
-    fetch::{State, open_sparse_outboard},
-    frugal::{DEFAULT_WINDOW, SuperSeedStats},
     node::Node,
+    partial::{State, open_sparse_outboard},
     store::{Source, write_all_at, write_atomic},
 };
 
@@ -78,7 +78,7 @@ pub enum Policy {
     #[default]
     Fast,
     /// Super-seed: hand each block the swarm lacks to one peer and let peers spread it, so
-    /// egress approaches one copy per swarm ([`crate::frugal`]).
+    /// egress approaches one copy per swarm ([`shoal_protocol::superseed`]).
     Frugal,
 }
 
@@ -250,7 +250,7 @@ pub struct BlobStats {
     /// `egress_bytes / blob_len`: copies of the blob sent.
     pub egress_copies: f64,
     /// Frugal decisions (frugal policy only).
-    pub frugal: Option<SuperSeedStats>,
+    pub frugal: Option<superseed::Stats>,
 }
 
 struct Stored {
@@ -330,7 +330,7 @@ impl SeedNode {
             });
         }
         let incoming = node
-            .control()
+            .stream_control()
             .accept(push_protocol())
             .map_err(|_| SeedNodeError::AlreadyRunning)?;
         let mut book = Book {
@@ -859,8 +859,7 @@ impl Partial {
             .truncate(false)
             .open(&part_path)?;
         let state = State::load(have_path.clone(), id, Some(offer.blob_len));
-        let (obao, outboard, pairs_kept) = open_sparse_outboard(&obao_path, id, offer.blob_len)
-            .map_err(|e| io::Error::other(e.to_string()))?;
+        let (obao, outboard, pairs_kept) = open_sparse_outboard(&obao_path, id, offer.blob_len)?;
         // Blocks of an earlier push count only if the part file and their pairs survived
         // too (both are synced before the have-map at each checkpoint; a crash while a
         // finished push was being moved into `blobs/` can leave either behind alone).
@@ -1125,7 +1124,7 @@ pub async fn push(
         blob_len: source.blob_len(),
     };
     let interrupted = |e: &dyn fmt::Display| PushError::Interrupted(e.to_string());
-    let mut control = node.control();
+    let mut control = node.stream_control();
     let mut stream = tokio::time::timeout(timeout, control.open_stream(to, push_protocol()))
         .await
         .map_err(|_| interrupted(&"timed out opening the push stream"))?
@@ -1163,7 +1162,7 @@ pub async fn push(
         #[cfg(not(feature = "test-utils"))]
         let corrupt = false;
         let producer = tokio::task::spawn_blocking(move || {
-            crate::node::produce(&src, &ranges, Vec::new(), corrupt, &tx);
+            crate::serve::blocks::produce(&src, &ranges, Vec::new(), corrupt, &tx);
         });
         let mut sent = 0u64;
         while let Some(chunk) = rx.recv().await {

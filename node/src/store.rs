@@ -28,14 +28,12 @@ use shoal_protocol::{
     blob::{BlockIndex, BlockRange, Outboard, PARENT_LEN, block_count, block_hash, block_len},
     format::{Metadata, Sealer},
     have::BlockSet,
+    superseed::SuperSeed,
 };
 
 use tokio::sync::watch;
 
-use crate::{
-    frugal::SuperSeed,
-    seal::{KeyMode, ProgressFn, SealError, seal_file},
-};
+use crate::seal::{KeyMode, ProgressFn, SealError, seal_file};
 
 /// Where a served blob's bytes come from.
 #[derive(Debug)]
@@ -219,7 +217,7 @@ impl Source {
     }
 
     /// Serves this (complete) source frugally: each block the swarm lacks goes to one peer
-    /// ([`crate::frugal`]), revealing at most `window` blocks to a peer at a time.
+    /// ([`shoal_protocol::superseed`]), revealing at most `window` blocks to a peer at a time.
     #[must_use]
     pub fn frugal(mut self, window: u32) -> Self {
         let total = u32::try_from(block_count(self.blob_len)).expect("MAX_FILE_LEN bounds blocks");

@@ -10,6 +10,10 @@
 //! - [`wire`]: `/shoal/blob/1` request and response headers.
 //! - [`schedule`]: the sans-IO download scheduler (which blocks to ask which peer for), driven
 //!   by the node and, later, by the simulator.
+//! - [`slots`]: the sans-IO upload-slot rule (how many requests a node serves at once, and
+//!   how many of one peer).
+//! - [`superseed`]: the sans-IO super-seeding core of frugal seed nodes (which blocks to show
+//!   which peer, and which requests to serve).
 //! - [`tracker`]: `/shoal/tracker/1` announce and scrape messages (docs/tracker.md).
 //!
 //! The normative specification is `docs/protocol.md`; `docs/test-vectors/` holds byte-exact
@@ -42,6 +46,8 @@ pub mod have;
 pub mod link;
 pub mod push;
 pub mod schedule;
+pub mod slots;
+pub mod superseed;
 pub mod tracker;
 pub mod wire;
 

@@ -256,7 +256,7 @@ pub(crate) fn prometheus_text(s: &SeedNodeStats) -> String {
         .filter_map(|b| Some((b, b.frugal?)))
         .collect();
     if !frugal.is_empty() {
-        let rows = |f: &dyn Fn(&shoal_node::frugal::SuperSeedStats) -> u64| {
+        let rows = |f: &dyn Fn(&shoal_protocol::superseed::Stats) -> u64| {
             frugal
                 .iter()
                 .map(|(b, st)| (format!("{{blob=\"{}\"}}", b.id), f(st) as f64))

@@ -1,12 +1,25 @@
-//! Frugal serving (super-seeding) for seed nodes: hand each block the swarm does not have to
-//! one peer, and let the peers spread it, so the seed node's egress approaches one copy of
-//! the blob per swarm (docs/node.md "Seed nodes").
+//! Super-seeding: the policy of a frugal seed node. Hand each block the swarm does not have
+//! to one peer, and let the peers spread it, so the seed node's egress approaches one copy
+//! of the blob per swarm (docs/node.md "Seed nodes").
 //!
-//! Sans-IO, like the scheduler: the node feeds it events (a peer subscribed to our have-map,
-//! a peer's own have-map grew, a request was served) and asks it what to reveal to whom and
-//! whether a request may be served; the simulator can drive the same core.
+//! Sans-IO and deterministic, like [`crate::schedule`]: the node and the simulator drive the
+//! same code over their own peer handles.
 //!
-//! How it works:
+//! # Call order
+//!
+//! Feed every event with the time it happened: [`SuperSeed::handle_subscribe`] and
+//! [`SuperSeed::handle_unsubscribe`] as a peer's subscriptions to our have-map open and
+//! close, [`SuperSeed::handle_have`] as the peer's own have-map (which the driver subscribes
+//! to when `handle_subscribe` says the peer is new) reports blocks,
+//! [`SuperSeed::handle_have_closed`] when that have-map can no longer be read,
+//! [`SuperSeed::handle_request`] for each block request (its answer says whether to serve
+//! it or answer `missing`) and [`SuperSeed::handle_served`] once a request was sent in full.
+//! Ask [`SuperSeed::poll_reveal`] after any of these (and now and then: reveals also depend
+//! on time) for the blocks to add to what a peer is shown. Events about unknown peers are
+//! ignored.
+//!
+//! # Policy
+//!
 //! - A frugal seed node shows each subscriber only the blocks it *reveals* to that peer
 //!   (have-maps only ever grow, so a revealed block stays requestable by that peer).
 //! - It reveals to a peer at most [`SuperSeed::window`] blocks that peer has not fetched
@@ -20,19 +33,22 @@
 //!   last block, which every downloader fetches before anything else (the header, and the
 //!   proof of the blob's size) from whoever it reaches first: refusing them would stall
 //!   newcomers, and they cost two blocks per peer.
-//! - The node subscribes back to every subscriber's have-map, so it knows what the swarm
-//!   holds: a block a peer reports stops being a candidate, and a block whose every holder
-//!   left becomes one again. A peer that completes stops subscribing but goes on serving:
-//!   it counts as a holder until its have-map can no longer be read.
+//! - The driver subscribes back to every subscriber's have-map, so the core knows what the
+//!   swarm holds: a block a peer reports stops being a candidate, and a block whose every
+//!   holder left becomes one again. A peer that completes stops subscribing but goes on
+//!   serving: it counts as a holder until its have-map can no longer be read.
 //! - Safety valve: a peer that has received nothing from other peers for [`STALL_AFTER`]
 //!   (it cannot reach the holders: they are behind a firewall, or no longer announced) is
 //!   also shown blocks others hold, once no never-sent or lost block is left for it. No
 //!   downloader waits forever on a frugal seed node.
 
-use std::{collections::HashMap, hash::Hash, time::Duration};
+use std::{
+    collections::HashMap,
+    hash::Hash,
+    time::{Duration, Instant},
+};
 
-use shoal_protocol::{blob::BlockRange, have::BlockSet};
-use std::time::Instant;
+use crate::{blob::BlockRange, have::BlockSet};
 
 /// Blocks revealed to a peer and not yet fetched by it, at most (1 MiB: a few round trips
 /// of a capped home peer's requests).
@@ -45,7 +61,7 @@ pub const STALL_AFTER: Duration = Duration::from_secs(10);
 
 /// Counters of one blob's frugal decisions.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
-pub struct SuperSeedStats {
+pub struct Stats {
     /// Blocks revealed to some peer (re-reveals of lost blocks included).
     pub revealed: u64,
     /// Blocks sent in full.
@@ -73,7 +89,7 @@ struct PeerState {
     progress_at: Instant,
 }
 
-/// What [`SuperSeed::reveal`] looks for, in order.
+/// What [`SuperSeed::poll_reveal`] looks for, in order.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Pass {
     /// Blocks never sent.
@@ -100,7 +116,7 @@ pub struct SuperSeed<P> {
     /// Who got each block last, and when.
     last_sent: Vec<Option<(usize, Instant)>>,
     cursor: u32,
-    stats: SuperSeedStats,
+    stats: Stats,
 }
 
 impl<P: Hash + Eq + Clone> SuperSeed<P> {
@@ -117,7 +133,7 @@ impl<P: Hash + Eq + Clone> SuperSeed<P> {
             pending_at: vec![None; n],
             last_sent: vec![None; n],
             cursor: 0,
-            stats: SuperSeedStats::default(),
+            stats: Stats::default(),
         }
     }
 
@@ -127,7 +143,7 @@ impl<P: Hash + Eq + Clone> SuperSeed<P> {
     }
 
     /// The counters.
-    pub const fn stats(&self) -> SuperSeedStats {
+    pub const fn stats(&self) -> Stats {
         self.stats
     }
 
@@ -145,9 +161,10 @@ impl<P: Hash + Eq + Clone> SuperSeed<P> {
             .count()
     }
 
-    /// `peer` subscribed to our have-map. Returns whether it is new: then the caller
-    /// subscribes to the peer's own have-map and calls [`SuperSeed::leave`] when that ends.
-    pub fn join(&mut self, peer: P, now: Instant) -> bool {
+    /// `peer` subscribed to our have-map. Returns whether it is new: then the driver
+    /// subscribes to the peer's own have-map and calls [`SuperSeed::handle_have_closed`]
+    /// when that ends.
+    pub fn handle_subscribe(&mut self, now: Instant, peer: P) -> bool {
         if let Some(&slot) = self.index.get(&peer) {
             if let Some(s) = self.slots[slot].as_mut() {
                 s.subscriptions += 1;
@@ -188,7 +205,7 @@ impl<P: Hash + Eq + Clone> SuperSeed<P> {
     /// we know (what it holds still counts: a downloader that completes stops subscribing
     /// but goes on serving); with its last subscription, blocks revealed to it and not
     /// fetched are free for others.
-    pub fn unsubscribe(&mut self, peer: &P) {
+    pub fn handle_unsubscribe(&mut self, _now: Instant, peer: &P) {
         let Some(&slot) = self.index.get(peer) else {
             return;
         };
@@ -216,7 +233,7 @@ impl<P: Hash + Eq + Clone> SuperSeed<P> {
     /// subscribed to ours either, it has left: what it held no longer counts, and blocks
     /// only it received are lost. Returns whether it left (else: still subscribed, keep
     /// listening to it).
-    pub fn leave(&mut self, peer: &P) -> bool {
+    pub fn handle_have_closed(&mut self, _now: Instant, peer: &P) -> bool {
         let Some(&slot) = self.index.get(peer) else {
             return true;
         };
@@ -242,7 +259,7 @@ impl<P: Hash + Eq + Clone> SuperSeed<P> {
     }
 
     /// `peer` reports holding `ranges` (its have-map, or an addition to it).
-    pub fn peer_has(&mut self, peer: &P, ranges: &[BlockRange], now: Instant) {
+    pub fn handle_have(&mut self, now: Instant, peer: &P, ranges: &[BlockRange]) {
         let Some(&slot) = self.index.get(peer) else {
             return;
         };
@@ -267,7 +284,7 @@ impl<P: Hash + Eq + Clone> SuperSeed<P> {
 
     /// New blocks to reveal to `peer` now (as ranges; empty when its window is still half
     /// full or nothing is worth revealing).
-    pub fn reveal(&mut self, peer: &P, now: Instant) -> Vec<BlockRange> {
+    pub fn poll_reveal(&mut self, now: Instant, peer: &P) -> Vec<BlockRange> {
         let Some(&slot) = self.index.get(peer) else {
             return Vec::new();
         };
@@ -351,9 +368,10 @@ impl<P: Hash + Eq + Clone> SuperSeed<P> {
         }
     }
 
-    /// Whether `peer` may be served `ranges`: every block was revealed to it, or is the
-    /// first or last block (what a downloader bootstraps from). Counts a refusal when not.
-    pub fn may_serve(&mut self, peer: &P, ranges: &[BlockRange]) -> bool {
+    /// `peer` asks for `ranges`: whether to serve them. Yes if every block was revealed to
+    /// it, or is the first or last block (what a downloader bootstraps from); else the
+    /// driver answers `missing`, and a refusal is counted.
+    pub fn handle_request(&mut self, _now: Instant, peer: &P, ranges: &[BlockRange]) -> bool {
         let last = self.total.saturating_sub(1);
         let revealed = self
             .index
@@ -370,7 +388,7 @@ impl<P: Hash + Eq + Clone> SuperSeed<P> {
     }
 
     /// `ranges` were sent in full to `peer`.
-    pub fn served(&mut self, peer: &P, ranges: &[BlockRange], now: Instant) {
+    pub fn handle_served(&mut self, now: Instant, peer: &P, ranges: &[BlockRange]) {
         let slot = self.index.get(peer).copied();
         for r in ranges {
             for b in r.start..r.end.min(self.total) {
@@ -406,28 +424,34 @@ impl<P: Hash + Eq + Clone> SuperSeed<P> {
 mod tests {
     use super::*;
 
+    // Tests need a base instant; protocol code never reads the clock itself.
+    #[allow(clippy::disallowed_methods)] // test scaffolding only
+    fn t0() -> Instant {
+        Instant::now()
+    }
+
     fn blocks(ranges: &[BlockRange]) -> Vec<u32> {
         ranges.iter().flat_map(|r| r.start..r.end).collect()
     }
 
     #[test]
     fn each_block_goes_to_one_peer_until_all_are_out() {
-        let now = Instant::now();
+        let now = t0();
         let mut ss = SuperSeed::new(100, 8);
         for p in 0..4 {
-            ss.join(p, now);
+            ss.handle_subscribe(now, p);
         }
         let mut seen = BlockSet::new(100);
         // Peers fetch what they are shown and report it; nothing is shown twice.
         for _round in 0..10 {
             for p in 0..4 {
-                let r = ss.reveal(&p, now);
+                let r = ss.poll_reveal(now, &p);
                 for b in blocks(&r) {
                     assert!(seen.insert(b), "block {b} revealed twice");
                 }
-                assert!(ss.may_serve(&p, &r) || r.is_empty());
-                ss.served(&p, &r, now);
-                ss.peer_has(&p, &r, now);
+                assert!(ss.handle_request(now, &p, &r) || r.is_empty());
+                ss.handle_served(now, &p, &r);
+                ss.handle_have(now, &p, &r);
             }
         }
         assert!(seen.is_full());
@@ -440,128 +464,137 @@ mod tests {
         // to a peer that is getting blocks from others.
         let later = now + RESEND_AFTER * 2;
         let theirs = blocks(&ss.revealed_to(&1));
-        ss.peer_has(
+        ss.handle_have(
+            later,
             &0,
             &[BlockRange {
                 start: theirs[0],
                 end: theirs[0] + 1,
             }],
-            later,
         );
-        assert!(ss.reveal(&0, later).is_empty());
+        assert!(ss.poll_reveal(later, &0).is_empty());
         assert_eq!(ss.stats().revealed_to_stalled, 0);
     }
 
     #[test]
     fn window_bounds_what_a_peer_is_shown() {
-        let now = Instant::now();
+        let now = t0();
         let mut ss = SuperSeed::new(100, 8);
-        ss.join("a", now);
-        assert_eq!(blocks(&ss.reveal(&"a", now)).len(), 8);
+        ss.handle_subscribe(now, "a");
+        assert_eq!(blocks(&ss.poll_reveal(now, &"a")).len(), 8);
         // Nothing fetched: the window is full.
-        assert!(ss.reveal(&"a", now).is_empty());
+        assert!(ss.poll_reveal(now, &"a").is_empty());
         // Half fetched: topped up.
-        ss.served(&"a", &[BlockRange { start: 0, end: 4 }], now);
-        assert_eq!(blocks(&ss.reveal(&"a", now)).len(), 4);
+        ss.handle_served(now, &"a", &[BlockRange { start: 0, end: 4 }]);
+        assert_eq!(blocks(&ss.poll_reveal(now, &"a")).len(), 4);
     }
 
     #[test]
     fn unrevealed_requests_are_refused_and_counted() {
-        let now = Instant::now();
+        let now = t0();
         let mut ss = SuperSeed::new(10, 2);
-        ss.join(1, now);
-        ss.join(2, now);
-        ss.reveal(&1, now);
+        ss.handle_subscribe(now, 1);
+        ss.handle_subscribe(now, 2);
+        ss.poll_reveal(now, &1);
         let r1 = [BlockRange { start: 1, end: 2 }];
-        assert!(ss.may_serve(&1, &r1));
-        assert!(!ss.may_serve(&2, &r1));
-        assert!(!ss.may_serve(&3, &r1), "unknown peers get nothing");
+        assert!(ss.handle_request(now, &1, &r1));
+        assert!(!ss.handle_request(now, &2, &r1));
+        assert!(
+            !ss.handle_request(now, &3, &r1),
+            "unknown peers get nothing"
+        );
         assert_eq!(ss.stats().refused, 2);
         // Everyone may bootstrap: the first and last block.
         let ends = [
             BlockRange { start: 0, end: 1 },
             BlockRange { start: 9, end: 10 },
         ];
-        assert!(ss.may_serve(&2, &ends) && ss.may_serve(&3, &ends));
+        assert!(ss.handle_request(now, &2, &ends) && ss.handle_request(now, &3, &ends));
     }
 
     #[test]
     fn blocks_of_a_peer_that_left_are_revealed_again() {
-        let now = Instant::now();
+        let now = t0();
         let mut ss = SuperSeed::new(4, 4);
-        ss.join(1, now);
-        ss.join(2, now);
-        let r = ss.reveal(&1, now);
+        ss.handle_subscribe(now, 1);
+        ss.handle_subscribe(now, 2);
+        let r = ss.poll_reveal(now, &1);
         assert_eq!(blocks(&r), vec![0, 1, 2, 3]);
-        ss.served(&1, &[BlockRange { start: 0, end: 2 }], now);
-        ss.peer_has(&1, &[BlockRange { start: 0, end: 2 }], now);
+        ss.handle_served(now, &1, &[BlockRange { start: 0, end: 2 }]);
+        ss.handle_have(now, &1, &[BlockRange { start: 0, end: 2 }]);
         // Peer 2 gets nothing: blocks 0-1 are in the swarm, 2-3 pending at peer 1.
-        assert!(ss.reveal(&2, now).is_empty());
+        assert!(ss.poll_reveal(now, &2).is_empty());
         // Peer 1 leaves before sharing: everything comes back for peer 2.
-        ss.unsubscribe(&1);
-        assert!(ss.leave(&1));
-        let again = blocks(&ss.reveal(&2, now));
+        ss.handle_unsubscribe(now, &1);
+        assert!(ss.handle_have_closed(now, &1));
+        let again = blocks(&ss.poll_reveal(now, &2));
         assert_eq!(again, vec![0, 1, 2, 3]);
-        ss.served(&2, &[BlockRange { start: 0, end: 4 }], now);
+        ss.handle_served(now, &2, &[BlockRange { start: 0, end: 4 }]);
         assert_eq!(ss.stats().blocks_resent, 2);
     }
 
     #[test]
     fn a_block_nobody_reports_is_resent_only_after_the_grace() {
-        let now = Instant::now();
+        let now = t0();
         let mut ss = SuperSeed::new(2, 2);
-        ss.join(1, now);
-        ss.join(2, now);
-        let r = ss.reveal(&1, now);
-        ss.served(&1, &r, now);
+        ss.handle_subscribe(now, 1);
+        ss.handle_subscribe(now, 2);
+        let r = ss.poll_reveal(now, &1);
+        ss.handle_served(now, &1, &r);
         // Peer 1 is still here but never reports the blocks (its have-map is slow).
-        assert!(ss.reveal(&2, now + Duration::from_secs(1)).is_empty());
-        assert_eq!(blocks(&ss.reveal(&2, now + RESEND_AFTER)), vec![0, 1]);
+        assert!(ss.poll_reveal(now + Duration::from_secs(1), &2).is_empty());
+        assert_eq!(blocks(&ss.poll_reveal(now + RESEND_AFTER, &2)), vec![0, 1]);
     }
 
     #[test]
     fn resubscribing_does_not_drop_the_peer() {
-        let now = Instant::now();
+        let now = t0();
         let mut ss = SuperSeed::new(4, 2);
-        assert!(ss.join(1, now), "a new peer");
-        assert!(!ss.join(1, now), "a second subscription of the same peer");
-        let r = ss.reveal(&1, now);
-        ss.unsubscribe(&1);
+        assert!(ss.handle_subscribe(now, 1), "a new peer");
+        assert!(
+            !ss.handle_subscribe(now, 1),
+            "a second subscription of the same peer"
+        );
+        let r = ss.poll_reveal(now, &1);
+        ss.handle_unsubscribe(now, &1);
         assert_eq!((ss.peers(), ss.subscribed()), (1, 1));
-        assert!(!ss.leave(&1), "one subscription is still open");
-        assert!(ss.may_serve(&1, &r));
+        assert!(
+            !ss.handle_have_closed(now, &1),
+            "one subscription is still open"
+        );
+        assert!(ss.handle_request(now, &1, &r));
         assert_eq!(
             ss.revealed_to(&1),
             r,
             "a new subscription is shown these first"
         );
-        ss.unsubscribe(&1);
+        ss.handle_unsubscribe(now, &1);
         assert_eq!((ss.peers(), ss.subscribed()), (1, 0));
-        assert!(ss.leave(&1));
+        assert!(ss.handle_have_closed(now, &1));
         assert_eq!(ss.peers(), 0);
     }
 
     #[test]
     fn a_peer_that_stops_subscribing_but_still_reports_keeps_its_blocks_counted() {
-        let now = Instant::now();
+        let now = t0();
         let mut ss = SuperSeed::new(4, 2);
-        ss.join(1, now);
-        ss.join(2, now);
-        let r = ss.reveal(&1, now);
+        ss.handle_subscribe(now, 1);
+        ss.handle_subscribe(now, 2);
+        let r = ss.poll_reveal(now, &1);
         assert_eq!(blocks(&r), vec![0, 1]);
-        ss.served(&1, &r, now);
-        ss.peer_has(&1, &r, now);
+        ss.handle_served(now, &1, &r);
+        ss.handle_have(now, &1, &r);
         // Peer 1 completes elsewhere and stops subscribing; we still hear its have-map.
-        ss.unsubscribe(&1);
+        ss.handle_unsubscribe(now, &1);
         assert_eq!(
-            blocks(&ss.reveal(&2, now)),
+            blocks(&ss.poll_reveal(now, &2)),
             vec![2, 3],
             "0-1 are in the swarm"
         );
-        ss.served(&2, &[BlockRange { start: 2, end: 4 }], now);
-        ss.peer_has(&2, &[BlockRange { start: 2, end: 4 }], now);
+        ss.handle_served(now, &2, &[BlockRange { start: 2, end: 4 }]);
+        ss.handle_have(now, &2, &[BlockRange { start: 2, end: 4 }]);
         assert!(
-            ss.reveal(&2, now + Duration::from_secs(1)).is_empty(),
+            ss.poll_reveal(now + Duration::from_secs(1), &2).is_empty(),
             "nothing is lost"
         );
         assert_eq!(ss.stats().blocks_resent, 0);
@@ -569,51 +602,54 @@ mod tests {
 
     #[test]
     fn blocks_revealed_to_a_peer_that_stops_subscribing_are_freed_for_others() {
-        let now = Instant::now();
+        let now = t0();
         let mut ss = SuperSeed::new(2, 2);
-        ss.join(1, now);
-        ss.join(2, now);
-        assert_eq!(blocks(&ss.reveal(&1, now)), vec![0, 1]);
-        assert!(ss.reveal(&2, now).is_empty(), "pending at peer 1");
-        ss.unsubscribe(&1);
-        assert_eq!(blocks(&ss.reveal(&2, now)), vec![0, 1]);
+        ss.handle_subscribe(now, 1);
+        ss.handle_subscribe(now, 2);
+        assert_eq!(blocks(&ss.poll_reveal(now, &1)), vec![0, 1]);
+        assert!(ss.poll_reveal(now, &2).is_empty(), "pending at peer 1");
+        ss.handle_unsubscribe(now, &1);
+        assert_eq!(blocks(&ss.poll_reveal(now, &2)), vec![0, 1]);
     }
 
     #[test]
     fn a_peer_that_gets_nothing_from_others_is_served_after_the_stall_time() {
-        let now = Instant::now();
+        let now = t0();
         let all = [BlockRange { start: 0, end: 6 }];
         let mut ss = SuperSeed::new(6, 4);
-        ss.join(1, now);
-        ss.peer_has(&1, &all, now);
+        ss.handle_subscribe(now, 1);
+        ss.handle_have(now, &1, &all);
         // Peer 2 arrives; peer 1 holds everything but peer 2 cannot reach it.
-        ss.join(2, now);
-        assert!(ss.reveal(&2, now).is_empty(), "everything is in the swarm");
-        assert!(ss.reveal(&2, now + STALL_AFTER / 2).is_empty());
+        ss.handle_subscribe(now, 2);
+        assert!(
+            ss.poll_reveal(now, &2).is_empty(),
+            "everything is in the swarm"
+        );
+        assert!(ss.poll_reveal(now + STALL_AFTER / 2, &2).is_empty());
         let late = now + STALL_AFTER;
-        assert_eq!(blocks(&ss.reveal(&2, late)), vec![0, 1, 2, 3]);
+        assert_eq!(blocks(&ss.poll_reveal(late, &2)), vec![0, 1, 2, 3]);
         assert_eq!(ss.stats().revealed_to_stalled, 4);
         // Blocks it gets from us do not count as progress: it stays stalled.
         let got = [BlockRange { start: 0, end: 4 }];
-        ss.served(&2, &got, late);
-        ss.peer_has(&2, &got, late);
-        assert_eq!(blocks(&ss.reveal(&2, late)), vec![4, 5]);
+        ss.handle_served(late, &2, &got);
+        ss.handle_have(late, &2, &got);
+        assert_eq!(blocks(&ss.poll_reveal(late, &2)), vec![4, 5]);
 
         // A peer that does get blocks from others is not stalled.
         let mut ss = SuperSeed::new(4, 4);
-        ss.join(1, now);
-        let r = ss.reveal(&1, now);
-        ss.served(&1, &r, now);
-        ss.peer_has(&1, &r, now);
-        ss.join(2, now);
-        ss.peer_has(
+        ss.handle_subscribe(now, 1);
+        let r = ss.poll_reveal(now, &1);
+        ss.handle_served(now, &1, &r);
+        ss.handle_have(now, &1, &r);
+        ss.handle_subscribe(now, 2);
+        ss.handle_have(
+            now + STALL_AFTER / 2,
             &2,
             &[BlockRange { start: 0, end: 1 }],
-            now + STALL_AFTER / 2,
         );
-        assert!(ss.reveal(&2, now + STALL_AFTER).is_empty());
+        assert!(ss.poll_reveal(now + STALL_AFTER, &2).is_empty());
         assert_eq!(
-            blocks(&ss.reveal(&2, now + STALL_AFTER / 2 + STALL_AFTER)),
+            blocks(&ss.poll_reveal(now + STALL_AFTER / 2 + STALL_AFTER, &2)),
             vec![1, 2, 3],
             "stalled again once that stops"
         );
@@ -678,19 +714,19 @@ mod tests {
             window in 1u32..8,
             ops in proptest::collection::vec(op(), 0..200),
         ) {
-            let start = Instant::now();
+            let start = t0();
             let mut now = start;
             let mut ss = SuperSeed::new(total, window);
             for op in ops {
                 match op {
                     Op::Join(p) => {
-                        ss.join(p, now);
+                        ss.handle_subscribe(now, p);
                     }
-                    Op::Unsubscribe(p) => ss.unsubscribe(&p),
+                    Op::Unsubscribe(p) => ss.handle_unsubscribe(now, &p),
                     Op::Leave(p) => {
-                        ss.leave(&p);
+                        ss.handle_have_closed(now, &p);
                     }
-                    Op::Has(p, s, l) => ss.peer_has(&p, &[BlockRange { start: s, end: s + l }], now),
+                    Op::Has(p, s, l) => ss.handle_have(now, &p, &[BlockRange { start: s, end: s + l }]),
                     Op::Reveal(p) => {
                         let before = ss.revealed_to(&p);
                         let held: Vec<u32> = ss
@@ -699,7 +735,7 @@ mod tests {
                             .and_then(|&slot| ss.slots[slot].as_ref())
                             .map(|s| s.has.iter().collect())
                             .unwrap_or_default();
-                        let new = blocks(&ss.reveal(&p, now));
+                        let new = blocks(&ss.poll_reveal(now, &p));
                         let before = blocks(&before);
                         for b in &new {
                             proptest::prop_assert!(!before.contains(b), "{b} shown twice");
@@ -714,8 +750,8 @@ mod tests {
                     }
                     Op::Serve(p) => {
                         let shown = ss.revealed_to(&p);
-                        if ss.may_serve(&p, &shown) {
-                            ss.served(&p, &shown, now);
+                        if ss.handle_request(now, &p, &shown) {
+                            ss.handle_served(now, &p, &shown);
                         }
                     }
                     Op::Wait(s) => now += Duration::from_secs(s),

@@ -1,0 +1,294 @@
+//! Bootstrapping a download: before any block of the body is asked for, learn and
+//! authenticate the blob's size (from the link, the saved state, or a peer's claim proved by
+//! verifying the last block at that size) and open segment 0, which proves the key and holds
+//! the header. A resumed download rebuilds the opener from the saved header instead.
+
+use std::time::{Duration, Instant};
+
+use libp2p::PeerId;
+use shoal_protocol::{
+    BlobId, Link,
+    blob::block_count,
+    format::{HEADER_LEN, HeaderError, Layout, OpenBlobError, Opener},
+    wire::{BlobRequest, ResponseHeader},
+};
+use tracing::{debug, warn};
+
+use super::{
+    error::FetchError,
+    part::PartFiles,
+    peers::{GIVE_UP_AFTER, Sources},
+};
+use crate::{
+    node::Node,
+    partial::State,
+    wire::{Pair, RequestError},
+};
+
+/// The blob as bootstrapping, or the state saved by an earlier run, opened it.
+pub(super) struct Opened {
+    /// Which blocks are verified and written; the header is in it.
+    pub(super) state: State,
+    /// Blocks an earlier run had verified.
+    pub(super) resumed: u64,
+    pub(super) opener: Opener,
+    /// When bootstrapping just fetched them: block 0's plaintext, the last block (sealed),
+    /// and the parent pairs verified on the way.
+    pub(super) body0: Option<Vec<u8>>,
+    pub(super) last: Option<(u64, Vec<u8>)>,
+    pub(super) parents: Vec<Pair>,
+}
+
+/// Opens the blob of `link`: from the state an earlier run of this fetch saved in `files`,
+/// or by bootstrapping from `peers` ([`first_blocks`]; liars go on `banned`, and are taken
+/// out of `peers`).
+///
+/// # Errors
+/// [`FetchError::Exhausted`] when no peer delivered the first blocks (`why` says what each
+/// answered), and those of [`open_blob`].
+#[allow(clippy::too_many_arguments)] // one call site; the lists are the fetch's own
+pub(super) async fn open(
+    node: &Node,
+    link: &Link,
+    files: &PartFiles,
+    peers: &mut Vec<PeerId>,
+    sources: &mut Sources,
+    banned: &mut Vec<(PeerId, String)>,
+    why: &mut Vec<String>,
+) -> Result<Opened, FetchError> {
+    let id = link.id;
+    let mut state = files.load_state(id, link.blob_len);
+    let resumed = state.as_ref().map_or(0, State::count);
+    let mut boot = None;
+    if state.as_ref().is_none_or(|s| s.header.is_none()) {
+        let trusted = link.blob_len.or(state.as_ref().map(|s| s.blob_len));
+        let Some(got) = first_blocks(node, id, trusted, peers, sources, banned, why).await else {
+            why.extend(banned.iter().map(|(p, w)| format!("{p}: {w}")));
+            why.push(sources.dht.describe());
+            return Err(FetchError::Exhausted {
+                done: 0,
+                total: link.blob_len.map_or(0, block_count),
+                why: std::mem::take(why),
+            });
+        };
+        if state.as_ref().is_none_or(|s| s.blob_len != got.blob_len) {
+            state = Some(files.new_state(id, got.blob_len));
+        }
+        boot = Some(got);
+    }
+    // A peer caught lying is never asked again for this blob.
+    peers.retain(|p| !banned.iter().any(|(b, _)| b == p));
+    let mut state = state.expect("set above");
+    let (block0, last, parents) = match boot {
+        Some(b) => (Some(b.block0), b.last, b.parents),
+        None => (None, None, Vec::new()),
+    };
+    let (opener, body0) = open_blob(link, block0, &mut state)?;
+    Ok(Opened {
+        state,
+        resumed,
+        opener,
+        body0,
+        last,
+        parents,
+    })
+}
+
+/// First wait before asking busy peers again for the first blocks; doubles up to 2 s.
+const BOOTSTRAP_BACKOFF: Duration = Duration::from_millis(100);
+
+/// What bootstrapping learnt: the authenticated blob size, sealed block 0, and the parent
+/// pairs verified on the way.
+struct Boot {
+    blob_len: u64,
+    block0: Vec<u8>,
+    /// The last block (sealed), when the blob has more than one.
+    last: Option<(u64, Vec<u8>)>,
+    parents: Vec<Pair>,
+}
+
+/// Asks `peers` (and those the sources find meanwhile) for the first blocks until one
+/// delivers them; the size is `trusted_len` if known. Peers that are busy (upload slots full
+/// in a flash crowd), lack the first blocks (partial) or fail in transit are asked again with
+/// back-off until [`GIVE_UP_AFTER`]; unreachable and lying ones are not (liars go on
+/// `banned`). With trackers, a peer that does not have the blob yet is asked again too (a
+/// tracker lists downloaders that are just starting), and peers the trackers list later
+/// join the rounds. Returns `None` when nobody delivered; `why` then says what each peer of
+/// the last round answered.
+async fn first_blocks(
+    node: &Node,
+    id: BlobId,
+    trusted_len: Option<u64>,
+    peers: &mut Vec<PeerId>,
+    sources: &mut Sources,
+    banned: &mut Vec<(PeerId, String)>,
+    why: &mut Vec<String>,
+) -> Option<Boot> {
+    let started = Instant::now();
+    let tracked = sources.tracked();
+    let mut retry = peers.clone();
+    let mut not_found: Vec<PeerId> = Vec::new();
+    let mut backoff = BOOTSTRAP_BACKOFF;
+    let deadline = tokio::time::Instant::now() + GIVE_UP_AFTER;
+    loop {
+        while let Ok(p) = sources.found.try_recv() {
+            if !retry.contains(&p) && !banned.iter().any(|(b, _)| *b == p) {
+                retry.push(p);
+                peers.push(p);
+            }
+        }
+        if retry.is_empty() {
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            // Nobody left to ask: trackers may list more peers, and the DHT may know
+            // some (at most one lookup per DHT_RETRY).
+            let searching = sources.dht.start();
+            if !tracked && !searching {
+                return None;
+            }
+            tokio::select! {
+                p = tokio::time::timeout_at(deadline, sources.found.recv()) => {
+                    if let Ok(Some(p)) = p {
+                        retry.push(p);
+                        peers.push(p);
+                    }
+                }
+                () = sources.dht.done() => {}
+            }
+            continue;
+        }
+        let round = std::mem::take(&mut retry);
+        why.clear();
+        for peer in round {
+            match bootstrap(node, peer, id, trusted_len).await {
+                Ok(boot) => {
+                    debug!(blob = %id, peer = %peer, after = ?started.elapsed(), "bootstrapped");
+                    return Some(boot);
+                }
+                Err(RequestError::Lied(w)) => {
+                    warn!(peer = %peer, blob = %id, why = %w, "peer sent bad data; disconnected");
+                    node.disconnect(peer).await;
+                    banned.push((peer, w));
+                }
+                Err(e) => {
+                    debug!(blob = %id, peer = %peer, error = %e, "bootstrap attempt failed");
+                    let again = match &e {
+                        RequestError::Status(ResponseHeader::NotFound) => {
+                            not_found.push(peer);
+                            tracked
+                        }
+                        RequestError::Status(ResponseHeader::Busy | ResponseHeader::Missing)
+                        | RequestError::Io(_)
+                        | RequestError::Unanswered
+                        | RequestError::Timeout => true,
+                        _ => false,
+                    };
+                    if again {
+                        retry.push(peer);
+                    }
+                    why.push(format!("{peer}: {e}"));
+                }
+            }
+        }
+        // Someone has the blob (busy or partial): the peers that did not have it yet are
+        // likely downloaders just starting, worth asking again.
+        if !retry.is_empty() {
+            for p in not_found.drain(..) {
+                if !retry.contains(&p) {
+                    retry.push(p);
+                }
+            }
+        }
+        not_found.clear();
+        if !retry.is_empty() {
+            if tokio::time::Instant::now() + backoff > deadline {
+                return None;
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+    }
+}
+
+/// Fetches block 0 (and the last block when the size is not yet trusted) from `peer`.
+async fn bootstrap(
+    node: &Node,
+    peer: PeerId,
+    id: BlobId,
+    trusted_len: Option<u64>,
+) -> Result<Boot, RequestError> {
+    let client = node.client();
+    let blob_len = match trusted_len {
+        Some(l) => l,
+        None => {
+            // Learn the claimed size, then prove it by verifying the last block.
+            let claimed = client.claimed_len(peer, id).await?;
+            Layout::for_blob(claimed).map_err(|e| RequestError::Lied(e.to_string()))?;
+            claimed
+        }
+    };
+    let last = u32::try_from(block_count(blob_len) - 1)
+        .map_err(|_| RequestError::Lied("size out of range".into()))?;
+    let req = BlobRequest::new(id, [0, last]).expect("at most two ranges");
+    let mut block0 = None;
+    let mut last_block = None;
+    let mut parents = Vec::new();
+    client
+        .request(peer, &req, blob_len, |v| {
+            parents.extend(v.parents);
+            if v.index.0 == 0 {
+                block0 = Some(v.data);
+            } else {
+                last_block = Some((u64::from(v.index.0), v.data));
+            }
+            async { Ok(()) }
+        })
+        .await?;
+    Ok(Boot {
+        blob_len,
+        block0: block0.expect("block 0 was requested and verified"),
+        last: last_block,
+        parents,
+    })
+}
+
+/// The opener of the blob, and block 0's plaintext when bootstrapping just fetched it:
+/// opens `block0` (sealed; a fresh download: its header goes into `state`) or rebuilds the
+/// opener from the header `state` saved (a resume).
+///
+/// # Errors
+/// [`FetchError::WrongKey`] when the link's key does not open the blob,
+/// [`FetchError::BadBlob`] when it is not a valid Shoal blob.
+fn open_blob(
+    link: &Link,
+    block0: Option<Vec<u8>>,
+    state: &mut State,
+) -> Result<(Opener, Option<Vec<u8>>), FetchError> {
+    let id = link.id;
+    let blob_len = state.blob_len;
+    match block0 {
+        Some(mut block0) => {
+            let (opener, body) =
+                Opener::new(&link.key, blob_len, &mut block0).map_err(|e| match e {
+                    OpenBlobError::WrongKey => FetchError::WrongKey { id },
+                    source => FetchError::BadBlob { id, source },
+                })?;
+            let mut header = [0u8; HEADER_LEN];
+            header.copy_from_slice(&block0[..HEADER_LEN]);
+            state.header = Some(header);
+            Ok((opener, Some(block0[body].to_vec())))
+        }
+        None => {
+            let header = state.header.expect("resume requires a saved header");
+            let opener =
+                Opener::from_header(&link.key, blob_len, &header).map_err(|e| match e {
+                    OpenBlobError::Header(HeaderError::CommitmentMismatch) => {
+                        FetchError::WrongKey { id }
+                    }
+                    source => FetchError::BadBlob { id, source },
+                })?;
+            Ok((opener, None))
+        }
+    }
+}

@@ -1,0 +1,99 @@
+//! Why a fetch failed: [`FetchError`], each variant saying what to do next.
+
+use std::{io, path::PathBuf};
+
+use libp2p::Multiaddr;
+use shoal_protocol::{BlobId, BlockIndex, format::OpenBlobError};
+
+/// Why a fetch failed. Blocks verified before the failure are kept for the next run.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FetchError {
+    /// The link names no peer or tracker, none was given, and the DHT cannot be asked.
+    #[error(
+        "the link names no peer or tracker to fetch from and no DHT bootstrap peer is configured; pass a peer with --peer ADDR, a tracker with --tracker ADDR, or a DHT bootstrap peer with --bootstrap ADDR"
+    )]
+    NoPeersGiven,
+    /// No peer could be reached: not the link's or given peers, none listed by a tracker,
+    /// none found in the DHT.
+    #[error(
+        "no peer could be reached; tried:\n{}\npass a peer that has the file with --peer ADDR, a tracker with --tracker ADDR or a DHT bootstrap peer with --bootstrap ADDR, and check that someone is seeding it",
+        list(.tried)
+    )]
+    Unreachable {
+        /// Each source (peer address, tracker, the DHT) and what it gave.
+        tried: Vec<String>,
+    },
+    /// Peers were reached but none could deliver the missing blocks.
+    #[error("no reachable peer could deliver the blob ({done} of {total} blocks done; run again to resume); peers:\n{}", list(.why))]
+    Exhausted {
+        /// Blocks done.
+        done: u64,
+        /// Blocks in the blob.
+        total: u64,
+        /// Each peer and why it was given up.
+        why: Vec<String>,
+    },
+    /// The key in the link does not open the blob.
+    #[error("the key in the link does not open blob {id}: the link is wrong or was altered")]
+    WrongKey {
+        /// The blob.
+        id: BlobId,
+    },
+    /// The blob verified against its id but is not a valid Shoal blob under this key.
+    #[error("blob {id} is not a valid Shoal blob for this link")]
+    BadBlob {
+        /// The blob.
+        id: BlobId,
+        /// Cause.
+        #[source]
+        source: OpenBlobError,
+    },
+    /// A verified segment failed to decrypt: the publisher produced a broken blob.
+    #[error(
+        "segment {block} of blob {id} does not decrypt although it matches the blob id; the publisher's blob is broken"
+    )]
+    Undecryptable {
+        /// The blob.
+        id: BlobId,
+        /// The segment.
+        block: BlockIndex,
+    },
+    /// A tracker this fetch announces to (one named in the link, or given) answered that its
+    /// operator took the blob down. The fetch stops, even if some peer would still serve the
+    /// blob: the link's publisher chose that tracker to coordinate the file, and "taken
+    /// down" means the file is no longer distributed there. Blocks verified so far stay in
+    /// the output directory's `.shoal-<blob id>.*` files; delete them if unwanted.
+    #[error(
+        "this file was taken down: the operator of tracker {tracker} took blob {id} down, and the tracker no longer coordinates its download; nothing more is fetched"
+    )]
+    TakenDown {
+        /// The blob.
+        id: BlobId,
+        /// The tracker that said so.
+        tracker: Multiaddr,
+    },
+    /// Another fetch of the same blob into the same directory is running.
+    #[error("another download of this blob is already writing {0}; wait for it or stop it")]
+    InUse(PathBuf),
+    /// The output file exists.
+    #[error("{0} already exists; choose another -o path or pass --force to replace it")]
+    OutputExists(PathBuf),
+    /// Writing locally failed (disk full, permissions). Verified blocks are kept.
+    #[error("cannot write {path}; fix the cause (e.g. free disk space) and run again to resume")]
+    Disk {
+        /// The file.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn list(items: &[String]) -> String {
+    items
+        .iter()
+        .map(|s| format!("  - {s}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}

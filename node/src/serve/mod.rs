@@ -1,0 +1,50 @@
+//! The answering side of Shoal's stream protocols: [`blocks`] serves `/shoal/blob/1`
+//! requests (verified ranges, under the upload slots and cap), [`have`] serves
+//! `/shoal/have/1` subscriptions (frugally for super-seeded blobs). The node spawns both
+//! loops at start ([`spawn`]); they read the store and share the node's counters. The asking
+//! side is [`crate::wire`].
+
+pub(crate) mod blocks;
+pub(crate) mod have;
+
+use std::sync::Arc;
+#[cfg(feature = "test-utils")]
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::{config::Config, interest::Interests, stats::Stats, store::Store, wire::Client};
+
+/// What serving needs of the node.
+#[derive(Debug)]
+pub(crate) struct Service {
+    pub(crate) config: Config,
+    pub(crate) store: Arc<Store>,
+    pub(crate) stats: Arc<Stats>,
+    /// Told of peers that subscribe to a blob being downloaded here.
+    pub(crate) interests: Arc<Interests>,
+    /// Frugal sources read their subscribers' have-maps with it.
+    pub(crate) client: Client,
+    pub(crate) shutdown: CancellationToken,
+}
+
+/// Spawns the loops that serve block requests (`blobs`) and have-map subscriptions
+/// (`haves`) until `service.shutdown` is cancelled.
+pub(crate) fn spawn(
+    service: Service,
+    blobs: libp2p_stream::IncomingStreams,
+    haves: libp2p_stream::IncomingStreams,
+) {
+    let service = Arc::new(service);
+    tokio::spawn(blocks::serve_loop(service.clone(), blobs));
+    tokio::spawn(have::have_loop(service, haves));
+}
+
+/// Test only: takes one from `counter` unless it is 0; whether it did (the
+/// `Config::unanswered_*` knobs).
+#[cfg(feature = "test-utils")]
+fn count_down(counter: &AtomicU32) -> bool {
+    counter
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+        .is_ok()
+}

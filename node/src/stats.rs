@@ -1,0 +1,18 @@
+//! A node's live counters, shared by the event loop and the serving tasks.
+
+use std::sync::atomic::AtomicU64;
+
+/// Live counters of a node, readable at any time.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Blob bytes sent to peers (headers and parents included).
+    pub uploaded_bytes: AtomicU64,
+    /// Peers currently connected.
+    pub connected_peers: AtomicU64,
+    /// Requests served to completion.
+    pub requests_served: AtomicU64,
+    /// Requests answered `busy` (every upload slot taken).
+    pub busy_answers: AtomicU64,
+    /// Peers in the DHT routing table.
+    pub dht_peers: AtomicU64,
+}
