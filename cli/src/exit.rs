@@ -47,7 +47,7 @@ pub(crate) fn code_of(e: &anyhow::Error) -> u8 {
         }
         if let Some(f) = cause.downcast_ref::<FetchError>() {
             return match f {
-                FetchError::NoPeersGiven
+                FetchError::NoPeersGiven { .. }
                 | FetchError::Unreachable { .. }
                 | FetchError::Exhausted { .. } => NETWORK,
                 FetchError::WrongKey { .. }
@@ -57,6 +57,7 @@ pub(crate) fn code_of(e: &anyhow::Error) -> u8 {
                     LOCAL
                 }
                 FetchError::TakenDown { .. } => TAKEN_DOWN,
+                FetchError::LinkSizeMismatch { .. } => BAD_LINK,
                 _ => OTHER,
             };
         }

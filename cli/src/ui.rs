@@ -67,6 +67,19 @@ pub(crate) fn bytes_bar(len: u64, what: &str, quiet: bool) -> ProgressBar {
     bar
 }
 
+/// A status spinner on stderr, hidden when stderr is not a terminal or `quiet`.
+pub(crate) fn spinner(quiet: bool) -> ProgressBar {
+    let target = if quiet || !std::io::stderr().is_terminal() {
+        ProgressDrawTarget::hidden()
+    } else {
+        ProgressDrawTarget::stderr()
+    };
+    let spinner = ProgressBar::with_draw_target(None, target);
+    spinner.set_style(ProgressStyle::with_template("{spinner} {msg}").expect("valid template"));
+    spinner.enable_steady_tick(Duration::from_millis(200));
+    spinner
+}
+
 /// Parses sizes like `64MiB`, `1GiB`, `4MB`, `1000`.
 pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
     s.trim()
@@ -87,6 +100,21 @@ pub(crate) fn parse_peer_addr(s: &str) -> Result<libp2p::Multiaddr, String> {
             "{s:?} names no peer: it must end in /p2p/PEER_ID (a running Shoal node's address, as `shoal seed` prints it)"
         )),
     }
+}
+
+/// How long to wait; `None` is forever (`--patience 0`).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Patience(pub(crate) Option<Duration>);
+
+/// Parses how long to wait: `90s`, `2m`, `1h30m`, or seconds (`120`); `0` means forever.
+pub(crate) fn parse_patience(s: &str) -> Result<Patience, String> {
+    let s = s.trim();
+    let d = match s.parse::<u64>() {
+        Ok(secs) => Duration::from_secs(secs),
+        Err(_) => humantime::parse_duration(s)
+            .map_err(|e| format!("{s:?} is not a duration like 30s, 2m or 1h ({e})"))?,
+    };
+    Ok(Patience((!d.is_zero()).then_some(d)))
 }
 
 /// Human-readable size.

@@ -290,18 +290,24 @@ fn get_with_no_reachable_peer_lists_what_it_tried() {
         .unwrap()
         .port();
     let peer = "12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN";
+    // It keeps dialling for the patience window, then says what it tried.
+    let started = Instant::now();
     let o = run(shoal(dir.path()).args([
         "get",
         v["link"].as_str().unwrap(),
         "--peer",
         &format!("/ip4/127.0.0.1/tcp/{port}/p2p/{peer}"),
+        "--patience",
+        "2s",
     ]));
     assert_eq!(o.status.code(), Some(4), "{}", text(&o.stderr));
     assert!(
-        text(&o.stderr).contains(&format!("tcp/{port}")),
-        "{}",
-        text(&o.stderr)
+        started.elapsed() >= Duration::from_secs(2),
+        "gave up before its patience"
     );
+    let err = text(&o.stderr);
+    assert!(err.contains(&format!("tcp/{port}")), "{err}");
+    assert!(err.contains("dialled"), "says how often it dialled: {err}");
 }
 
 /// The demo's JSON summary after a small run (`extra` adds flags).

@@ -2,9 +2,11 @@
 //! peers they list (docs/tracker.md).
 //!
 //! One [`Announcer`] per blob this node downloads or seeds. It announces `started`, then
-//! again at the interval each tracker asks for, `completed` when the download finishes, and
-//! `stopped` when the handle is dropped. The peers a tracker lists are dialled; those that
-//! answer are reported on the `found` channel, so a download asks them for blocks.
+//! again at the interval each tracker asks for (a tracker asks a leecher that nobody can
+//! serve yet to come back sooner; a rate limit it answers with is obeyed, never an error),
+//! `completed` when the download finishes, and `stopped` when the handle is dropped. The
+//! peers a tracker lists are dialled, and those that answer reported on the `found` channel;
+//! a download instead takes the list itself ([`Listed`]) and dials and re-dials them.
 
 use std::{collections::HashSet, sync::Arc, time::Duration};
 
@@ -25,8 +27,6 @@ use crate::node::Node;
 const MIN_INTERVAL: Duration = Duration::from_secs(15);
 /// Longest wait between announces (so a tracker restarted with an empty table relearns us).
 const MAX_INTERVAL: Duration = Duration::from_secs(30 * 60);
-/// Wait before announcing again when a leecher was told of no peer at all.
-const LONELY_RETRY: Duration = Duration::from_secs(3);
 /// Wait after a tracker could not be reached or answered badly.
 const RETRY: Duration = Duration::from_secs(30);
 /// How long the `stopped` announce may take when the handle is dropped.
@@ -69,15 +69,37 @@ impl Status {
 pub(crate) enum Outcome {
     /// No answer yet.
     Pending,
-    /// The tracker answered, listing this many peers (seed nodes included).
-    Answered(usize),
-    /// The tracker refused the announce for now (rate limited, full): it is asked again.
+    /// The tracker answered, listing `peers` peers (seed nodes included), of which
+    /// `seeders` hold the whole blob (seeders and seed nodes).
+    Answered {
+        /// Peers listed.
+        peers: usize,
+        /// Of them, seeders and seed nodes.
+        seeders: usize,
+    },
+    /// The tracker refused the announce (full, or a bad request): it is asked again later.
     Refused(String),
     /// The tracker could not be reached or answered badly: it is asked again later.
     Failed(String),
     /// The tracker's operator took the blob down: the tracker no longer coordinates its
     /// swarm, and is not asked again.
     TakenDown,
+}
+
+/// A peer a tracker listed, with the addresses it announced (each ending in `/p2p/<id>`).
+#[derive(Clone, Debug)]
+pub(crate) struct Listed {
+    pub(crate) peer: PeerId,
+    pub(crate) addrs: Vec<Multiaddr>,
+}
+
+/// What an announcer does with the peers its trackers list.
+#[derive(Clone)]
+enum Sink {
+    /// Dial them (once each, while they answer) and report those that answer.
+    Dial(Option<mpsc::Sender<PeerId>>),
+    /// Hand them on as listed (a download dials them itself).
+    List(mpsc::Sender<Listed>),
 }
 
 /// Keeps announcing a blob while it lives; dropping it announces `stopped` (best effort,
@@ -100,6 +122,28 @@ impl Announcer {
         status: Status,
         found: Option<mpsc::Sender<PeerId>>,
     ) -> Self {
+        Self::spawn(node, blob, trackers, status, Sink::Dial(found))
+    }
+
+    /// Like [`Announcer::start`], but the peers the trackers list are sent on `listed`
+    /// (dropped if it is full), not dialled.
+    pub(crate) fn start_listing(
+        node: &Node,
+        blob: BlobId,
+        trackers: Vec<Multiaddr>,
+        status: Status,
+        listed: mpsc::Sender<Listed>,
+    ) -> Self {
+        Self::spawn(node, blob, trackers, status, Sink::List(listed))
+    }
+
+    fn spawn(
+        node: &Node,
+        blob: BlobId,
+        trackers: Vec<Multiaddr>,
+        status: Status,
+        sink: Sink,
+    ) -> Self {
         let (tx, rx) = watch::channel(status);
         let (outcomes_tx, outcomes) = watch::channel(
             trackers
@@ -121,7 +165,7 @@ impl Announcer {
                     blob,
                     tracker,
                     rx.clone(),
-                    found.clone(),
+                    sink.clone(),
                     report,
                 ))
             })
@@ -176,7 +220,7 @@ async fn run(
     blob: BlobId,
     tracker: Multiaddr,
     mut status: watch::Receiver<Status>,
-    found: Option<mpsc::Sender<PeerId>>,
+    sink: Sink,
     report: Report,
 ) {
     let dialled = Arc::new(Mutex::new(HashSet::new()));
@@ -189,16 +233,21 @@ async fn run(
                 peers,
                 seed_nodes,
             }) => {
-                debug!(%tracker, blob = %blob, peers = peers.len(), seed_nodes = seed_nodes.len(), "announced");
-                let lonely = peers.is_empty() && seed_nodes.is_empty();
-                report.set(Outcome::Answered(peers.len() + seed_nodes.len()));
-                connect(&node, peers.iter().chain(&seed_nodes), &dialled, &found);
-                if lonely && now.role == Role::Leecher {
-                    // Nobody to download from yet (we may have been first): ask again soon.
-                    LONELY_RETRY
-                } else {
-                    Duration::from_secs(interval_secs.into()).clamp(MIN_INTERVAL, MAX_INTERVAL)
+                debug!(%tracker, blob = %blob, peers = peers.len(), seed_nodes = seed_nodes.len(), interval_secs, "announced");
+                let seeders =
+                    peers.iter().filter(|p| p.role == Role::Seeder).count() + seed_nodes.len();
+                report.set(Outcome::Answered {
+                    peers: peers.len() + seed_nodes.len(),
+                    seeders,
+                });
+                let listed = peers.iter().chain(&seed_nodes);
+                match &sink {
+                    Sink::Dial(found) => connect(&node, listed, &dialled, found),
+                    Sink::List(to) => list(&node, listed, to),
                 }
+                // The tracker says when to come back (sooner for a leecher nobody can serve
+                // yet: a seeder may come); obey it, so its rate limit is never hit.
+                Duration::from_secs(interval_secs.into()).clamp(MIN_INTERVAL, MAX_INTERVAL)
             }
             Ok(AnnounceResponse::Refused {
                 reason: RefusalReason::TakenDown,
@@ -207,22 +256,18 @@ async fn run(
                 report.set(Outcome::TakenDown);
                 return;
             }
+            Ok(AnnounceResponse::Refused {
+                reason: RefusalReason::RateLimited { retry_after_secs },
+            }) => {
+                // Too soon (this peer id announced a moment ago, e.g. a restart): come back
+                // when the tracker says. Not an error: the last answer still stands.
+                debug!(%tracker, blob = %blob, retry_after_secs, "tracker asked to announce later");
+                Duration::from_secs(retry_after_secs.into()).max(Duration::from_secs(1))
+            }
             Ok(AnnounceResponse::Refused { reason }) => {
-                if matches!(reason, RefusalReason::RateLimited { .. }) {
-                    // Expected now and then (an early re-announce): it waits and retries.
-                    debug!(%tracker, blob = %blob, ?reason, "tracker refused the announce");
-                } else {
-                    warn!(%tracker, blob = %blob, ?reason, "tracker refused the announce");
-                }
-                report.set(Outcome::Refused(format!(
-                    "refused the announce ({reason:?})"
-                )));
-                match reason {
-                    RefusalReason::RateLimited { retry_after_secs } => {
-                        Duration::from_secs(retry_after_secs.into()).max(Duration::from_secs(1))
-                    }
-                    _ => RETRY,
-                }
+                warn!(%tracker, blob = %blob, ?reason, "tracker refused the announce");
+                report.set(Outcome::Refused(refusal_text(reason)));
+                RETRY
             }
             Err(why) => {
                 debug!(%tracker, blob = %blob, %why, "announce failed");
@@ -292,6 +337,53 @@ async fn announce(
     }
 }
 
+/// What a refusal means, in words.
+fn refusal_text(reason: RefusalReason) -> String {
+    match reason {
+        RefusalReason::RateLimited { retry_after_secs } => {
+            format!("asked to announce again in {retry_after_secs} s")
+        }
+        RefusalReason::SwarmFull => "refused the announce: this file's swarm is full there".into(),
+        RefusalReason::TrackerFull => "refused the announce: the tracker is full".into(),
+        RefusalReason::TakenDown => "the blob was taken down there".into(),
+        RefusalReason::BadRequest => {
+            "refused the announce as a bad request (are this node's listen addresses ones it accepts?)".into()
+        }
+    }
+}
+
+/// The listed peers' ids and addresses (each with `/p2p/<id>`), skipping this node and
+/// entries that do not parse.
+fn parse_listed<'a>(
+    node: &Node,
+    entries: impl Iterator<Item = &'a PeerEntry>,
+) -> impl Iterator<Item = (Listed, Role)> {
+    let me = node.peer_id();
+    let parsed: Vec<_> = entries
+        .filter_map(|entry| {
+            let peer = PeerId::from_bytes(&entry.peer_id).ok()?;
+            let addrs = entry
+                .addrs
+                .iter()
+                .filter_map(|a| Multiaddr::try_from(a.clone()).ok())
+                .map(|a| a.with_p2p(peer).unwrap_or_else(|a| a))
+                .collect();
+            (peer != me).then_some((Listed { peer, addrs }, entry.role))
+        })
+        .collect();
+    parsed.into_iter()
+}
+
+/// Hands the listed peers on (remembering which are seed nodes).
+fn list<'a>(node: &Node, entries: impl Iterator<Item = &'a PeerEntry>, to: &mpsc::Sender<Listed>) {
+    for (listed, role) in parse_listed(node, entries) {
+        if role == Role::SeedNode {
+            node.note_seed_node(listed.peer);
+        }
+        let _ = to.try_send(listed);
+    }
+}
+
 /// Dials the listed peers not dialled before (in the background) and reports those that
 /// answer.
 fn connect<'a>(
@@ -300,23 +392,10 @@ fn connect<'a>(
     dialled: &Arc<Mutex<HashSet<PeerId>>>,
     found: &Option<mpsc::Sender<PeerId>>,
 ) {
-    let me = node.peer_id();
-    for entry in entries {
-        let Ok(peer) = PeerId::from_bytes(&entry.peer_id) else {
-            continue;
-        };
-        if peer == me {
-            continue;
-        }
-        if entry.role == Role::SeedNode {
+    for (Listed { peer, addrs }, role) in parse_listed(node, entries) {
+        if role == Role::SeedNode {
             node.note_seed_node(peer);
         }
-        let addrs: Vec<Multiaddr> = entry
-            .addrs
-            .iter()
-            .filter_map(|a| Multiaddr::try_from(a.clone()).ok())
-            .map(|a| a.with_p2p(peer).unwrap_or_else(|a| a))
-            .collect();
         let node = node.clone();
         let dialled = dialled.clone();
         let found = found.clone();

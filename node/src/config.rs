@@ -18,7 +18,8 @@ pub struct Config {
     pub listen: Vec<Multiaddr>,
     /// Concurrent upload streams; further requests are answered `busy`. Default 32.
     pub max_upload_streams: usize,
-    /// Upload cap in bytes per second across all peers; `None` = unlimited (default).
+    /// Upload cap in bytes per second across all peers; `None` = unlimited (default). Set it
+    /// with [`Config::with_upload_limit`], which takes 0 as unlimited too.
     pub upload_limit_bytes_per_sec: Option<u64>,
     /// Most established connections in total (default 256; a home router copes) and
     /// per peer (default 2: one each way when two peers dial each other at once). Further
@@ -132,9 +133,10 @@ impl Config {
         slots::Config::for_upload(self.upload_limit_bytes_per_sec, self.max_upload_streams)
     }
 
-    /// Sets the upload cap in bytes per second (`None` = unlimited).
-    pub const fn with_upload_limit(mut self, bytes_per_sec: Option<u64>) -> Self {
-        self.upload_limit_bytes_per_sec = bytes_per_sec;
+    /// Sets the upload cap in bytes per second; `None` or `Some(0)` = unlimited (a cap of
+    /// nothing would answer every request `busy`: no command means that).
+    pub fn with_upload_limit(mut self, bytes_per_sec: Option<u64>) -> Self {
+        self.upload_limit_bytes_per_sec = bytes_per_sec.filter(|&r| r > 0);
         self
     }
 }

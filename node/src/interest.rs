@@ -1,7 +1,9 @@
-//! Peers interested in a blob: someone who subscribes to our have-map of a blob we are
-//! downloading is downloading it too, and is worth asking for blocks. The have-map server
-//! ([`crate::serve`]) reports such peers here; the download of that blob ([`crate::fetch`])
-//! receives them.
+//! Peers coming and going, told to the downloads that care: someone who subscribes to our
+//! have-map of a blob we are downloading is downloading it too, and is worth asking for
+//! blocks (the have-map server, [`crate::serve`], reports them for that blob); someone who
+//! connects to us may have been told by a tracker that we want a blob it seeds, and a peer
+//! whose last connection closed is gone until it is dialled again (the node reports both
+//! to every download). The download of a blob ([`crate::fetch`]) receives them.
 
 use std::{
     collections::HashMap,
@@ -16,10 +18,21 @@ use tokio::sync::mpsc;
 /// also learns them from trackers).
 const INTEREST_QUEUE: usize = 64;
 
-/// The downloads in progress that want to hear of interested peers, by blob.
+/// How a peer contacted us.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Contact {
+    /// It subscribed to our have-map of the download's blob: it is downloading it too.
+    Subscribed(PeerId),
+    /// It connected to us; it may or may not have anything to do with the blob.
+    Connected(PeerId),
+    /// Our last connection to it closed.
+    Disconnected(PeerId),
+}
+
+/// The downloads in progress that want to hear of peers that contact us, by blob.
 #[derive(Debug, Default)]
 pub(crate) struct Interests {
-    by_blob: Mutex<HashMap<BlobId, mpsc::Sender<PeerId>>>,
+    by_blob: Mutex<HashMap<BlobId, mpsc::Sender<Contact>>>,
 }
 
 impl Interests {
@@ -43,7 +56,18 @@ impl Interests {
     pub(crate) fn notify(&self, id: BlobId, peer: PeerId) {
         let tx = self.by_blob.lock().ok().and_then(|m| m.get(&id).cloned());
         if let Some(tx) = tx {
-            let _ = tx.try_send(peer);
+            let _ = tx.try_send(Contact::Subscribed(peer));
+        }
+    }
+
+    /// Tells every download `contact` (a peer that connected to us, or whose last
+    /// connection closed); dropped where a queue is full.
+    pub(crate) fn notify_all(&self, contact: Contact) {
+        let Ok(map) = self.by_blob.lock() else {
+            return;
+        };
+        for tx in map.values() {
+            let _ = tx.try_send(contact);
         }
     }
 }
@@ -53,7 +77,7 @@ impl Interests {
 pub(crate) struct Interest {
     registry: Arc<Interests>,
     id: BlobId,
-    pub(crate) peers: mpsc::Receiver<PeerId>,
+    pub(crate) peers: mpsc::Receiver<Contact>,
 }
 
 impl Drop for Interest {

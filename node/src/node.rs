@@ -33,7 +33,7 @@ use crate::{
     behaviour::{Behaviour, BehaviourEvent},
     config::Config,
     dht::{self, Dht, DhtError, Found},
-    interest::{Interest, Interests},
+    interest::{Contact, Interest, Interests},
     serve::{self, Service},
     stats::Stats,
     store::Store,
@@ -250,6 +250,7 @@ impl Node {
             command_rx,
             listen_tx,
             stats,
+            inner.interests.clone(),
             shutdown.clone(),
         ));
         info!(peer = %peer_id, "node started");
@@ -524,6 +525,7 @@ async fn event_loop(
     mut commands: mpsc::Receiver<Command>,
     listen: watch::Sender<Vec<Multiaddr>>,
     stats: Arc<Stats>,
+    interests: Arc<Interests>,
     shutdown: CancellationToken,
 ) {
     let mut dials: HashMap<ConnectionId, (Multiaddr, oneshot::Sender<Result<PeerId, String>>)> =
@@ -604,6 +606,10 @@ async fn event_loop(
                     debug!(peer = %peer_id, "connected");
                     if num_established.get() == 1 {
                         stats.connected_peers.fetch_add(1, Ordering::Relaxed);
+                        if endpoint.is_listener() {
+                            // A seeder a tracker told about us, maybe: downloads may ask it.
+                            interests.notify_all(Contact::Connected(peer_id));
+                        }
                     }
                     if let Some((_, reply)) = dials.remove(&connection_id) {
                         let _ = reply.send(Ok(peer_id));
@@ -615,6 +621,7 @@ async fn event_loop(
                     if num_established == 0 {
                         stats.connected_peers.fetch_sub(1, Ordering::Relaxed);
                         dht.on_disconnected(peer_id);
+                        interests.notify_all(Contact::Disconnected(peer_id));
                     }
                 }
                 SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {

@@ -37,6 +37,11 @@ pub(crate) enum RequestError {
     Lied(String),
     #[error("answered {0:?}")]
     Status(ResponseHeader),
+    /// The answer names another blob size than the one the request was made for: the peer
+    /// lies, unless the size asked for came from a damaged link (the caller can tell by
+    /// verifying the claim).
+    #[error("claimed the blob is {claimed} bytes, not {expected}")]
+    WrongSize { claimed: u64, expected: u64 },
     /// The stream was reset before the request was written, or ended before the status byte
     /// (a block request) or the first frame (a have-map subscription). libp2p-stream drops
     /// an inbound stream when the node has not yet taken the previous one
@@ -129,11 +134,13 @@ impl Client {
                 let ResponseHeader::Ok { blob_len } = ResponseHeader::ok_with_len(len) else {
                     unreachable!("ok_with_len returns Ok")
                 };
-                if expected_len.is_some_and(|l| l != blob_len) {
-                    return Err(RequestError::Lied(format!(
-                        "claimed size {blob_len}, link says {}",
-                        expected_len.unwrap_or(0)
-                    )));
+                if let Some(expected) = expected_len
+                    && expected != blob_len
+                {
+                    return Err(RequestError::WrongSize {
+                        claimed: blob_len,
+                        expected,
+                    });
                 }
                 Ok(blob_len)
             }

@@ -87,14 +87,23 @@ async fn wait_stored(holder: &Node, id: BlobId, provider: PeerId, present: bool)
 }
 
 async fn fetch_to(node: &Node, link: &Link, out: &Path) -> Result<(), FetchError> {
+    fetch_waiting(node, link, out, shoal_node::fetch::DEFAULT_PATIENCE).await
+}
+
+/// [`fetch_to`] that waits at most `patience` for a peer that can deliver.
+async fn fetch_waiting(
+    node: &Node,
+    link: &Link,
+    out: &Path,
+    patience: Duration,
+) -> Result<(), FetchError> {
     let (tx, _rx) = watch::channel(Default::default());
-    timeout(
-        LIMIT,
-        fetch(node, link, FetchOptions::new(Output::File(out.into())), tx),
-    )
-    .await
-    .expect("fetch ends in time")
-    .map(|_| ())
+    let mut opts = FetchOptions::new(Output::File(out.into()));
+    opts.patience = Some(patience);
+    timeout(LIMIT, fetch(node, link, opts, tx))
+        .await
+        .expect("fetch ends in time")
+        .map(|_| ())
 }
 
 /// A link with no peer hints and no trackers: the downloader finds the seeder through the
@@ -228,7 +237,7 @@ async fn when_the_last_peer_leaves_mid_download_the_dht_finds_another() {
 }
 
 /// Nobody has the blob: no peer hints, no tracker, no provider in the DHT. The fetch fails
-/// soon with an error that says what was tried and what to do.
+/// once its patience runs out with an error that says what was tried and what to do.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_found_anywhere_fails_soon_and_says_what_was_tried() {
     init_logs();
@@ -247,10 +256,15 @@ async fn nothing_found_anywhere_fails_soon_and_says_what_was_tried() {
 
     let l = testing::node(boot, Arc::new(Store::in_memory()), &stop);
     let started = Instant::now();
-    let err = fetch_to(&l, &link, &dir.path().join("got.bin"))
+    let patience = Duration::from_secs(3);
+    let err = fetch_waiting(&l, &link, &dir.path().join("got.bin"), patience)
         .await
         .unwrap_err();
     let took = started.elapsed();
+    assert!(
+        took >= patience,
+        "gave up after {took:?}, before its patience"
+    );
     assert!(matches!(err, FetchError::Unreachable { .. }), "{err}");
     let text = err.to_string();
     for what in [
@@ -269,7 +283,10 @@ async fn nothing_found_anywhere_fails_soon_and_says_what_was_tried() {
     let err = fetch_to(&lonely, &link, &dir.path().join("got2.bin"))
         .await
         .unwrap_err();
-    assert!(matches!(err, FetchError::NoPeersGiven), "{err}");
+    assert!(
+        matches!(err, FetchError::NoPeersGiven { dht_off: false }),
+        "{err}"
+    );
     assert!(err.to_string().contains("--bootstrap"), "{err}");
     stop.cancel();
 }

@@ -130,7 +130,9 @@ async fn get_from(
     let (tx, _rx) = watch::channel(Default::default());
     let out = dir.join(format!("got-{}", rand::random::<u32>()));
     std::fs::create_dir(&out).unwrap();
-    let opts = FetchOptions::new(Output::Dir(out));
+    let mut opts = FetchOptions::new(Output::Dir(out));
+    // A refusal is the answer some of these tests expect: do not wait long for another peer.
+    opts.patience = Some(Duration::from_secs(4));
     let done = timeout(LIMIT, fetch(&getter, &link, opts, tx))
         .await
         .expect("fetch finishes")?;

@@ -19,6 +19,9 @@ use shoal_protocol::{ContentKey, Link, format::SEGMENT_PLAINTEXT_LEN};
 use tokio::{sync::watch, time::timeout};
 
 const LIMIT: Duration = Duration::from_secs(60);
+/// How long these fetches wait for a peer that can deliver: ample on loopback, and what a
+/// fetch that is meant to fail waits before it says why.
+const PATIENCE: Duration = Duration::from_secs(4);
 
 struct Seeder {
     node: shoal_node::Node,
@@ -86,17 +89,11 @@ fn progress() -> watch::Sender<Progress> {
 async fn get(link: &Link, out: &Path) -> Result<shoal_node::fetch::Fetched, FetchError> {
     let stop = CancellationToken::new();
     let getter = testing::node(Config::loopback(), Arc::new(Store::in_memory()), &stop);
-    let r = timeout(
-        LIMIT,
-        fetch(
-            &getter,
-            link,
-            FetchOptions::new(Output::File(out.to_owned())),
-            progress(),
-        ),
-    )
-    .await
-    .expect("fetch finishes in time");
+    let mut opts = FetchOptions::new(Output::File(out.to_owned()));
+    opts.patience = Some(PATIENCE);
+    let r = timeout(LIMIT, fetch(&getter, link, opts, progress()))
+        .await
+        .expect("fetch finishes in time");
     stop.cancel();
     r
 }
@@ -308,9 +305,20 @@ async fn unreachable_and_unknown_blob_errors_list_what_was_tried() {
         "/ip4/127.0.0.1/tcp/{port}/p2p/{}",
         s.node.peer_id()
     )];
+    let started = std::time::Instant::now();
     let err = get(&link, &dir.path().join("a")).await.unwrap_err();
     assert!(matches!(err, FetchError::Unreachable { .. }), "{err}");
+    // It kept dialling for its patience (issue 11), and says so.
+    assert!(started.elapsed() >= PATIENCE, "gave up early");
     assert!(err.to_string().contains(&format!("tcp/{port}")), "{err}");
+    let dials: u32 = err
+        .to_string()
+        .split("dialled ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(dials >= 3, "dialled again with back-off: {err}");
     // A failed fetch that recorded nothing leaves no empty part file behind.
     assert!(
         leftovers(dir.path()).is_empty(),
@@ -338,7 +346,7 @@ async fn unreachable_and_unknown_blob_errors_list_what_was_tried() {
     // No peer at all.
     link.peers.clear();
     let err = get(&link, &dir.path().join("c")).await.unwrap_err();
-    assert!(matches!(err, FetchError::NoPeersGiven), "{err}");
+    assert!(matches!(err, FetchError::NoPeersGiven { .. }), "{err}");
     stop.cancel();
 }
 
@@ -419,16 +427,23 @@ async fn existing_output_is_not_clobbered_and_bad_size_hint_is_refused() {
     assert!(matches!(err, FetchError::OutputExists(_)), "{err}");
     assert_eq!(std::fs::read(&out).unwrap(), b"precious");
 
-    // A link whose size hint disagrees with the blob: no peer's answer verifies.
+    // A link whose size hint disagrees with the blob: the peer proves the blob's size, so
+    // the link is damaged, and the fetch says so at once (issue 11: it waited 60 s).
     let mut wrong = link.clone();
-    wrong.blob_len = Some(
-        shoal_protocol::format::Layout::for_file(100_001)
-            .unwrap()
-            .blob_len(),
-    );
+    let wrong_len = shoal_protocol::format::Layout::for_file(100_001)
+        .unwrap()
+        .blob_len();
+    wrong.blob_len = Some(wrong_len);
     let out2 = dir.path().join("b.bin");
-    let err = get(&wrong, &out2).await.unwrap_err().to_string();
-    assert!(err.contains("size"), "{err}");
+    let started = std::time::Instant::now();
+    let err = get(&wrong, &out2).await.unwrap_err();
+    assert!(
+        matches!(err, FetchError::LinkSizeMismatch { link, blob }
+            if link == wrong_len && Some(blob) == s.link.blob_len),
+        "{err}"
+    );
+    assert!(started.elapsed() < PATIENCE, "took {:?}", started.elapsed());
+    assert!(err.to_string().contains("the link is damaged"), "{err}");
     assert!(!out2.exists());
 
     // Without a size hint, the size is learned and proven via the last block.

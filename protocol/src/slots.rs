@@ -44,12 +44,12 @@ pub struct Config {
 }
 
 impl Config {
-    /// The node's rule: with no upload cap (`upload_limit_bytes_per_sec` = `None`),
-    /// `max_streams` slots, all open to one peer; with a cap, one slot per [`SLOT_RATE`]
+    /// The node's rule: with no upload cap (`upload_limit_bytes_per_sec` = `None`, or
+    /// `Some(0)`: a cap of nothing means no cap), `max_streams` slots, all open to one peer; with a cap, one slot per [`SLOT_RATE`]
     /// (at least [`MIN_CAPPED_SLOTS`], at most `max_streams`, if that is larger) and
     /// [`CAPPED_SLOTS_PER_PEER`] per peer.
     pub fn for_upload(upload_limit_bytes_per_sec: Option<u64>, max_streams: usize) -> Self {
-        match upload_limit_bytes_per_sec {
+        match upload_limit_bytes_per_sec.filter(|&r| r > 0) {
             None => Self {
                 slots: max_streams.max(1),
                 slots_per_peer: max_streams.max(1),
@@ -188,6 +188,11 @@ mod tests {
         }
         // A stream limit below the minimum does not go below it.
         assert_eq!(Config::for_upload(Some(100 * mib), 1).slots, 2);
+        // A cap of 0 is no cap (issue 11: `share --up-limit 0` answered every request busy).
+        assert_eq!(
+            Config::for_upload(Some(0), 32),
+            Config::for_upload(None, 32)
+        );
     }
 
     #[test]

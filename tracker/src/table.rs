@@ -28,6 +28,9 @@
 //!   new entry evicts the swarm's oldest non-established entry; when the table holds
 //!   [`Config::max_entries`], the table's oldest non-established entry. If there is none,
 //!   the newcomer is refused ([`Refusal::SwarmFull`], [`Refusal::TrackerFull`]).
+//! - **Come back sooner.** A leecher in a swarm where nobody seeds is told to announce again
+//!   after [`Config::min_announce_interval`] instead of the full interval: it waits for a
+//!   seeder, and obeying that never hits the rate limit.
 //! - **Answers.** Leechers get seeders and leechers, seeders and seed nodes get leechers
 //!   only, and leechers get seed nodes in a separate list. Each list is a uniformly random
 //!   sample, except that at least half of it (rounded up) comes from established entries
@@ -324,7 +327,9 @@ pub struct AnswerPeer<P> {
 /// The table's answer to an accepted announce.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Answer<P> {
-    /// When to announce again: [`Config::announce_interval`] plus jitter, whole seconds.
+    /// When to announce again: [`Config::announce_interval`] plus jitter, whole seconds; for
+    /// a leecher in a swarm where nobody seeds (no seeder, no seed node),
+    /// [`Config::min_announce_interval`] (at least 1 s), so it hears of a seeder soon.
     pub interval: Duration,
     /// Other seeders and leechers (a seeder or seed node gets leechers only), in random
     /// order. Empty for `Stopped`.
@@ -1114,8 +1119,16 @@ impl<P: Copy + Eq + Hash + Ord + fmt::Debug> PeerTable<P> {
 
     /// The answer for the entry at `asker` in swarm `s`.
     fn answer(&mut self, s: u32, asker: u32, role: Role) -> Answer<P> {
-        let interval = self.interval();
+        let mut interval = self.interval();
         let sw = &self.swarms[s as usize];
+        let nobody_seeds = [SEEDER_EST, SEEDER_NEW, SEED_NODE_EST, SEED_NODE_NEW]
+            .iter()
+            .all(|&class| sw.count(class) == 0);
+        if role == Role::Leecher && nobody_seeds {
+            // Waiting for a seeder that may come any moment: come back as soon as the rate
+            // limit allows, not at the full interval.
+            interval = Duration::from_secs(u64::from(self.ticks.min_gap.max(1)));
+        }
         // (first, first fresh, end) of the pools: see the class order.
         let (peer_pool, seed_pool) = match role {
             Role::Leecher => (

@@ -134,3 +134,83 @@ async fn leechers_find_each_other_through_the_tracker_and_finish_after_it_dies()
     );
     stop.cancel();
 }
+
+/// Issue 11, item 2: a downloader that starts before anyone seeds (the link names only the
+/// tracker) waits instead of failing, and starts as soon as a seeder appears: the tracker
+/// tells it to come back after the minimum interval, never rate limits it, and the seeder,
+/// answered with the waiting leecher, connects to it at once. Before the fix the leecher
+/// re-announced after 3 s, was refused as rate limited, and failed after 60 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_downloader_that_starts_before_the_seeder_waits_and_downloads() {
+    let dir = tempfile::tempdir().unwrap();
+    let stop = CancellationToken::new();
+    let tracker = Tracker::start(
+        ServiceConfig::loopback(),
+        Keypair::generate_ed25519(),
+        stop.clone(),
+    )
+    .unwrap();
+    let tr = tracker_addr(&tracker).await;
+    let testing::SharedFile {
+        store,
+        shared,
+        data,
+        ..
+    } = testing::shared_file(dir.path(), 1 << 20, 12);
+    let mut link = shared.link.clone();
+    link.peers.clear();
+    link.trackers = vec![tr.to_string()];
+
+    let leecher = testing::node(Config::loopback(), Arc::new(Store::in_memory()), &stop);
+    testing::addr(&leecher, "tcp").await;
+    let out = dir.path().join("got.bin");
+    let (tx, mut rx) = watch::channel(Progress::default());
+    let started = std::time::Instant::now();
+    let download = tokio::spawn({
+        let (leecher, link, out) = (leecher.clone(), link.clone(), out.clone());
+        async move { fetch(&leecher, &link, FetchOptions::new(Output::File(out)), tx).await }
+    });
+    // The leecher is in the swarm, alone, and waiting.
+    let mut stats = tracker.subscribe_stats();
+    timeout(LIMIT, stats.wait_for(|s| s.table.entries >= 1))
+        .await
+        .expect("the leecher announces")
+        .unwrap();
+    timeout(
+        LIMIT,
+        rx.wait_for(|p| p.waiting_since.is_some() || p.peers == 0),
+    )
+    .await
+    .expect("the leecher waits")
+    .unwrap();
+
+    let seeder = testing::node(Config::loopback(), store, &stop);
+    testing::addr(&seeder, "tcp").await;
+    let total = u32::try_from(block_count(shared.link.blob_len.unwrap())).unwrap();
+    let _seeding = Announcer::start(
+        &seeder,
+        shared.link.id,
+        vec![tr.clone()],
+        Status::seeder(total),
+        None,
+    );
+    let done = timeout(LIMIT, download)
+        .await
+        .expect("the early leecher completes")
+        .unwrap()
+        .expect("the download succeeds");
+    assert_eq!(std::fs::read(&out).unwrap(), data);
+    // Well before its next announce (60 s): the seeder's connection told it.
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        tracker.stats().table.refused_rate_limited,
+        0,
+        "nobody was rate limited"
+    );
+    drop(done);
+    stop.cancel();
+}

@@ -51,9 +51,14 @@ pub(crate) struct Args {
     /// default leaves room on a typical home uplink.
     #[arg(long, value_parser = ui::parse_size, value_name = "SIZE", default_value = "2MiB")]
     up_limit: u64,
-    /// Download cap per second, e.g. 4MiB [default: unlimited].
+    /// Download cap per second, e.g. 4MiB; 0 = unlimited [default: unlimited].
     #[arg(long, value_parser = ui::parse_size, value_name = "SIZE")]
     down_limit: Option<u64>,
+    /// How long to wait while no peer can deliver (the seeder is not up yet, restarted, or
+    /// went away) before giving up, e.g. 30s, 5m; 0 = wait forever. Meanwhile every known
+    /// address is dialled again and the trackers and the DHT are asked again.
+    #[arg(long, value_parser = ui::parse_patience, value_name = "DURATION", default_value = "2m")]
+    patience: ui::Patience,
     /// Print the result as JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -80,7 +85,8 @@ pub(crate) fn run(args: &Args, data_dir: Option<PathBuf>) -> anyhow::Result<Exit
     opts.trackers.clone_from(&args.tracker);
     opts.overwrite = args.force;
     opts.sequential = args.sequential;
-    opts.down_limit = args.down_limit;
+    opts.down_limit = args.down_limit.filter(|&l| l > 0);
+    opts.patience = args.patience.0;
     // Only a node that stays up to seed should tell the DHT it has the file.
     opts.provide = args.seed;
     let rt = ui::runtime()?;
@@ -161,13 +167,14 @@ pub(crate) fn run(args: &Args, data_dir: Option<PathBuf>) -> anyhow::Result<Exit
 /// `tracker` when the file was taken down.
 fn error_json(e: &anyhow::Error) -> serde_json::Value {
     let kind = match e.downcast_ref::<FetchError>() {
-        Some(FetchError::NoPeersGiven) => "no_peers_given",
+        Some(FetchError::NoPeersGiven { .. }) => "no_peers_given",
         Some(FetchError::Unreachable { .. }) => "unreachable",
         Some(FetchError::Exhausted { .. }) => "exhausted",
         Some(FetchError::WrongKey { .. }) => "wrong_key",
         Some(FetchError::BadBlob { .. }) => "bad_blob",
         Some(FetchError::Undecryptable { .. }) => "undecryptable",
         Some(FetchError::TakenDown { .. }) => "taken_down",
+        Some(FetchError::LinkSizeMismatch { .. }) => "link_size_mismatch",
         Some(FetchError::InUse(_)) => "in_use",
         Some(FetchError::OutputExists(_)) => "output_exists",
         Some(FetchError::Disk { .. }) => "disk",
@@ -185,21 +192,41 @@ fn error_json(e: &anyhow::Error) -> serde_json::Value {
     v
 }
 
+/// Shows the fetch's progress on stderr: a spinner until the file's size is known, then a
+/// bar; both say when the fetch is waiting for peers.
 async fn show_progress(mut rx: watch::Receiver<Progress>, quiet: bool) {
-    let mut bar = None;
+    let mut bar: Option<indicatif::ProgressBar> = None;
+    let spinner = ui::spinner(quiet);
     loop {
         let p = rx.borrow_and_update().clone();
-        if let Some(len) = p.file_len {
-            let b = bar.get_or_insert_with(|| ui::bytes_bar(len, "fetching", quiet));
-            let done = (p.done_blocks * SEGMENT_PLAINTEXT_LEN as u64).min(len);
-            b.set_position(done);
-            b.set_message(format!("{} peer(s)", p.peers));
+        // Shown after a moment only: a second without a request in flight is normal.
+        let waiting = p
+            .waiting_since
+            .map(|t| t.elapsed())
+            .filter(|w| *w >= Duration::from_secs(1))
+            .map(|w| format!("waiting for peers ({} s)", w.as_secs()));
+        match p.file_len {
+            None => spinner.set_message(waiting.unwrap_or_else(|| "connecting to peers".into())),
+            Some(len) => {
+                let b = bar.get_or_insert_with(|| {
+                    spinner.finish_and_clear();
+                    let b = ui::bytes_bar(len, "fetching", quiet);
+                    // Blocks an earlier run verified are not this run's speed.
+                    b.set_position((p.resumed_blocks * SEGMENT_PLAINTEXT_LEN as u64).min(len));
+                    b.reset_eta();
+                    b
+                });
+                let done = (p.done_blocks * SEGMENT_PLAINTEXT_LEN as u64).min(len);
+                b.set_position(done);
+                b.set_message(waiting.unwrap_or_else(|| format!("{} peer(s)", p.peers)));
+            }
         }
         let changed = tokio::time::timeout(Duration::from_millis(250), rx.changed()).await;
         if matches!(changed, Ok(Err(_))) {
             break;
         }
     }
+    spinner.finish_and_clear();
     if let Some(b) = bar {
         b.finish_and_clear();
     }

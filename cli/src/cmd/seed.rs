@@ -41,6 +41,10 @@ pub(crate) struct Args {
     /// Address to listen on, repeatable [default: QUIC and TCP on all interfaces].
     #[arg(long, value_name = "MULTIADDR")]
     listen: Vec<Multiaddr>,
+    /// How long to wait for a peer that can deliver a LINK's file before giving up on it,
+    /// e.g. 30s, 5m; 0 = wait forever.
+    #[arg(long, value_parser = ui::parse_patience, value_name = "DURATION", default_value = "2m")]
+    patience: ui::Patience,
     /// Machine-readable output: one JSON object per line on stdout.
     #[arg(long)]
     json: bool,
@@ -106,6 +110,7 @@ pub(crate) fn run(args: &Args, data_dir: Option<PathBuf>) -> anyhow::Result<Exit
             let (tx, _rx) = watch::channel(Progress::default());
             let mut opts = FetchOptions::new(Output::Dir(dir.clone()));
             opts.trackers.clone_from(&args.tracker);
+            opts.patience = args.patience.0;
             let Some(got) = ui::fetch_until_ctrl_c(&node, link, opts, tx).await? else {
                 stop.cancel();
                 return Ok(ExitCode::from(130));

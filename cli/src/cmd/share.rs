@@ -31,7 +31,7 @@ pub(crate) struct Args {
     /// Address to listen on, repeatable [default: QUIC and TCP on all interfaces].
     #[arg(long, value_name = "MULTIADDR")]
     listen: Vec<Multiaddr>,
-    /// Upload cap per second, e.g. 2MiB [default: unlimited].
+    /// Upload cap per second, e.g. 2MiB; 0 = unlimited [default: unlimited].
     #[arg(long, value_parser = ui::parse_size, value_name = "SIZE")]
     up_limit: Option<u64>,
     /// A tracker to announce to and to name in the link (multiaddr ending in

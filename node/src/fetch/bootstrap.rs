@@ -17,12 +17,12 @@ use tracing::{debug, warn};
 use super::{
     error::FetchError,
     part::PartFiles,
-    peers::{GIVE_UP_AFTER, Sources},
+    peers::{Arrival, Patience, Sources, sleep_until},
 };
 use crate::{
     node::Node,
     partial::State,
-    wire::{Pair, RequestError},
+    wire::{Client, Pair, RequestError},
 };
 
 /// The blob as bootstrapping, or the state saved by an earlier run, opened it.
@@ -53,6 +53,7 @@ pub(super) async fn open(
     files: &PartFiles,
     peers: &mut Vec<PeerId>,
     sources: &mut Sources,
+    patience: &mut Patience,
     banned: &mut Vec<(PeerId, String)>,
     why: &mut Vec<String>,
 ) -> Result<Opened, FetchError> {
@@ -61,10 +62,16 @@ pub(super) async fn open(
     let resumed = state.as_ref().map_or(0, State::count);
     let mut boot = None;
     if state.as_ref().is_none_or(|s| s.header.is_none()) {
-        let trusted = link.blob_len.or(state.as_ref().map(|s| s.blob_len));
-        let Some(got) = first_blocks(node, id, trusted, peers, sources, banned, why).await else {
+        // A size saved by an earlier run was proven then; the link's may be damaged.
+        let trusted = match (state.as_ref(), link.blob_len) {
+            (Some(s), _) => Size::Proven(s.blob_len),
+            (None, Some(l)) => Size::Linked(l),
+            (None, None) => Size::Unknown,
+        };
+        let got = first_blocks(node, id, trusted, peers, sources, patience, banned, why).await?;
+        let Some(got) = got else {
             why.extend(banned.iter().map(|(p, w)| format!("{p}: {w}")));
-            why.push(sources.dht.describe());
+            why.extend(sources.describe(&patience.describe()));
             return Err(FetchError::Exhausted {
                 done: 0,
                 total: link.blob_len.map_or(0, block_count),
@@ -94,6 +101,34 @@ pub(super) async fn open(
     })
 }
 
+/// What a fetch knows of the blob's size before bootstrapping.
+#[derive(Clone, Copy, Debug)]
+enum Size {
+    /// Nothing: learn a peer's claim and prove it.
+    Unknown,
+    /// The link's `sz` hint: a peer answering with another size is a liar, unless it
+    /// proves its size (then the link is damaged).
+    Linked(u64),
+    /// Proven by an earlier run of this fetch.
+    Proven(u64),
+}
+
+/// Why bootstrapping from one peer failed.
+enum BootError {
+    Request(RequestError),
+    /// The peer proved the blob is `blob_len` bytes: not the link's size.
+    LinkSize {
+        link: u64,
+        blob: u64,
+    },
+}
+
+impl From<RequestError> for BootError {
+    fn from(e: RequestError) -> Self {
+        Self::Request(e)
+    }
+}
+
 /// First wait before asking busy peers again for the first blocks; doubles up to 2 s.
 const BOOTSTRAP_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -107,71 +142,70 @@ struct Boot {
     parents: Vec<Pair>,
 }
 
-/// Asks `peers` (and those the sources find meanwhile) for the first blocks until one
+/// Asks `peers` (and those the sources give meanwhile) for the first blocks until one
 /// delivers them; the size is `trusted_len` if known. Peers that are busy (upload slots full
 /// in a flash crowd), lack the first blocks (partial) or fail in transit are asked again with
-/// back-off until [`GIVE_UP_AFTER`]; unreachable and lying ones are not (liars go on
-/// `banned`). With trackers, a peer that does not have the blob yet is asked again too (a
-/// tracker lists downloaders that are just starting), and peers the trackers list later
-/// join the rounds. Returns `None` when nobody delivered; `why` then says what each peer of
-/// the last round answered.
+/// back-off; a peer whose connection broke is handed back to the sources, which dial it
+/// again; liars go on `banned` and are not asked again. With trackers, a peer that does not
+/// have the blob yet is asked again too (a tracker lists downloaders that are just
+/// starting). Gives up (`None`) when nobody delivered within `patience`; `why` then says
+/// what each peer of the last round answered.
+///
+/// # Errors
+/// [`FetchError::LinkSizeMismatch`] as soon as a peer proves the link's size wrong.
+#[allow(clippy::too_many_arguments)] // one call site; the lists are the fetch's own
 async fn first_blocks(
     node: &Node,
     id: BlobId,
-    trusted_len: Option<u64>,
+    size: Size,
     peers: &mut Vec<PeerId>,
     sources: &mut Sources,
+    patience: &mut Patience,
     banned: &mut Vec<(PeerId, String)>,
     why: &mut Vec<String>,
-) -> Option<Boot> {
+) -> Result<Option<Boot>, FetchError> {
     let started = Instant::now();
-    let tracked = sources.tracked();
+    let tracked = sources.announcer.is_some();
     let mut retry = peers.clone();
     let mut not_found: Vec<PeerId> = Vec::new();
     let mut backoff = BOOTSTRAP_BACKOFF;
-    let deadline = tokio::time::Instant::now() + GIVE_UP_AFTER;
+    patience.wait(tokio::time::Instant::now());
     loop {
-        while let Ok(p) = sources.found.try_recv() {
-            if !retry.contains(&p) && !banned.iter().any(|(b, _)| *b == p) {
-                retry.push(p);
-                peers.push(p);
-            }
+        while let Some(a) = sources.try_next() {
+            take(a, &mut retry, peers, banned);
         }
         if retry.is_empty() {
-            if tokio::time::Instant::now() >= deadline {
-                return None;
-            }
-            // Nobody left to ask: trackers may list more peers, and the DHT may know
-            // some (at most one lookup per DHT_RETRY).
-            let searching = sources.dht.start();
-            if !tracked && !searching {
-                return None;
-            }
+            // Nobody left to ask: the sources re-dial, trackers may list more peers, and the
+            // DHT may know some.
+            sources.want_peers();
             tokio::select! {
-                p = tokio::time::timeout_at(deadline, sources.found.recv()) => {
-                    if let Ok(Some(p)) = p {
-                        retry.push(p);
-                        peers.push(p);
-                    }
-                }
-                () = sources.dht.done() => {}
+                a = sources.next() => take(a, &mut retry, peers, banned),
+                () = sleep_until(patience.deadline()) => return Ok(None),
             }
             continue;
         }
         let round = std::mem::take(&mut retry);
         why.clear();
         for peer in round {
-            match bootstrap(node, peer, id, trusted_len).await {
+            let e = match bootstrap(node, peer, id, size).await {
                 Ok(boot) => {
                     debug!(blob = %id, peer = %peer, after = ?started.elapsed(), "bootstrapped");
-                    return Some(boot);
+                    patience.stop();
+                    return Ok(Some(boot));
                 }
-                Err(RequestError::Lied(w)) => {
+                Err(BootError::LinkSize { link, blob }) => {
+                    return Err(FetchError::LinkSizeMismatch { link, blob });
+                }
+                Err(BootError::Request(e)) => e,
+            };
+            match e {
+                RequestError::Lied(w) => {
                     warn!(peer = %peer, blob = %id, why = %w, "peer sent bad data; disconnected");
                     node.disconnect(peer).await;
+                    sources.ban(peer);
                     banned.push((peer, w));
                 }
-                Err(e) => {
+                e => {
                     debug!(blob = %id, peer = %peer, error = %e, "bootstrap attempt failed");
                     let again = match &e {
                         RequestError::Status(ResponseHeader::NotFound) => {
@@ -179,9 +213,13 @@ async fn first_blocks(
                             tracked
                         }
                         RequestError::Status(ResponseHeader::Busy | ResponseHeader::Missing)
-                        | RequestError::Io(_)
                         | RequestError::Unanswered
                         | RequestError::Timeout => true,
+                        // The connection broke: the sources dial it again and hand it back.
+                        RequestError::Io(_) => {
+                            sources.lost(peer);
+                            false
+                        }
                         _ => false,
                     };
                     if again {
@@ -202,32 +240,75 @@ async fn first_blocks(
         }
         not_found.clear();
         if !retry.is_empty() {
-            if tokio::time::Instant::now() + backoff > deadline {
-                return None;
+            let now = tokio::time::Instant::now();
+            if patience.deadline().is_some_and(|d| now + backoff > d) {
+                return Ok(None);
             }
-            tokio::time::sleep(backoff).await;
+            // Back off, taking in the peers the sources give meanwhile.
+            let until = now + backoff;
+            while let Some(a) = tokio::select! {
+                a = sources.next() => Some(a),
+                () = tokio::time::sleep_until(until) => None,
+            } {
+                take(a, &mut retry, peers, banned);
+            }
             backoff = (backoff * 2).min(Duration::from_secs(2));
         }
     }
 }
 
-/// Fetches block 0 (and the last block when the size is not yet trusted) from `peer`.
-async fn bootstrap(
-    node: &Node,
+/// A peer from the sources joins the next round (or, gone, leaves the list).
+fn take(a: Arrival, retry: &mut Vec<PeerId>, peers: &mut Vec<PeerId>, banned: &[(PeerId, String)]) {
+    let p = a.peer();
+    if matches!(a, Arrival::Gone(_)) {
+        peers.retain(|q| *q != p);
+    } else if !retry.contains(&p) && !banned.iter().any(|(b, _)| *b == p) {
+        retry.push(p);
+        if !peers.contains(&p) {
+            peers.push(p);
+        }
+    }
+}
+
+/// Fetches block 0 and the last block from `peer`, which proves the blob's size: the one
+/// `size` gives, or the size the peer claims.
+async fn bootstrap(node: &Node, peer: PeerId, id: BlobId, size: Size) -> Result<Boot, BootError> {
+    let client = node.client();
+    let blob_len = match size {
+        Size::Linked(l) | Size::Proven(l) => l,
+        // Learn the claimed size, then prove it by verifying the last block.
+        Size::Unknown => client.claimed_len(peer, id).await?,
+    };
+    match first_and_last(&client, peer, id, blob_len).await {
+        // The peer says the blob has another size than the link's: if it proves that size
+        // too, the link is wrong, not the peer.
+        Err(RequestError::WrongSize { claimed, expected }) if matches!(size, Size::Linked(_)) => {
+            match first_and_last(&client, peer, id, claimed).await {
+                Ok(_) => Err(BootError::LinkSize {
+                    link: expected,
+                    blob: claimed,
+                }),
+                Err(RequestError::WrongSize { claimed, .. }) => Err(BootError::Request(
+                    RequestError::Lied(format!("claimed two sizes, the last {claimed}")),
+                )),
+                Err(e) => Err(e.into()),
+            }
+        }
+        Err(RequestError::WrongSize { claimed, expected }) => Err(BootError::Request(
+            RequestError::Lied(format!("claimed size {claimed}, proven {expected}")),
+        )),
+        r => Ok(r?),
+    }
+}
+
+/// Fetches block 0 and the last block of a blob of `blob_len` bytes from `peer`, verified.
+async fn first_and_last(
+    client: &Client,
     peer: PeerId,
     id: BlobId,
-    trusted_len: Option<u64>,
+    blob_len: u64,
 ) -> Result<Boot, RequestError> {
-    let client = node.client();
-    let blob_len = match trusted_len {
-        Some(l) => l,
-        None => {
-            // Learn the claimed size, then prove it by verifying the last block.
-            let claimed = client.claimed_len(peer, id).await?;
-            Layout::for_blob(claimed).map_err(|e| RequestError::Lied(e.to_string()))?;
-            claimed
-        }
-    };
+    Layout::for_blob(blob_len).map_err(|e| RequestError::Lied(e.to_string()))?;
     let last = u32::try_from(block_count(blob_len) - 1)
         .map_err(|_| RequestError::Lied("size out of range".into()))?;
     let req = BlobRequest::new(id, [0, last]).expect("at most two ranges");

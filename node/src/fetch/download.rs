@@ -26,7 +26,7 @@ use tracing::{debug, warn};
 
 use super::{
     options::{FetchOptions, Progress},
-    peers::{GIVE_UP_AFTER, Sources},
+    peers::{Arrival, Patience, Sources, sleep_until},
 };
 use crate::{
     announce::Status,
@@ -79,8 +79,10 @@ enum Event {
     },
 }
 
-/// Runs the download loop from the connected `peers` until the blob is complete, no peer is
-/// left, or the writer stopped. `had` are the blocks already written.
+/// Runs the download loop from the connected `peers` until the blob is complete, the writer
+/// stopped, or no request was in flight for `patience` (the peers left lack the missing
+/// blocks, or none is left, and none came back or joined meanwhile). `had` are the blocks
+/// already written.
 #[allow(clippy::too_many_arguments)] // one call site; a struct would only rename them
 pub(super) async fn run(
     node: &Node,
@@ -94,65 +96,54 @@ pub(super) async fn run(
     progress: &watch::Sender<Progress>,
 ) -> Ended {
     let mut d = Download::new(node, id, blob_len, opts, had, writer);
+    let mut patience = Patience::new(opts.patience);
     for &p in peers {
         d.watch(p);
     }
     loop {
-        d.carry_out_actions().await;
+        d.carry_out_actions(sources).await;
         let usable = d.sched.peers().count();
-        progress.send_if_modified(|p| std::mem::replace(&mut p.peers, usable) != usable);
         if d.sched.is_complete() || d.writer_gone {
             break;
         }
-        if usable == 0 && d.tasks.is_empty() && d.watching.is_empty() {
-            // Peers found meanwhile first: a lookup sends its providers before it ends, and
-            // its end may be seen before them.
-            while let Ok(peer) = sources.found.try_recv() {
-                if !d.is_banned(peer) {
-                    d.watch(peer);
-                }
+        let now = tokio::time::Instant::now();
+        if d.tasks.is_empty() {
+            // Nothing in flight: the peers connected lack the missing blocks, or none is left.
+            patience.wait(now);
+            if usable == 0 {
+                sources.want_peers();
             }
-            // No usable peer left: the DHT may know providers the trackers no longer list
-            // (at most one lookup per DHT_RETRY); without one running, give up.
-            if d.watching.is_empty() && !sources.dht.start() {
-                break;
-            }
+        } else {
+            patience.stop();
+        }
+        let waiting_since = patience.since().map(tokio::time::Instant::into_std);
+        progress.send_if_modified(|p| {
+            let changed = p.peers != usable || p.waiting_since != waiting_since;
+            p.peers = usable;
+            p.waiting_since = waiting_since;
+            changed
+        });
+        if patience.exhausted(now) {
+            d.ended.gave_up.push(format!(
+                "no request could be made for {}: no peer reachable has the missing blocks",
+                patience.describe()
+            ));
+            break;
         }
         while d.set.try_join_next().is_some() {} // reap finished tasks
         let wake = d.sched.poll_timeout().map(tokio::time::Instant::from_std);
-        let give_up = d.tasks.is_empty().then_some(d.last_block + GIVE_UP_AFTER);
         tokio::select! {
             event = d.events.recv() => {
                 let event = event.expect("the driver holds a sender");
                 d.on_event(event, sources).await;
             }
-            Some(peer) = sources.interest.peers.recv() => d.on_interested(peer),
-            Some(peer) = sources.found.recv() => {
-                if !d.is_banned(peer) {
-                    debug!(peer = %peer, blob = %id, "a tracker or the DHT found a peer");
-                    d.watch(peer);
-                }
-            }
-            () = sources.dht.done() => {}
+            arrival = sources.next() => d.on_arrival(arrival),
             () = sleep_until(wake) => d.sched.handle_timeout(tokio::time::Instant::now().into_std()),
-            () = sleep_until(give_up) => {
-                d.ended.gave_up.push(format!(
-                    "no peer delivered a block for {GIVE_UP_AFTER:?}: the peers left lack the missing blocks"
-                ));
-                break;
-            }
+            () = sleep_until(patience.deadline()) => {}
         }
     }
     d.set.abort_all();
     d.ended
-}
-
-/// Sleeps until `t`; never returns without one (for `select!`).
-async fn sleep_until(t: Option<tokio::time::Instant>) {
-    match t {
-        Some(t) => tokio::time::sleep_until(t).await,
-        None => std::future::pending().await,
-    }
 }
 
 /// The download loop's state.
@@ -178,6 +169,8 @@ struct Download {
     /// Peers to subscribe to again when their subscription ends "not found" (they found us
     /// while our subscription may have been answered before they were ready).
     again: HashSet<PeerId>,
+    /// Peers that only connected to us: "not found" from them is no news.
+    contacts: HashSet<PeerId>,
     ended: Ended,
     last_error: HashMap<PeerId, String>,
     writer_gone: bool,
@@ -219,7 +212,10 @@ impl Download {
             blob_len,
             total,
             sched: Scheduler::new(config, total, had),
-            limiter: opts.down_limit.map(|r| Arc::new(RateLimiter::new(r))),
+            limiter: opts
+                .down_limit
+                .filter(|&r| r > 0)
+                .map(|r| Arc::new(RateLimiter::new(r))),
             writer,
             events_tx,
             events,
@@ -228,6 +224,7 @@ impl Download {
             watching: HashMap::new(),
             known: HashMap::new(),
             again: HashSet::new(),
+            contacts: HashSet::new(),
             ended: Ended {
                 banned: Vec::new(),
                 gave_up: Vec::new(),
@@ -258,7 +255,7 @@ impl Download {
     }
 
     /// Carries out every action the scheduler has.
-    async fn carry_out_actions(&mut self) {
+    async fn carry_out_actions(&mut self, sources: &mut Sources) {
         while let Some(action) = self.sched.poll_action() {
             match action {
                 Action::Request {
@@ -296,6 +293,7 @@ impl Download {
                     if let Some(h) = self.watching.remove(&peer) {
                         h.abort();
                     }
+                    sources.ban(peer);
                     self.node.disconnect(peer).await;
                     self.ended.banned.push((peer, w));
                 }
@@ -311,21 +309,48 @@ impl Download {
         }
     }
 
-    /// A peer that subscribed to our have-map of this blob: downloading it too.
-    fn on_interested(&mut self, peer: PeerId) {
+    /// A peer from the sources: subscribe to its have-map.
+    fn on_arrival(&mut self, arrival: Arrival) {
+        let peer = arrival.peer();
         if self.is_banned(peer) {
             return;
         }
-        debug!(peer = %peer, blob = %self.id, "peer fetching the same blob found us");
-        if self.watching.contains_key(&peer) && !self.known.contains_key(&peer) {
-            // Our subscription may be about to hear "not found" from before the peer was
-            // ready: subscribe again when it ends.
-            self.again.insert(peer);
+        match arrival {
+            Arrival::Gone(_) => {
+                // Its requests go back to the pool; it is asked again once the sources have
+                // dialled it again and it says what it has.
+                debug!(peer = %peer, blob = %self.id, "peer disconnected");
+                if let Some(h) = self.watching.remove(&peer) {
+                    h.abort();
+                }
+                self.known.remove(&peer);
+                self.sched
+                    .handle_peer_gone(tokio::time::Instant::now().into_std(), peer);
+                return;
+            }
+            Arrival::Connected(_) => {
+                debug!(peer = %peer, blob = %self.id, "peer connected");
+            }
+            Arrival::Subscribed(_) => {
+                debug!(peer = %peer, blob = %self.id, "peer fetching the same blob found us");
+                self.contacts.remove(&peer);
+                if self.watching.contains_key(&peer) && !self.known.contains_key(&peer) {
+                    // Our subscription may be about to hear "not found" from before the peer
+                    // was ready: subscribe again when it ends.
+                    self.again.insert(peer);
+                }
+            }
+            Arrival::Contacted(_) => {
+                if self.watching.contains_key(&peer) || self.known.contains_key(&peer) {
+                    return;
+                }
+                self.contacts.insert(peer);
+            }
         }
         self.watch(peer);
     }
 
-    async fn on_event(&mut self, event: Event, sources: &Sources) {
+    async fn on_event(&mut self, event: Event, sources: &mut Sources) {
         let now = tokio::time::Instant::now().into_std();
         match event {
             Event::Block {
@@ -357,7 +382,9 @@ impl Download {
                 }
                 self.sched.handle_have_ranges(now, peer, &ranges);
             }
-            Event::HaveEnded { peer, result } => self.on_have_ended(now, peer, result).await,
+            Event::HaveEnded { peer, result } => {
+                self.on_have_ended(now, peer, result, sources).await;
+            }
             Event::Ended {
                 peer,
                 id: rid,
@@ -371,6 +398,7 @@ impl Download {
         now: std::time::Instant,
         peer: PeerId,
         result: Result<(), RequestError>,
+        sources: &mut Sources,
     ) {
         debug!(peer = %peer, blob = %self.id, result = ?result.as_ref().err(), "have-map stream ended");
         self.watching.remove(&peer);
@@ -385,24 +413,28 @@ impl Download {
             Ok(()) if full => {} // said everything: it has the whole blob
             Err(RequestError::Lied(w)) => {
                 warn!(peer = %peer, blob = %self.id, why = %w, "peer broke the have protocol; disconnected");
+                sources.ban(peer);
                 self.node.disconnect(peer).await;
                 self.sched.handle_peer_gone(now, peer);
                 self.ended.banned.push((peer, w));
             }
             Err(RequestError::Status(ResponseHeader::NotFound)) => {
-                self.ended
-                    .gave_up
-                    .push(format!("{peer}: does not have the blob"));
+                if !self.contacts.remove(&peer) {
+                    self.ended
+                        .gave_up
+                        .push(format!("{peer}: does not have the blob"));
+                }
                 self.sched.handle_peer_gone(now, peer);
             }
             other => {
                 if let Err(e) = other {
                     self.last_error.insert(peer, e.to_string());
                 }
-                // Gone or stopped serving; it may come back (it subscribes to us again, or
-                // a tracker lists it).
+                // Gone or stopped serving; it may come back: the sources dial it again (and
+                // it may subscribe to us again, or a tracker list it).
                 self.known.remove(&peer);
                 self.sched.handle_peer_gone(now, peer);
+                sources.lost(peer);
             }
         }
     }
@@ -426,6 +458,11 @@ impl Download {
                     peer,
                     format!("sent data that does not match the blob id ({w})"),
                 );
+                Failure::Lied
+            }
+            // The size is proven by now: another one is a lie.
+            Err(e @ RequestError::WrongSize { .. }) => {
+                self.last_error.insert(peer, e.to_string());
                 Failure::Lied
             }
             Err(RequestError::Status(ResponseHeader::NotFound)) => {

@@ -9,20 +9,32 @@ use shoal_protocol::{BlobId, BlockIndex, format::OpenBlobError};
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum FetchError {
-    /// The link names no peer or tracker, none was given, and the DHT cannot be asked.
+    /// The link names no peer or tracker, none was given, and the DHT cannot be asked (it
+    /// is off, or no DHT peer is known).
     #[error(
-        "the link names no peer or tracker to fetch from and no DHT bootstrap peer is configured; pass a peer with --peer ADDR, a tracker with --tracker ADDR, or a DHT bootstrap peer with --bootstrap ADDR"
+        "the link names no peer or tracker to fetch from{}",
+        if *.dht_off {
+            " and the DHT is off; pass a peer with --peer ADDR or a tracker with --tracker ADDR, or leave the DHT on (drop --no-dht) and give a bootstrap peer with --bootstrap ADDR"
+        } else {
+            " and no DHT bootstrap peer is configured; pass a peer with --peer ADDR, a tracker with --tracker ADDR, or a DHT bootstrap peer with --bootstrap ADDR"
+        }
     )]
-    NoPeersGiven,
+    NoPeersGiven {
+        /// The DHT is turned off (`Config::dht`), rather than without peers.
+        dht_off: bool,
+    },
     /// No peer could be reached: not the link's or given peers, none listed by a tracker,
     /// none found in the DHT.
     #[error(
-        "no peer could be reached; tried:\n{}\npass a peer that has the file with --peer ADDR, a tracker with --tracker ADDR or a DHT bootstrap peer with --bootstrap ADDR, and check that someone is seeding it",
-        list(.tried)
+        "no peer could be reached; tried:\n{}\ncheck that someone is seeding it, or pass a peer that has the file with --peer ADDR or a tracker with --tracker ADDR{}",
+        list(.tried),
+        if *.dht_off { "" } else { " or a DHT bootstrap peer with --bootstrap ADDR" }
     )]
     Unreachable {
         /// Each source (peer address, tracker, the DHT) and what it gave.
         tried: Vec<String>,
+        /// The DHT is turned off.
+        dht_off: bool,
     },
     /// Peers were reached but none could deliver the missing blocks.
     #[error("no reachable peer could deliver the blob ({done} of {total} blocks done; run again to resume); peers:\n{}", list(.why))]
@@ -33,6 +45,17 @@ pub enum FetchError {
         total: u64,
         /// Each peer and why it was given up.
         why: Vec<String>,
+    },
+    /// The link's size hint (`sz`) is not the blob's: a peer proved the blob's real size
+    /// against the blob id. The link was damaged (or edited); nothing was downloaded.
+    #[error(
+        "the link's size ({link} bytes) does not match the blob's ({blob}): the link is damaged; ask for it again"
+    )]
+    LinkSizeMismatch {
+        /// The size the link names.
+        link: u64,
+        /// The blob's size, as proven against the blob id.
+        blob: u64,
     },
     /// The key in the link does not open the blob.
     #[error("the key in the link does not open blob {id}: the link is wrong or was altered")]

@@ -37,13 +37,13 @@ use tracing::info;
 use self::{
     bootstrap::Opened,
     part::PartFiles,
-    peers::{Outcomes, Sources},
+    peers::{Outcomes, Patience, Sources},
     serving::Serving,
 };
 pub use self::{
     error::FetchError,
-    options::{FetchOptions, Fetched, Output, Progress},
-    peers::TRACKER_GRACE,
+    options::{DEFAULT_PATIENCE, FetchOptions, Fetched, Output, Progress},
+    peers::{REDIAL_FIRST, REDIAL_MAX, TRACKER_GRACE},
     writer::{CHECKPOINT_BLOCKS, CHECKPOINT_INTERVAL},
 };
 use crate::{
@@ -134,7 +134,8 @@ async fn fetch_inner(
     if let Some(outcomes) = sources.outcomes() {
         let _ = announcing.send(outcomes);
     }
-    let mut peers = sources.connect(node).await?;
+    let mut patience = Patience::new(opts.patience);
+    let mut peers = sources.first(&mut patience).await?;
     progress.send_modify(|p| p.peers = peers.len());
 
     let mut banned: Vec<(libp2p::PeerId, String)> = Vec::new();
@@ -152,6 +153,7 @@ async fn fetch_inner(
         &files,
         &mut peers,
         &mut sources,
+        &mut patience,
         &mut banned,
         &mut why,
     )
@@ -211,7 +213,7 @@ async fn fetch_inner(
                 .iter()
                 .map(|(p, w)| format!("{p}: sent bad data ({w})")),
         );
-        why.push(sources.dht.describe());
+        why.extend(sources.describe(&patience.describe()));
         return Err(FetchError::Exhausted { done, total, why });
     }
     // Complete: every block verified, decrypted and synced. A tracker that has not answered

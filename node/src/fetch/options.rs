@@ -26,13 +26,13 @@ pub struct FetchOptions {
     pub peers: Vec<Multiaddr>,
     /// Parallel requests per peer. Default 4.
     pub requests_per_peer: usize,
-    /// Blocks (64 KiB) per request. Default 16 (1 MiB).
+    /// Blocks (64 KiB) per request. Default 64 (4 MiB).
     pub blocks_per_request: u32,
     /// Replace an existing output file.
     pub overwrite: bool,
     /// Fetch blocks in order (streaming playback) instead of rarest first.
     pub sequential: bool,
-    /// Download cap in bytes per second across all peers; `None` = unlimited.
+    /// Download cap in bytes per second across all peers; `None` (or 0) = unlimited.
     pub down_limit: Option<u64>,
     /// Trackers to announce to besides the link's `tr` hints (multiaddrs ending in
     /// `/p2p/<peer id>`).
@@ -41,7 +41,16 @@ pub struct FetchOptions {
     /// it while it runs. Default `true`; turn it off when the node stops right after the
     /// fetch (a provider record would then point at a peer that is gone).
     pub provide: bool,
+    /// How long to wait while no peer can deliver (none is reachable yet, the ones
+    /// connected lack the missing blocks, or they went away) before giving up; meanwhile
+    /// the fetch re-dials every address it knows and asks its trackers and the DHT again.
+    /// `None` waits forever. Default [`DEFAULT_PATIENCE`].
+    pub patience: Option<Duration>,
 }
+
+/// How long a fetch waits for a peer that can deliver, by default: enough for a seeder to
+/// restart or to come online a little after the downloader.
+pub const DEFAULT_PATIENCE: Duration = Duration::from_secs(120);
 
 impl FetchOptions {
     /// Defaults writing to `output`.
@@ -56,6 +65,7 @@ impl FetchOptions {
             down_limit: None,
             trackers: Vec::new(),
             provide: true,
+            patience: Some(DEFAULT_PATIENCE),
         }
     }
 }
@@ -75,6 +85,9 @@ pub struct Progress {
     pub resumed_blocks: u64,
     /// Peers connected.
     pub peers: usize,
+    /// Since when no request has been in flight: the fetch is waiting for a peer that can
+    /// deliver (it gives up after [`FetchOptions::patience`]). `None` while blocks flow.
+    pub waiting_since: Option<std::time::Instant>,
 }
 
 /// What a finished fetch did.

@@ -1,105 +1,256 @@
-//! Where a download's peers come from: the link's `peer` hints and the peers given, the
-//! trackers (the link's `tr` hints and those given; they list more peers as they join), the
-//! DHT (asked when those give nobody), and peers that subscribe to our have-map of the blob
-//! (downloading it too). [`Sources`] holds all of them for one fetch: it connects the first
-//! peers ([`Sources::connect`]), then hands the bootstrap and the download loop each peer
-//! found later, already dialled, and says what every source gave when nobody could help.
+//! Where a download's peers come from, and how long it waits for them.
+//!
+//! Sources: the link's `peer` hints and the peers given; the trackers (the link's `tr` hints
+//! and those given), which list more peers as they join; the DHT, asked when those give
+//! nobody usable; and peers that contact us (they subscribe to our have-map of the blob, or
+//! connect after a tracker told them about us). [`Sources`] holds all of them for one fetch
+//! and keeps trying: it dials every address it knows, re-dials a peer that was lost or could
+//! not be reached with back-off ([`REDIAL_FIRST`] doubling to [`REDIAL_MAX`]), and hands
+//! each peer that connects to the fetch ([`Sources::next`]). When nobody could help, it says
+//! what each source gave ([`Sources::describe`]).
+//!
+//! Patience: a fetch with no peer that can deliver waits for one — a seeder that restarts,
+//! a seeder that comes later — for [`FetchOptions::patience`] ([`Patience`]), then gives up
+//! and says what it tried.
 
-use std::time::Duration;
+use std::{
+    collections::{HashMap, HashSet, VecDeque},
+    time::Duration,
+};
 
-use futures::future::join_all;
-use libp2p::{Multiaddr, PeerId};
+use libp2p::{Multiaddr, PeerId, multiaddr::Protocol};
 use shoal_protocol::{BlobId, Link, blob::block_count};
-use tokio::sync::{mpsc, watch};
+use tokio::{
+    sync::{mpsc, watch},
+    task::JoinSet,
+    time::Instant,
+};
 use tracing::{debug, info};
 
 use super::{error::FetchError, options::FetchOptions};
 use crate::{
-    announce::{Announcer, Outcome, Status},
+    announce::{Announcer, Listed, Outcome, Status},
     dht::Found,
-    interest::Interest,
-    node::{DialError, Node},
+    interest::{Contact, Interest},
+    node::Node,
 };
 
 /// How long trackers get to list a reachable peer before the DHT is asked too (at once if
 /// every tracker failed).
 pub const TRACKER_GRACE: Duration = Duration::from_secs(5);
+/// First wait before dialling again a peer that was lost or could not be reached; doubles
+/// each time up to [`REDIAL_MAX`].
+pub const REDIAL_FIRST: Duration = Duration::from_millis(250);
+/// Longest wait between two dials of one peer.
+pub const REDIAL_MAX: Duration = Duration::from_secs(10);
 /// How long one DHT provider lookup may take.
 const DHT_LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
 /// How much longer the fetch waits for the node to end a lookup (it ends it at the timeout).
 const DHT_LOOKUP_GRACE: Duration = Duration::from_secs(2);
 /// Shortest time between two DHT provider lookups of one fetch.
 const DHT_RETRY: Duration = Duration::from_secs(30);
-/// Peers found through trackers and the DHT, queued for the fetch.
+/// Peers listed by trackers or found in the DHT, queued for the fetch.
 const FOUND_QUEUE: usize = 64;
-/// With nothing in flight and no block arriving for this long, the peers left cannot help
-/// (they lack the missing blocks): give up, keeping what was verified. Also how long the
-/// first peer and the first blocks are waited for.
-pub(super) const GIVE_UP_AFTER: Duration = Duration::from_secs(60);
+/// Most peers a fetch keeps addresses for and dials (named, listed, found); more are not
+/// kept. Trackers list at most 66 per answer.
+const MAX_KNOWN: usize = 512;
+
+/// How long a fetch waits with no peer that can deliver before it gives up. `None`: forever.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Patience {
+    limit: Option<Duration>,
+    since: Option<Instant>,
+}
+
+impl Patience {
+    pub(super) const fn new(limit: Option<Duration>) -> Self {
+        Self { limit, since: None }
+    }
+
+    /// Waiting since `now`, unless already waiting.
+    pub(super) fn wait(&mut self, now: Instant) {
+        self.since.get_or_insert(now);
+    }
+
+    /// Not waiting (a peer delivers, or has requests in flight).
+    pub(super) const fn stop(&mut self) {
+        self.since = None;
+    }
+
+    /// Since when the fetch has been waiting.
+    pub(super) const fn since(&self) -> Option<Instant> {
+        self.since
+    }
+
+    /// When the fetch gives up, if it is waiting and patience has a limit.
+    pub(super) fn deadline(&self) -> Option<Instant> {
+        Some(self.since? + self.limit?)
+    }
+
+    /// Whether patience has run out at `now`.
+    pub(super) fn exhausted(&self, now: Instant) -> bool {
+        self.deadline().is_some_and(|d| now >= d)
+    }
+
+    /// The limit, for messages.
+    pub(super) fn describe(&self) -> String {
+        self.limit
+            .map_or_else(|| "forever".into(), |l| format!("{} s", l.as_secs()))
+    }
+}
 
 /// Each tracker a fetch announces to and what its last announce gave.
 pub(super) type Outcomes = watch::Receiver<Vec<(Multiaddr, Outcome)>>;
 
+/// A peer for the fetch, and how it came.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Arrival {
+    /// Connected: dialled at an address a source gave, or found in the DHT.
+    Connected(PeerId),
+    /// It subscribed to our have-map of this blob: it is downloading it too.
+    Subscribed(PeerId),
+    /// It connected to us; it may have nothing to do with this blob.
+    Contacted(PeerId),
+    /// Our last connection to it closed: it is gone until it is dialled again (which the
+    /// sources do, if they know it).
+    Gone(PeerId),
+}
+
+impl Arrival {
+    pub(super) const fn peer(self) -> PeerId {
+        match self {
+            Self::Connected(p) | Self::Subscribed(p) | Self::Contacted(p) | Self::Gone(p) => p,
+        }
+    }
+}
+
+/// Where the fetch learnt a peer's addresses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Via {
+    /// The link's `peer` hints, or the peers given.
+    Named,
+    /// A tracker's list.
+    Tracker,
+    /// A DHT provider record.
+    Dht,
+    /// It subscribed to our have-map of the blob (dialled again when lost, like the above).
+    Subscriber,
+    /// It connected to us (never dialled: it may have nothing to do with the blob).
+    Contact,
+}
+
+/// A peer (or, before the first dial, an address of an unknown peer) the fetch can dial.
+#[derive(Debug)]
+struct Target {
+    /// Known once dialled, or from the address's `/p2p/` part.
+    peer: Option<PeerId>,
+    addrs: Vec<Multiaddr>,
+    via: Via,
+    connected: bool,
+    dialling: bool,
+    /// When to dial next (when not connected); `None`: not scheduled.
+    next_dial: Option<Instant>,
+    backoff: Duration,
+    dials: u32,
+    last_error: Option<String>,
+}
+
 /// Every source of peers of one fetch.
 pub(super) struct Sources {
-    /// Peers named in the link or given, and trackers, parsed; hints that did not parse,
-    /// and named peers that could not be dialled, are in `tried`.
-    addrs: Vec<Multiaddr>,
+    node: Node,
+    id: BlobId,
+    targets: Vec<Target>,
+    by_peer: HashMap<PeerId, usize>,
+    /// Peers caught lying: never dialled or handed out again.
+    banned: HashSet<PeerId>,
+    /// Hints that did not parse.
+    bad_hints: Vec<String>,
+    /// Whether any named address was given (for messages).
+    named: bool,
     trackers: Vec<Multiaddr>,
-    tried: Vec<String>,
-    /// Peers that subscribe to our have-map of this blob: downloading it too.
-    pub(super) interest: Interest,
-    /// Peers trackers listed and the DHT found, dialled already.
-    pub(super) found: mpsc::Receiver<PeerId>,
+    /// Peers connected, not yet handed out.
+    ready: VecDeque<Arrival>,
+    /// Dials running: the target and what came of it.
+    dials: JoinSet<(usize, Result<PeerId, String>)>,
+    /// Peers that contact us.
+    interest: Interest,
+    /// Peers trackers list.
+    listed: mpsc::Receiver<Listed>,
+    /// Peers DHT lookups found (already dialled by the node).
+    found: mpsc::Receiver<(PeerId, Vec<Multiaddr>)>,
     /// Announcing to the trackers (none without trackers); told about progress.
     pub(super) announcer: Option<Announcer>,
     /// Provider lookups.
     pub(super) dht: DhtSearch,
+    /// What the trackers answered (`None` without trackers).
+    outcomes: Option<Outcomes>,
+    /// The fetch has no usable peer ([`Sources::want_peers`]): ask the DHT when the
+    /// trackers fail, after their grace, and again every [`DHT_RETRY`].
+    hungry: bool,
+    started: Instant,
 }
 
 impl Sources {
-    /// Gathers the sources of `link` and `opts` and starts announcing to the trackers (and
-    /// a DHT lookup, if nothing else names a peer).
+    /// Gathers the sources of `link` and `opts`, starts dialling the named peers and
+    /// announcing to the trackers (and a DHT lookup, if nothing else names a peer).
     ///
     /// # Errors
     /// [`FetchError::NoPeersGiven`] when nothing names a peer or tracker and the DHT cannot
     /// be asked.
     pub(super) fn start(node: &Node, link: &Link, opts: &FetchOptions) -> Result<Self, FetchError> {
         let id = link.id;
-        let mut tried = Vec::new();
-        let trackers = merge_addrs(&opts.trackers, &link.trackers, "tracker ", &mut tried);
-        let addrs = merge_addrs(&opts.peers, &link.peers, "", &mut tried);
-        if addrs.is_empty() && trackers.is_empty() && tried.is_empty() && !node.dht_usable() {
-            return Err(FetchError::NoPeersGiven);
+        let mut bad_hints = Vec::new();
+        let trackers = merge_addrs(&opts.trackers, &link.trackers, "tracker ", &mut bad_hints);
+        let addrs = merge_addrs(&opts.peers, &link.peers, "", &mut bad_hints);
+        if addrs.is_empty() && trackers.is_empty() && bad_hints.is_empty() && !node.dht_usable() {
+            return Err(FetchError::NoPeersGiven {
+                dht_off: !node.config().dht,
+            });
         }
-        let interest = node.interest(id);
-        let (found_tx, found) = mpsc::channel(FOUND_QUEUE);
+        let (listed_tx, listed) = mpsc::channel(FOUND_QUEUE);
         let total_hint = link
             .blob_len
             .and_then(|l| u32::try_from(block_count(l)).ok())
             .unwrap_or(0);
         let announcer = (!trackers.is_empty()).then(|| {
-            Announcer::start(
+            Announcer::start_listing(
                 node,
                 id,
                 trackers.clone(),
                 Status::leecher(0, total_hint),
-                Some(found_tx.clone()),
+                listed_tx,
             )
         });
-        let mut dht = DhtSearch::new(node, id, found_tx);
-        if addrs.is_empty() && trackers.is_empty() {
-            dht.start(); // nothing else names a peer: ask the DHT at once
-        }
-        Ok(Self {
-            addrs,
+        let (found_tx, found) = mpsc::channel(FOUND_QUEUE);
+        let outcomes = announcer.as_ref().map(Announcer::outcomes);
+        let mut this = Self {
+            node: node.clone(),
+            id,
+            targets: Vec::new(),
+            by_peer: HashMap::new(),
+            banned: HashSet::new(),
+            bad_hints,
+            named: !addrs.is_empty(),
             trackers,
-            tried,
-            interest,
+            ready: VecDeque::new(),
+            dials: JoinSet::new(),
+            interest: node.interest(id),
+            listed,
             found,
             announcer,
-            dht,
-        })
+            dht: DhtSearch::new(node, id, found_tx),
+            outcomes,
+            hungry: false,
+            started: Instant::now(),
+        };
+        for addr in addrs {
+            this.add(peer_of(&addr), vec![addr], Via::Named);
+        }
+        if !this.named && this.trackers.is_empty() {
+            this.dht.start(); // nothing else names a peer: ask the DHT at once
+        }
+        this.dial_due();
+        Ok(this)
     }
 
     /// What the trackers answer, as they answer (`None` without trackers).
@@ -107,64 +258,324 @@ impl Sources {
         self.announcer.as_ref().map(Announcer::outcomes)
     }
 
-    /// Whether trackers are asked (they list peers that join later).
-    pub(super) const fn tracked(&self) -> bool {
-        self.announcer.is_some()
-    }
-
-    /// Connects to every peer named in the link or given, at once; if none answers, waits
-    /// for the first peer a tracker or the DHT finds ([`first_peer`]). Returns the peers
-    /// connected.
+    /// The first peers: every named peer that answers its first dial, or else the first
+    /// peer any source gives. Waits up to `patience`.
     ///
     /// # Errors
-    /// [`FetchError::Unreachable`], saying what each source gave.
-    pub(super) async fn connect(&mut self, node: &Node) -> Result<Vec<PeerId>, FetchError> {
-        let timeout = node.config().dial_timeout;
-        let dials = join_all(self.addrs.iter().map(|a| node.dial(a.clone(), timeout))).await;
-        let mut peers: Vec<PeerId> = Vec::new();
-        for r in dials {
-            match r {
-                Ok(p) if !peers.contains(&p) => peers.push(p),
-                Ok(_) => {}
-                Err(DialError { addr, why }) => self.tried.push(format!("{addr}: {why}")),
+    /// [`FetchError::Unreachable`] when no peer connected within `patience`, saying what
+    /// each source gave.
+    pub(super) async fn first(
+        &mut self,
+        patience: &mut Patience,
+    ) -> Result<Vec<PeerId>, FetchError> {
+        patience.wait(Instant::now());
+        let mut peers = Vec::new();
+        loop {
+            // Every named peer's first dial is over (or none was named): take what answered.
+            let named_pending = self
+                .targets
+                .iter()
+                .any(|t| t.via == Via::Named && t.dials == 0);
+            while let Some(a) = self.ready.pop_front() {
+                if let Arrival::Gone(p) = a {
+                    peers.retain(|q| *q != p);
+                } else if !peers.contains(&a.peer()) {
+                    peers.push(a.peer());
+                }
+            }
+            if !peers.is_empty() && !named_pending {
+                break;
+            }
+            if !named_pending {
+                self.want_peers();
+            }
+            let deadline = patience.deadline();
+            tokio::select! {
+                a = self.next() => self.ready.push_front(a),
+                () = sleep_until(deadline) => {
+                    return Err(FetchError::Unreachable {
+                        tried: self.describe(&patience.describe()),
+                        dht_off: !self.node.config().dht,
+                    });
+                }
             }
         }
-        if peers.is_empty() {
-            // Nobody named in the link or given answered: trackers and the DHT are left. The
-            // DHT is asked at once if the named peers failed or there is no tracker, else when
-            // the trackers list nobody in time.
-            if !self.addrs.is_empty() || self.trackers.is_empty() {
-                self.dht.start();
-            }
-            if let Some(p) = first_peer(
-                &mut self.found,
-                &mut self.interest.peers,
-                &mut self.dht,
-                self.announcer.as_ref(),
-            )
-            .await
-            {
-                peers.push(p);
-            }
-        }
-        while let Ok(p) = self.found.try_recv() {
-            if !peers.contains(&p) {
-                peers.push(p);
-            }
-        }
-        if peers.is_empty() {
-            return Err(FetchError::Unreachable {
-                tried: self.describe_unreachable(),
-            });
-        }
-        info!(blob = %self.dht.id, peers = peers.len(), "connected");
+        patience.stop();
+        info!(blob = %self.id, peers = peers.len(), "connected");
         Ok(peers)
     }
 
-    /// What each source gave, when none gave a reachable peer.
-    fn describe_unreachable(&mut self) -> Vec<String> {
-        let mut tried = std::mem::take(&mut self.tried);
-        if self.addrs.is_empty() {
+    /// The next peer that connected (or contacted us, or left) if one did already; meanwhile
+    /// takes in what the sources said and starts the dials that are due.
+    pub(super) fn try_next(&mut self) -> Option<Arrival> {
+        futures::FutureExt::now_or_never(self.next())
+    }
+
+    /// The next peer that connects (or contacts us, or leaves). Cancel-safe.
+    pub(super) async fn next(&mut self) -> Arrival {
+        loop {
+            if let Some(a) = self.ready.pop_front() {
+                if !matches!(a, Arrival::Gone(_)) {
+                    self.hungry = false; // the caller says again if this one does not help
+                }
+                return a;
+            }
+            self.dial_due();
+            let wake = self
+                .targets
+                .iter()
+                .filter(|t| !t.connected && !t.dialling)
+                .filter_map(|t| t.next_dial)
+                .min();
+            // While hungry: the moments the DHT may be asked (again).
+            let grace = self.started + TRACKER_GRACE;
+            let dht_due = self
+                .hungry
+                .then(|| {
+                    if Instant::now() < grace {
+                        Some(grace)
+                    } else {
+                        self.dht.next_allowed()
+                    }
+                })
+                .flatten();
+            let hungry = self.hungry;
+            tokio::select! {
+                changed = async {
+                    match self.outcomes.as_mut() {
+                        Some(o) => o.changed().await.is_ok(),
+                        None => std::future::pending().await,
+                    }
+                }, if hungry => {
+                    if changed {
+                        self.want_peers();
+                    } else {
+                        self.outcomes = None; // the announcer is gone
+                    }
+                }
+                () = sleep_until(dht_due) => self.want_peers(),
+                Some(done) = self.dials.join_next() => {
+                    if let Ok((target, result)) = done {
+                        self.dialled(target, result);
+                    }
+                }
+                Some(l) = self.listed.recv() => {
+                    self.add(Some(l.peer), l.addrs, Via::Tracker);
+                }
+                Some((peer, addrs)) = self.found.recv() => {
+                    let t = self.add(Some(peer), addrs, Via::Dht);
+                    if let Some(t) = t {
+                        self.dialled(t, Ok(peer));
+                    }
+                }
+                Some(contact) = self.interest.peers.recv() => {
+                    let arrival = match contact {
+                        Contact::Subscribed(p) => Arrival::Subscribed(p),
+                        Contact::Connected(p) => Arrival::Contacted(p),
+                        Contact::Disconnected(p) => {
+                            self.lost(p);
+                            return Arrival::Gone(p);
+                        }
+                    };
+                    let peer = arrival.peer();
+                    if self.banned.contains(&peer) {
+                        continue;
+                    }
+                    self.hungry = false;
+                    let via = match arrival {
+                        Arrival::Subscribed(_) => Via::Subscriber,
+                        _ => Via::Contact,
+                    };
+                    if let Some(t) = self.add(Some(peer), Vec::new(), via) {
+                        let target = &mut self.targets[t];
+                        target.connected = true;
+                        target.next_dial = None;
+                        if via == Via::Subscriber && target.via == Via::Contact {
+                            target.via = Via::Subscriber;
+                        }
+                    }
+                    return arrival;
+                }
+                () = self.dht.done() => {}
+                () = sleep_until(wake) => {}
+            }
+        }
+    }
+
+    /// The fetch has no usable peer: ask the DHT too (at most one lookup per
+    /// [`DHT_RETRY`]) once the trackers had [`TRACKER_GRACE`] to list one, or at once when
+    /// every tracker failed or there is none, or every named peer failed its dial.
+    pub(super) fn want_peers(&mut self) {
+        self.hungry = true;
+        let named_failed = self.named
+            && self
+                .targets
+                .iter()
+                .filter(|t| t.via == Via::Named)
+                .all(|t| !t.connected && t.dials > 0);
+        let trackers_out = self.outcomes.as_ref().is_none_or(|o| {
+            o.borrow().iter().all(|(_, x)| {
+                matches!(
+                    x,
+                    Outcome::Failed(_) | Outcome::Refused(_) | Outcome::TakenDown
+                )
+            })
+        });
+        if named_failed || trackers_out || self.started.elapsed() >= TRACKER_GRACE {
+            self.dht.start();
+        }
+    }
+
+    /// The fetch lost `peer` (its connection or its have-map stream ended): dial it again
+    /// soon, at every address known for it, with back-off while it does not answer. Peers
+    /// the sources never gave and that never contacted us are not dialled.
+    pub(super) fn lost(&mut self, peer: PeerId) {
+        let Some(&t) = self.by_peer.get(&peer) else {
+            return;
+        };
+        if self.banned.contains(&peer) || self.targets[t].via == Via::Contact {
+            return;
+        }
+        let target = &mut self.targets[t];
+        if target.connected {
+            debug!(blob = %self.id, %peer, "peer lost; dialling it again");
+            target.connected = false;
+            target.backoff = REDIAL_FIRST;
+            target.next_dial = Some(Instant::now());
+        }
+    }
+
+    /// `peer` sent bad data: never dial or hand it out again.
+    pub(super) fn ban(&mut self, peer: PeerId) {
+        self.banned.insert(peer);
+        if let Some(&t) = self.by_peer.get(&peer) {
+            let target = &mut self.targets[t];
+            target.connected = false;
+            target.next_dial = None;
+        }
+    }
+
+    /// Adds what a source says about a peer (or an address), merging with what is known.
+    /// Returns its target, unless too many are known or it is banned.
+    fn add(&mut self, peer: Option<PeerId>, addrs: Vec<Multiaddr>, via: Via) -> Option<usize> {
+        if peer.is_some_and(|p| self.banned.contains(&p)) {
+            return None;
+        }
+        if let Some(&t) = peer.as_ref().and_then(|p| self.by_peer.get(p)) {
+            let target = &mut self.targets[t];
+            for a in addrs {
+                if !target.addrs.contains(&a) {
+                    target.addrs.push(a);
+                }
+            }
+            // A peer listed again that we could not reach: try it again now.
+            if !target.connected
+                && !target.dialling
+                && !matches!(via, Via::Contact | Via::Subscriber)
+            {
+                target.next_dial = Some(Instant::now());
+            }
+            return Some(t);
+        }
+        if self.targets.len() >= MAX_KNOWN {
+            return None;
+        }
+        let mut addrs = addrs;
+        if addrs.is_empty() {
+            addrs.extend(peer.map(|p| Multiaddr::empty().with(Protocol::P2p(p))));
+        }
+        let t = self.targets.len();
+        self.targets.push(Target {
+            peer,
+            addrs,
+            via,
+            connected: false,
+            dialling: false,
+            next_dial: (!matches!(via, Via::Contact | Via::Subscriber)).then(Instant::now),
+            backoff: REDIAL_FIRST,
+            dials: 0,
+            last_error: None,
+        });
+        if let Some(p) = peer {
+            self.by_peer.insert(p, t);
+        }
+        Some(t)
+    }
+
+    /// Starts the dials that are due.
+    fn dial_due(&mut self) {
+        let now = Instant::now();
+        let timeout = self.node.config().dial_timeout;
+        for (t, target) in self.targets.iter_mut().enumerate() {
+            if target.connected || target.dialling || target.next_dial.is_none_or(|at| at > now) {
+                continue;
+            }
+            target.dialling = true;
+            target.next_dial = None;
+            let node = self.node.clone();
+            let addrs = target.addrs.clone();
+            self.dials.spawn(async move {
+                // One address at a time: one connection is enough.
+                let mut why = String::from("no address known");
+                for addr in addrs {
+                    match node.dial(addr.clone(), timeout).await {
+                        Ok(peer) => return (t, Ok(peer)),
+                        Err(e) => why = e.to_string(),
+                    }
+                }
+                (t, Err(why))
+            });
+        }
+    }
+
+    /// A dial of target `t` ended.
+    fn dialled(&mut self, t: usize, result: Result<PeerId, String>) {
+        let target = &mut self.targets[t];
+        target.dialling = false;
+        target.dials += 1;
+        match result {
+            Ok(peer) => {
+                target.connected = true;
+                target.last_error = None;
+                target.backoff = REDIAL_FIRST;
+                if target.peer.is_none() {
+                    target.peer = Some(peer);
+                    self.by_peer.entry(peer).or_insert(t);
+                }
+                if !self.banned.contains(&peer) {
+                    self.ready.push_back(Arrival::Connected(peer));
+                }
+            }
+            Err(why) => {
+                debug!(blob = %self.id, target = t, %why, "dial failed; trying again later");
+                target.last_error = Some(why);
+                target.next_dial = Some(Instant::now() + target.backoff);
+                target.backoff = (target.backoff * 2).min(REDIAL_MAX);
+            }
+        }
+    }
+
+    /// What each source gave, when none gave a peer that could deliver; `patience` says
+    /// how long the fetch waited.
+    pub(super) fn describe(&self, patience: &str) -> Vec<String> {
+        let mut tried = self.bad_hints.clone();
+        for t in self.targets.iter() {
+            let what = match t.via {
+                Via::Named => "",
+                Via::Tracker => "listed by a tracker: ",
+                Via::Dht => "found in the DHT: ",
+                Via::Subscriber => "downloading it too: ",
+                Via::Contact => continue,
+            };
+            let addrs: Vec<String> = t.addrs.iter().map(ToString::to_string).collect();
+            let state = match (&t.last_error, t.connected) {
+                (_, true) => "connected".to_string(),
+                (Some(e), false) => format!("{e} (dialled {} time(s))", t.dials),
+                (None, false) => "not reached".to_string(),
+            };
+            tried.push(format!("{what}{}: {state}", addrs.join(" or ")));
+        }
+        if !self.named {
             tried.push("peers: none named in the link or given with --peer".into());
         }
         match &self.announcer {
@@ -172,14 +583,33 @@ impl Sources {
             Some(a) => tried.extend(a.outcomes().borrow().iter().map(|(t, o)| match o {
                 Outcome::Failed(why) | Outcome::Refused(why) => format!("tracker {t}: {why}"),
                 Outcome::TakenDown => format!("tracker {t}: the blob was taken down there"),
-                Outcome::Pending => format!("tracker {t}: no answer within {GIVE_UP_AFTER:?}"),
-                Outcome::Answered(n) => {
-                    format!("tracker {t}: listed {n} peer(s), none reachable")
+                Outcome::Pending => format!("tracker {t}: no answer within {patience}"),
+                Outcome::Answered { seeders: 0, .. } => format!(
+                    "tracker {t}: nobody is seeding this file yet: the tracker lists 0 seeders"
+                ),
+                Outcome::Answered { peers, seeders } => {
+                    format!("tracker {t}: listed {peers} peer(s), {seeders} of them seeding")
                 }
             })),
         }
         tried.push(self.dht.describe());
         tried
+    }
+}
+
+/// The peer id at the end of `addr` (`/p2p/<id>`), if any.
+fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
+    match addr.iter().last() {
+        Some(Protocol::P2p(p)) => Some(p),
+        _ => None,
+    }
+}
+
+/// Sleeps until `t`; never returns without one (for `select!`).
+pub(super) async fn sleep_until(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -203,20 +633,20 @@ fn merge_addrs(
 }
 
 /// Provider lookups in the DHT for one fetch: one at a time, at most one per [`DHT_RETRY`].
-/// Providers that answer a dial go on the same `found` channel as tracker-listed peers, so
-/// bootstrap and the main phase use them alike. A running lookup is aborted on drop.
+/// Providers that answer a dial are sent on `found`, so bootstrap and the main phase use
+/// them like any other peer. A running lookup is aborted on drop.
 pub(super) struct DhtSearch {
     node: Node,
     id: BlobId,
-    found: mpsc::Sender<PeerId>,
-    last: Option<tokio::time::Instant>,
+    found: mpsc::Sender<(PeerId, Vec<Multiaddr>)>,
+    last: Option<Instant>,
     running: Option<tokio::task::JoinHandle<String>>,
     /// What the last finished lookup gave, for error messages.
     outcome: Option<String>,
 }
 
 impl DhtSearch {
-    fn new(node: &Node, id: BlobId, found: mpsc::Sender<PeerId>) -> Self {
+    fn new(node: &Node, id: BlobId, found: mpsc::Sender<(PeerId, Vec<Multiaddr>)>) -> Self {
         Self {
             node: node.clone(),
             id,
@@ -233,7 +663,7 @@ impl DhtSearch {
         if self.running.is_some() {
             return true;
         }
-        let now = tokio::time::Instant::now();
+        let now = Instant::now();
         if !self.node.dht_usable() || self.last.is_some_and(|t| now < t + DHT_RETRY) {
             return false;
         }
@@ -247,8 +677,13 @@ impl DhtSearch {
         true
     }
 
-    fn running(&self) -> bool {
-        self.running.is_some()
+    /// When the next lookup may start, if none runs (`None` while one runs, or without the
+    /// DHT).
+    fn next_allowed(&self) -> Option<Instant> {
+        if self.running.is_some() || !self.node.dht_usable() {
+            return None;
+        }
+        Some(self.last.map_or_else(Instant::now, |t| t + DHT_RETRY))
     }
 
     /// Waits for the running lookup to end; never returns if none runs (for `select!`).
@@ -291,15 +726,23 @@ impl Drop for DhtSearch {
 /// One provider lookup: each provider found that answers (the node dials them as they are
 /// found) goes on `found` at once, without waiting for the others. Returns what happened,
 /// for error messages.
-async fn dht_lookup(node: Node, id: BlobId, found: mpsc::Sender<PeerId>) -> String {
+async fn dht_lookup(
+    node: Node,
+    id: BlobId,
+    found: mpsc::Sender<(PeerId, Vec<Multiaddr>)>,
+) -> String {
     let mut providers = node.provider_stream(id, DHT_LOOKUP_TIMEOUT).await;
     let (mut seen, mut reached) = (0usize, 0usize);
     let _ = tokio::time::timeout(DHT_LOOKUP_TIMEOUT + DHT_LOOKUP_GRACE, async {
         while let Some(f) = providers.recv().await {
             seen += 1;
-            if let Found::Reachable(peer, _) = f {
+            if let Found::Reachable(peer, addrs) = f {
                 reached += 1;
-                let _ = found.try_send(peer);
+                let addrs = addrs
+                    .into_iter()
+                    .map(|a| a.with_p2p(peer).unwrap_or_else(|a| a))
+                    .collect();
+                let _ = found.try_send((peer, addrs));
             }
         }
     })
@@ -313,61 +756,4 @@ async fn dht_lookup(node: Node, id: BlobId, found: mpsc::Sender<PeerId>) -> Stri
     }
     info!(blob = %id, providers = seen, reached, "DHT providers found");
     format!("DHT: {seen} provider(s) found, {reached} reachable")
-}
-
-/// Waits for the first peer that trackers or the DHT find. The DHT is asked (unless it
-/// already was) after [`TRACKER_GRACE`], or at once when every tracker failed or refused.
-/// Gives up when every tracker failed (or there is none) and no lookup runs, or after
-/// [`GIVE_UP_AFTER`].
-async fn first_peer(
-    found: &mut mpsc::Receiver<PeerId>,
-    interest: &mut mpsc::Receiver<PeerId>,
-    dht: &mut DhtSearch,
-    announcer: Option<&Announcer>,
-) -> Option<PeerId> {
-    let start = tokio::time::Instant::now();
-    let grace = start + TRACKER_GRACE;
-    let deadline = start + GIVE_UP_AFTER;
-    let mut outcomes = announcer.map(Announcer::outcomes);
-    loop {
-        // (every tracker failed, every tracker failed or refused for now)
-        let (failed, out) = outcomes.as_mut().map_or((true, true), |o| {
-            let o = o.borrow_and_update();
-            (
-                o.iter()
-                    .all(|(_, x)| matches!(x, Outcome::Failed(_) | Outcome::TakenDown)),
-                o.iter().all(|(_, x)| {
-                    matches!(
-                        x,
-                        Outcome::Failed(_) | Outcome::Refused(_) | Outcome::TakenDown
-                    )
-                }),
-            )
-        });
-        let now = tokio::time::Instant::now();
-        if out || now >= grace {
-            dht.start();
-        }
-        if failed && !dht.running() {
-            return None;
-        }
-        tokio::select! {
-            p = found.recv() => return p,
-            // A downloader that found us (through a tracker) is as good a start.
-            Some(p) = interest.recv() => return Some(p),
-            () = dht.done() => {}
-            changed = async {
-                match outcomes.as_mut() {
-                    Some(o) => o.changed().await.is_ok(),
-                    None => std::future::pending().await,
-                }
-            } => {
-                if !changed {
-                    outcomes = None; // the announcer is gone: no tracker will answer
-                }
-            }
-            () = tokio::time::sleep_until(grace), if now < grace => {}
-            () = tokio::time::sleep_until(deadline) => return None,
-        }
-    }
 }

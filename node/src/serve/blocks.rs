@@ -51,6 +51,7 @@ pub(super) async fn serve_loop(inner: Arc<Service>, mut incoming: libp2p_stream:
     let limiter = inner
         .config
         .upload_limit_bytes_per_sec
+        .filter(|&r| r > 0)
         .map(|r| Arc::new(RateLimiter::new(r)));
     loop {
         let next = tokio::select! {

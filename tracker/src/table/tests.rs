@@ -102,7 +102,14 @@ fn check_answer(asker: u32, req: &AnnounceRequest, a: &Answer<u32>, config: &Con
     }
     let interval = a.interval.as_secs();
     let cfg_interval = config.announce_interval.as_secs();
-    assert!((cfg_interval..=cfg_interval + config.interval_jitter.as_secs()).contains(&interval));
+    let full = (cfg_interval..=cfg_interval + config.interval_jitter.as_secs()).contains(&interval);
+    let soon = interval == config.min_announce_interval.as_secs().max(1);
+    let seeded = a.seed_nodes.len() + a.peers.iter().filter(|p| p.role == Role::Seeder).count() > 0;
+    // Sooner only for a leecher in a swarm nobody seeds (an answer naming a seeder shows one).
+    assert!(
+        full || (soon && req.role == Role::Leecher && !seeded && req.event != Event::Stopped),
+        "interval {interval} s"
+    );
     // The answer always makes a valid wire message.
     let resp = a.clone().into_response(|p| p.to_le_bytes().to_vec());
     Response::Announce(resp).encode();
@@ -129,6 +136,45 @@ fn answers_list_other_peers() {
         sim.ok(0, 3, 2, Role::Leecher, Event::Started)
             .peers
             .is_empty()
+    );
+}
+
+/// Issue 11: a leecher that starts before any seeder is told to come back after the minimum
+/// interval, so it hears of the seeder soon and never runs into the rate limit; once
+/// someone seeds, leechers get the full interval.
+#[test]
+fn a_leecher_nobody_can_serve_comes_back_at_the_minimum_interval() {
+    let mut sim = Sim::new(Config::default());
+    let early = sim.ok(0, 1, 1, Role::Leecher, Event::Started);
+    assert!(early.peers.is_empty());
+    assert_eq!(early.interval, Duration::from_secs(MIN_GAP));
+    // Another leecher alone is no seeder either.
+    let second = sim.ok(0, 2, 1, Role::Leecher, Event::Started);
+    assert_eq!(second.interval, Duration::from_secs(MIN_GAP));
+    // Obeying it is never refused as too soon.
+    assert!(
+        sim.announce(MIN_GAP, 1, &ann(1, 1, Role::Leecher, Event::Periodic))
+            .is_ok()
+    );
+    // A seeder arrives: the leecher hears of it at its next announce, and from then on the
+    // full interval applies.
+    assert!(
+        sim.ok(MIN_GAP + 5, 3, 1, Role::Seeder, Event::Started)
+            .interval
+            >= Duration::from_secs(INTERVAL)
+    );
+    let later = sim.ok(2 * MIN_GAP, 1, 1, Role::Leecher, Event::Periodic);
+    assert!(
+        later
+            .peers
+            .iter()
+            .any(|p| p.peer == 3 && p.role == Role::Seeder)
+    );
+    assert!(later.interval >= Duration::from_secs(INTERVAL));
+    // A seed node counts as someone seeding too.
+    sim.ok(0, 4, 2, Role::SeedNode, Event::Started);
+    assert!(
+        sim.ok(1, 5, 2, Role::Leecher, Event::Started).interval >= Duration::from_secs(INTERVAL)
     );
 }
 

@@ -1,0 +1,166 @@
+//! Issue 11, "peers come and go": a download keeps re-dialling the addresses it knows while
+//! no peer can deliver, shows that it is waiting, goes on when a peer comes back, and gives
+//! up only after its patience, saying what it tried. Real nodes on 127.0.0.1; every wait has
+//! a timeout; nothing sleeps to synchronise.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::{sync::Arc, time::Duration};
+
+use libp2p::{Multiaddr, identity::Keypair};
+use shoal_node::{
+    CancellationToken, Config, Node, Store,
+    fetch::{FetchError, FetchOptions, Output, Progress, fetch},
+    testing,
+};
+use tokio::{sync::watch, time::timeout};
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// A free TCP port on 127.0.0.1 (bound, learnt, released).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A seeder with identity `key` serving `store` on exactly `127.0.0.1:port` (TCP), capped
+/// at `cap` bytes per second. Retries (bounded) while the port is still held by a seeder
+/// that was just stopped.
+async fn seeder_on(
+    port: u16,
+    key: &Keypair,
+    store: &Arc<Store>,
+    cap: u64,
+) -> (Node, CancellationToken) {
+    let listen: Multiaddr = format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap();
+    let config = Config::loopback()
+        .with_listen(vec![listen])
+        .with_upload_limit(Some(cap));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        // The old listener is gone once the port can be bound again.
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            let stop = CancellationToken::new();
+            let node =
+                Node::start(config.clone(), key.clone(), store.clone(), stop.clone()).unwrap();
+            testing::addr(&node, "tcp").await;
+            return (node, stop);
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "port {port} never freed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await; // polling the port, bounded
+    }
+}
+
+/// Item 1: the sharer is killed mid-download and comes back on the same address. The
+/// download waits ("waiting for peers" in its progress), dials it again, and completes.
+/// Before the fix it ended at once with "no addresses for peer".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_sharer_is_dialled_again_and_the_download_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let shared = testing::shared_file(dir.path(), 4 << 20, 21);
+    let key = Keypair::generate_ed25519();
+    let port = free_port();
+    let (seeder, seeder_stop) = seeder_on(port, &key, &shared.store, 1_500_000).await;
+    let mut link = shared.shared.link.clone();
+    link.peers = vec![format!(
+        "/ip4/127.0.0.1/tcp/{port}/p2p/{}",
+        seeder.peer_id()
+    )];
+
+    let stop = CancellationToken::new();
+    let getter = testing::node(Config::loopback(), Arc::new(Store::in_memory()), &stop);
+    let out = dir.path().join("got.bin");
+    let (tx, mut rx) = watch::channel(Progress::default());
+    let download = tokio::spawn({
+        let (getter, link, out) = (getter.clone(), link.clone(), out.clone());
+        async move { fetch(&getter, &link, FetchOptions::new(Output::File(out)), tx).await }
+    });
+    timeout(LIMIT, rx.wait_for(|p| p.done_blocks >= 8))
+        .await
+        .expect("the download starts")
+        .unwrap();
+    seeder_stop.cancel();
+    drop(seeder);
+    // With its only peer gone, the download says it is waiting.
+    timeout(LIMIT, rx.wait_for(|p| p.waiting_since.is_some()))
+        .await
+        .expect("the download waits for peers")
+        .unwrap();
+    let done_before = rx.borrow().done_blocks;
+    let (_back, back_stop) = seeder_on(port, &key, &shared.store, 1_500_000).await;
+    let done = timeout(LIMIT, download)
+        .await
+        .expect("the download completes after the restart")
+        .unwrap()
+        .expect("the download succeeds");
+    assert_eq!(std::fs::read(&out).unwrap(), shared.data);
+    assert!(
+        done_before < rx.borrow().total_blocks,
+        "the restart happened mid-download"
+    );
+    assert!(rx.borrow().waiting_since.is_none(), "no longer waiting");
+    assert!(done.banned.is_empty(), "{:?}", done.banned);
+    back_stop.cancel();
+    stop.cancel();
+}
+
+/// Item 1's other half: a sharer that does not come back. The download keeps dialling for
+/// its patience, then ends with what it tried, keeping the verified blocks for a resume.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sharer_that_stays_away_ends_the_download_after_its_patience() {
+    let dir = tempfile::tempdir().unwrap();
+    let shared = testing::shared_file(dir.path(), 4 << 20, 22);
+    let key = Keypair::generate_ed25519();
+    let port = free_port();
+    let (seeder, seeder_stop) = seeder_on(port, &key, &shared.store, 1_000_000).await;
+    let mut link = shared.shared.link.clone();
+    link.peers = vec![format!(
+        "/ip4/127.0.0.1/tcp/{port}/p2p/{}",
+        seeder.peer_id()
+    )];
+
+    let stop = CancellationToken::new();
+    let getter = testing::node(Config::loopback(), Arc::new(Store::in_memory()), &stop);
+    let out = dir.path().join("got.bin");
+    let (tx, mut rx) = watch::channel(Progress::default());
+    let patience = Duration::from_secs(3);
+    let mut opts = FetchOptions::new(Output::File(out.clone()));
+    opts.patience = Some(patience);
+    let download = tokio::spawn({
+        let (getter, link) = (getter.clone(), link.clone());
+        async move { fetch(&getter, &link, opts, tx).await }
+    });
+    timeout(LIMIT, rx.wait_for(|p| p.done_blocks >= 4))
+        .await
+        .expect("the download starts")
+        .unwrap();
+    seeder_stop.cancel();
+    let gone = std::time::Instant::now();
+    let err = timeout(LIMIT, download)
+        .await
+        .expect("the download gives up in time")
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        gone.elapsed() >= patience,
+        "gave up after {:?}",
+        gone.elapsed()
+    );
+    assert!(matches!(err, FetchError::Exhausted { .. }), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains(&format!("tcp/{port}")),
+        "names the address: {text}"
+    );
+    assert!(text.contains("dialled"), "says it dialled again: {text}");
+    assert!(!out.exists());
+    let state = dir.path().join(format!(".shoal-{}.state", link.id));
+    assert!(state.exists(), "verified blocks are kept for a resume");
+    stop.cancel();
+}
