@@ -19,6 +19,9 @@ pub(crate) const INTEGRITY: u8 = 5;
 pub(crate) const LOCAL: u8 = 6;
 /// A tracker's operator took the file down.
 pub(crate) const TAKEN_DOWN: u8 = 7;
+/// A remote operator's policy refused the request: a seed node's quota or allow-list, a
+/// tracker that does not count this node among its operators.
+pub(crate) const REFUSED: u8 = 8;
 
 /// A failure with a chosen exit code, for errors that are not typed further down.
 #[derive(Debug, thiserror::Error)]
@@ -53,9 +56,11 @@ pub(crate) fn code_of(e: &anyhow::Error) -> u8 {
                 FetchError::WrongKey { .. }
                 | FetchError::BadBlob { .. }
                 | FetchError::Undecryptable { .. } => INTEGRITY,
-                FetchError::OutputExists(_) | FetchError::Disk { .. } | FetchError::InUse(_) => {
-                    LOCAL
-                }
+                FetchError::OutputExists(_)
+                | FetchError::Disk { .. }
+                | FetchError::InUse(_)
+                | FetchError::NoSuchDir(_)
+                | FetchError::NoSpace { .. } => LOCAL,
                 FetchError::TakenDown { .. } => TAKEN_DOWN,
                 FetchError::LinkSizeMismatch { .. } => BAD_LINK,
                 _ => OTHER,
@@ -64,6 +69,7 @@ pub(crate) fn code_of(e: &anyhow::Error) -> u8 {
         if let Some(t) = cause.downcast_ref::<TakedownError>() {
             return match t {
                 TakedownError::BadReason { .. } => USAGE,
+                TakedownError::NotOperator { .. } => REFUSED,
                 TakedownError::Unreachable { .. } => NETWORK,
                 _ => OTHER,
             };

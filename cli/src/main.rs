@@ -35,7 +35,8 @@ Examples:
 
 Exit codes: 0 ok, 1 other error, 2 usage, 3 bad link, 4 no peer could deliver,
 5 integrity (wrong key, data does not match the blob id), 6 local file error
-(disk full, output exists, unreadable input), 7 the file was taken down at a tracker.";
+(disk full, output exists, unreadable input), 7 the file was taken down at a tracker,
+8 refused by a remote operator (a seed node's quota or allow-list, a tracker's operators).";
 
 /// Peer-assisted, end-to-end encrypted file distribution.
 ///

@@ -32,8 +32,15 @@ pub(crate) fn init_logging(verbose: u8) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(colour_on_stderr())
         .with_target(false)
         .try_init();
+}
+
+/// Whether stderr gets colours: only on a terminal, and never with `NO_COLOR` set to
+/// anything non-empty (<https://no-color.org>).
+fn colour_on_stderr() -> bool {
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 /// The data directory: `--data-dir`, `$SHOAL_DATA_DIR`, or the platform default

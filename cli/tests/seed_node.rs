@@ -124,8 +124,17 @@ fn push_from_a_publisher_not_allowed_names_the_flag_to_add() {
     let me = text(&run(shoal(&publisher).args(["id"])).stdout)
         .trim()
         .to_owned();
-    let o = run(shoal(&publisher).args(["push", &link, "--to", &addr]));
-    assert!(!o.status.success());
+    // (`push --listen` like every other command; issue 11.)
+    let o = run(shoal(&publisher).args([
+        "push",
+        &link,
+        "--to",
+        &addr,
+        "--listen",
+        "/ip4/127.0.0.1/tcp/0",
+    ]));
+    // A remote operator's refusal has its own exit code (issue 11: it was 1).
+    assert_eq!(o.status.code(), Some(8), "{}", text(&o.stderr));
     let err = text(&o.stderr);
     assert!(err.contains(&format!("--allow {me}")), "{err}");
 }

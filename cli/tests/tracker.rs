@@ -177,7 +177,8 @@ fn takedown_then_get_of_the_link_fails_with_exit_code_7() {
         .to_owned();
     let key = link.rsplit_once('#').unwrap().1.to_owned();
 
-    // Someone else: refused, told which peer id to allow (exit 1).
+    // Someone else: refused by the tracker's operator list, told which peer id to allow
+    // (exit 8, a remote operator's refusal).
     let o = run(with_data("stranger").args([
         "takedown",
         &blob_id,
@@ -187,7 +188,7 @@ fn takedown_then_get_of_the_link_fails_with_exit_code_7() {
         &tr,
     ]));
     let err = text(&o.stderr);
-    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert_eq!(o.status.code(), Some(8), "{err}");
     let stranger = node_peer_id(&root.join("stranger"));
     assert!(err.contains("is not an operator"), "{err}");
     assert!(err.contains(&format!("--operator {stranger}")), "{err}");

@@ -26,6 +26,49 @@ pub enum IdentityError {
         /// The file.
         path: String,
     },
+    /// Another process runs a node with this identity ([`lock`]).
+    #[error(
+        "another shoal process is running with the identity {path}; stop it first, or give this one a data directory of its own (--data-dir DIR)"
+    )]
+    InUse {
+        /// The identity file.
+        path: String,
+    },
+}
+
+/// Held while a process runs a node with an identity ([`lock`]); released when dropped or
+/// when the process ends, however it ends.
+#[derive(Debug)]
+pub struct IdentityLock {
+    _file: fs::File,
+}
+
+/// Takes the lock on the identity `data_dir/file_name` (a `.lock` file beside it) for as
+/// long as the returned guard lives. Two nodes with one identity would confuse every peer
+/// that meets both (the same peer id at two addresses, each with its own blobs).
+///
+/// # Errors
+/// [`IdentityError::InUse`] if another process holds it; [`IdentityError::Io`].
+pub fn lock(data_dir: &Path, file_name: &str) -> Result<IdentityLock, IdentityError> {
+    let path = data_dir.join(format!("{file_name}.lock"));
+    let io_err = |source| IdentityError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    fs::create_dir_all(data_dir).map_err(io_err)?;
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io_err)?;
+    match file.try_lock() {
+        Ok(()) => Ok(IdentityLock { _file: file }),
+        Err(fs::TryLockError::WouldBlock) => Err(IdentityError::InUse {
+            path: data_dir.join(file_name).display().to_string(),
+        }),
+        Err(fs::TryLockError::Error(e)) => Err(io_err(e)),
+    }
 }
 
 /// Loads the identity from `data_dir`, creating it (mode 0600) on first use.
@@ -79,5 +122,19 @@ mod tests {
         fs::write(dir.path().join(IDENTITY_FILE), b"junk").unwrap();
         let err = load_or_create(dir.path()).unwrap_err().to_string();
         assert!(err.contains("corrupt"), "{err}");
+    }
+
+    /// Issue 11: two processes on one data directory ran two nodes with one peer id.
+    #[test]
+    fn an_identity_in_use_cannot_be_locked_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = lock(dir.path(), IDENTITY_FILE).unwrap();
+        let err = lock(dir.path(), IDENTITY_FILE).unwrap_err();
+        assert!(matches!(err, IdentityError::InUse { .. }), "{err}");
+        assert!(err.to_string().contains("--data-dir"), "{err}");
+        // Another identity in the same directory is independent.
+        let _tracker = lock(dir.path(), "tracker.key").unwrap();
+        drop(held);
+        lock(dir.path(), IDENTITY_FILE).unwrap();
     }
 }

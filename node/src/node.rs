@@ -194,12 +194,14 @@ impl Node {
         })
         .map_err(StartError::Transport)?;
         for addr in &config.listen {
+            let listen_error = |source| StartError::Listen {
+                addr: addr.clone(),
+                source,
+            };
+            crate::transport::probe_listen(addr).map_err(|e| listen_error(e.into()))?;
             swarm
                 .listen_on(addr.clone())
-                .map_err(|e| StartError::Listen {
-                    addr: addr.clone(),
-                    source: e.into(),
-                })?;
+                .map_err(|e| listen_error(e.into()))?;
         }
         let peer_id = *swarm.local_peer_id();
         let mut dht = Dht::new(peer_id, bootstrap);
@@ -532,8 +534,10 @@ async fn event_loop(
         HashMap::new();
     let mut tracker_calls: HashMap<
         request_response::OutboundRequestId,
-        oneshot::Sender<Result<TrackerResponse, String>>,
+        (PeerId, oneshot::Sender<Result<TrackerResponse, String>>),
     > = HashMap::new();
+    // Why the last dial of a peer failed, for the errors of requests that needed it.
+    let mut dial_errors: HashMap<PeerId, String> = HashMap::new();
     // Bootstrap again now and then (only with bootstrap peers: without, there is nothing to
     // re-add), and drop expired foreign provider records.
     let mut rebootstrap = tokio::time::interval_at(
@@ -579,7 +583,7 @@ async fn event_loop(
                 }
                 Some(Command::Tracker { peer, addr, request, reply }) => {
                     let id = swarm.behaviour_mut().tracker.send_request_with_addresses(&peer, request, vec![addr]);
-                    tracker_calls.insert(id, reply);
+                    tracker_calls.insert(id, (peer, reply));
                 }
                 Some(Command::Dial { addr, reply }) => {
                     // Already connected: that is what the caller wants.
@@ -637,13 +641,19 @@ async fn event_loop(
                         message: request_response::Message::Response { request_id, response },
                         ..
                     } => {
-                        if let Some(reply) = tracker_calls.remove(&request_id) {
+                        if let Some((_, reply)) = tracker_calls.remove(&request_id) {
                             let _ = reply.send(Ok(response));
                         }
                     }
                     request_response::Event::OutboundFailure { request_id, error, .. } => {
-                        if let Some(reply) = tracker_calls.remove(&request_id) {
-                            let _ = reply.send(Err(error.to_string()));
+                        if let Some((peer, reply)) = tracker_calls.remove(&request_id) {
+                            let why = match error {
+                                request_response::OutboundFailure::DialFailure => {
+                                    tracker_dial_failure(dial_errors.get(&peer).map(String::as_str))
+                                }
+                                other => other.to_string(),
+                            };
+                            let _ = reply.send(Err(why));
                         }
                     }
                     _ => {}
@@ -656,6 +666,10 @@ async fn event_loop(
                     if let Some(peer) = peer_id {
                         dht.dial_ended(&mut swarm, peer, false);
                         count_dht_peers(&mut swarm, &stats);
+                        if dial_errors.len() >= MAX_DIAL_ERRORS_KEPT {
+                            dial_errors.clear();
+                        }
+                        dial_errors.insert(peer, error.to_string());
                     }
                 }
                 _ => {}
@@ -663,6 +677,33 @@ async fn event_loop(
         }
     }
     debug!("event loop stopped");
+}
+
+/// Peers whose last dial error is kept (for request errors); the map starts over when full.
+const MAX_DIAL_ERRORS_KEPT: usize = 256;
+
+/// Why a tracker request could not be sent: the dial's own error, and what a connection
+/// closed during the handshake means (a tracker denies connections over its per-IP, per-subnet
+/// or total caps before the handshake completes, without a word).
+fn tracker_dial_failure(dial_error: Option<&str>) -> String {
+    let Some(e) = dial_error else {
+        return "cannot connect to the tracker".into();
+    };
+    let cut = [
+        "end of file",
+        "reset by peer",
+        "Broken pipe",
+        "negotiation failed",
+    ]
+    .iter()
+    .any(|s| e.contains(s));
+    if cut {
+        format!(
+            "the tracker accepted the connection and closed it during the handshake: it refuses connections it has no room for (a few per IP address and subnet), or it is no Shoal tracker; stop other shoal processes using it from this address, or try again later ({e})"
+        )
+    } else {
+        format!("cannot connect to the tracker: {e}")
+    }
 }
 
 /// Publishes the routing table's size (it changes on DHT events, identify and failed dials).

@@ -868,11 +868,17 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8], private: bool) -> io::Resu
     }
     #[cfg(not(unix))]
     let _ = private;
-    let mut f = opts.open(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    drop(f);
-    fs::rename(&tmp, path)?;
+    let written = opts.open(&tmp).and_then(|mut f| {
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        drop(f);
+        fs::rename(&tmp, path)
+    });
+    if let Err(e) = written {
+        // A full disk fails every try: leave no `.tmp` file per try behind.
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
     if let Some(parent) = path.parent()
         && let Ok(d) = File::open(parent)
     {
@@ -880,6 +886,32 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8], private: bool) -> io::Resu
         let _ = d.sync_all();
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod write_atomic_tests {
+    use super::*;
+
+    /// Issue 11: on a full disk every failed try left `<name>.<pid>.<n>.tmp` behind.
+    #[test]
+    fn a_failed_write_leaves_no_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        // The rename fails: the target is a directory that is not empty.
+        let target = dir.path().join("state");
+        fs::create_dir(&target).unwrap();
+        fs::write(target.join("x"), b"x").unwrap();
+        assert!(write_atomic(&target, b"data", true).is_err());
+        let left: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, vec![std::ffi::OsString::from("state")]);
+        // And a write that works leaves only the file.
+        let ok = dir.path().join("ok");
+        write_atomic(&ok, b"data", false).unwrap();
+        assert_eq!(fs::read(&ok).unwrap(), b"data");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 2);
+    }
 }
 
 #[cfg(test)]

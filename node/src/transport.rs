@@ -40,9 +40,10 @@ use std::{
 
 use futures::{AsyncRead, AsyncWrite, FutureExt, future::BoxFuture};
 use libp2p::{
-    PeerId, Swarm,
+    Multiaddr, PeerId, Swarm,
     core::upgrade::{InboundConnectionUpgrade, OutboundConnectionUpgrade, UpgradeInfo},
     identity::Keypair,
+    multiaddr::Protocol,
     noise,
     swarm::NetworkBehaviour,
     tcp,
@@ -56,6 +57,29 @@ use rustls::{
     },
     pki_types::{CertificateDer, ServerName, UnixTime},
 };
+
+/// Binds `addr`'s IP and port with a plain socket and closes it at once, so a port in use
+/// or an IP that is not local is reported as the OS error it is, before libp2p listens.
+/// libp2p would hide the error kind under layers of wrapping, and it binds TCP listeners
+/// with `SO_REUSEPORT`: a second node on the same TCP port would start and silently take
+/// some of the first one's connections (which then fail with "unexpected peer id").
+/// Addresses that name no IP and port (DNS, relays) pass.
+///
+/// # Errors
+/// The OS error of the bind.
+pub fn probe_listen(addr: &Multiaddr) -> std::io::Result<()> {
+    let mut parts = addr.iter();
+    let ip = match parts.next() {
+        Some(Protocol::Ip4(ip)) => std::net::IpAddr::V4(ip),
+        Some(Protocol::Ip6(ip)) => std::net::IpAddr::V6(ip),
+        _ => return Ok(()),
+    };
+    match parts.next() {
+        Some(Protocol::Tcp(port)) => std::net::TcpListener::bind((ip, port)).map(drop),
+        Some(Protocol::Udp(port)) => std::net::UdpSocket::bind((ip, port)).map(drop),
+        _ => Ok(()),
+    }
+}
 
 /// Builds a swarm on Shoal's transports with the behaviour `behaviour` makes.
 ///

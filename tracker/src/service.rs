@@ -50,7 +50,6 @@ use futures::{AsyncRead, AsyncWrite, StreamExt};
 use libp2p::{
     Multiaddr, PeerId, StreamProtocol, Swarm, TransportError, connection_limits, identify,
     identity::Keypair,
-    multiaddr::Protocol,
     ping,
     request_response::{self, InboundFailure, ProtocolSupport, ResponseChannel},
     swarm::{ConnectionId, NetworkBehaviour, SwarmEvent},
@@ -506,7 +505,7 @@ impl Tracker {
                 addr: addr.clone(),
                 source,
             };
-            probe_bind(addr).map_err(|e| listen_error(e.into()))?;
+            shoal_node::transport::probe_listen(addr).map_err(|e| listen_error(e.into()))?;
             swarm.listen_on(addr.clone()).map_err(|e| {
                 listen_error(match e {
                     TransportError::Other(io) => io.into(),
@@ -616,24 +615,6 @@ impl Tracker {
     /// are finished first (each lives at most [`HTTP_CONNECTION_LIFETIME`]). Cancel-safe.
     pub async fn stopped(&self) {
         self.inner.tasks.wait().await;
-    }
-}
-
-/// Binds `addr`'s IP and port with a plain socket and closes it at once, so a port in use
-/// or an IP that is not local is reported as the OS error it is. libp2p would hide the error
-/// kind under layers of wrapping, and it binds TCP listeners with `SO_REUSEPORT`: a second
-/// tracker on the same TCP port would start and silently take half the connections.
-fn probe_bind(addr: &Multiaddr) -> io::Result<()> {
-    let mut parts = addr.iter();
-    let ip = match parts.next() {
-        Some(Protocol::Ip4(ip)) => IpAddr::V4(ip),
-        Some(Protocol::Ip6(ip)) => IpAddr::V6(ip),
-        _ => return Ok(()),
-    };
-    match parts.next() {
-        Some(Protocol::Tcp(port)) => std::net::TcpListener::bind((ip, port)).map(drop),
-        Some(Protocol::Udp(port)) => std::net::UdpSocket::bind((ip, port)).map(drop),
-        _ => Ok(()),
     }
 }
 

@@ -518,6 +518,25 @@ async fn connections_beyond_the_per_ip_limit_are_denied() {
     );
     let stats = wait_stats(&t.tracker, "denial", |s| s.service.connections_denied >= 1).await;
     assert_eq!(stats.service.connections, 1);
+    // A Shoal node turned away says why in words (issue 11: it said "Failed to dial the
+    // requested peer").
+    let stop = CancellationToken::new();
+    let node = shoal_node::testing::node(
+        shoal_node::Config::loopback(),
+        std::sync::Arc::new(shoal_node::Store::in_memory()),
+        &stop,
+    );
+    let err = within(
+        "a refused request",
+        node.tracker_request(
+            &tcp,
+            shoal_protocol::tracker::Request::Announce(announce(blob(8), Role::Leecher, 0, vec![])),
+        ),
+    )
+    .await
+    .unwrap_err();
+    assert!(err.why.contains("refuses connections"), "{err}");
+    stop.cancel();
     // The first peer is unaffected.
     let ok = a
         .announce(tracker, announce(blob(8), Role::Leecher, 0, vec![]))

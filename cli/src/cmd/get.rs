@@ -18,8 +18,8 @@ use crate::{cmd::DhtArgs, exit, ui};
 pub(crate) struct Args {
     /// The share link (quote it: it contains '#' and '&').
     link: String,
-    /// Output file, or an existing directory to save under the file's own name
-    /// [default: the current directory].
+    /// Output file, or an existing directory (or a path ending in /) to save under the
+    /// file's own name [default: the current directory]. Its directory must exist.
     #[arg(short, long, value_name = "PATH")]
     output: Option<PathBuf>,
     /// Another peer to fetch from (multiaddr ending in /p2p/PEER_ID); repeatable.
@@ -77,7 +77,11 @@ pub(crate) fn run(args: &Args, data_dir: Option<PathBuf>) -> anyhow::Result<Exit
     let keypair = libp2p::identity::Keypair::generate_ed25519();
     let output = match &args.output {
         None => Output::Dir(PathBuf::from(".")),
-        Some(p) if p.is_dir() => Output::Dir(p.clone()),
+        // `-o dir/` means a directory even before it exists (the fetch then says it does
+        // not, instead of saving a file named `dir`).
+        Some(p) if p.is_dir() || p.as_os_str().to_string_lossy().ends_with('/') => {
+            Output::Dir(p.clone())
+        }
         Some(p) => Output::File(p.clone()),
     };
     let mut opts = FetchOptions::new(output);
@@ -178,6 +182,8 @@ fn error_json(e: &anyhow::Error) -> serde_json::Value {
         Some(FetchError::InUse(_)) => "in_use",
         Some(FetchError::OutputExists(_)) => "output_exists",
         Some(FetchError::Disk { .. }) => "disk",
+        Some(FetchError::NoSuchDir(_)) => "no_such_dir",
+        Some(FetchError::NoSpace { .. }) => "no_space",
         _ => "other",
     };
     let mut v = serde_json::json!({

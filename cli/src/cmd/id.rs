@@ -28,6 +28,9 @@ pub(crate) struct Args {
     /// Whose peer id.
     #[arg(long, value_enum, default_value = "node")]
     role: Role,
+    /// Print `{"peer_id": …, "role": …}` on stdout.
+    #[arg(long)]
+    json: bool,
 }
 
 pub(crate) fn run(args: &Args, data_dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
@@ -38,6 +41,16 @@ pub(crate) fn run(args: &Args, data_dir: Option<PathBuf>) -> anyhow::Result<Exit
         Role::Tracker => super::tracker::IDENTITY_FILE,
     };
     let keypair = identity::load_or_create_file(&data_dir, file)?;
-    ui::print_line(&keypair.public().to_peer_id().to_string())?;
+    let peer_id = keypair.public().to_peer_id().to_string();
+    if args.json {
+        let role = match args.role {
+            Role::Node => "node",
+            Role::SeedNode => "seed-node",
+            Role::Tracker => "tracker",
+        };
+        ui::print_line(&serde_json::json!({ "peer_id": peer_id, "role": role }).to_string())?;
+    } else {
+        ui::print_line(&peer_id)?;
+    }
     Ok(ExitCode::SUCCESS)
 }

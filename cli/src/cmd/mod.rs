@@ -125,10 +125,38 @@ pub(crate) fn peer_hints(addrs: &[Multiaddr], peer: libp2p::PeerId, max: usize) 
                 || matches!(p, Protocol::Ip6(ip) if ip.is_unspecified())
         })
     };
-    let mut v: Vec<&Multiaddr> = addrs.iter().filter(|a| !is_unspecified(a)).collect();
+    // Each address once (interfaces report theirs one by one, and a caller may gather the
+    // list twice), then the reachable ones before loopback.
+    let mut seen = std::collections::HashSet::new();
+    let mut v: Vec<&Multiaddr> = addrs
+        .iter()
+        .filter(|a| !is_unspecified(a) && seen.insert(*a))
+        .collect();
     v.sort_by_key(|a| is_loopback(a));
     v.into_iter()
         .take(max)
         .map(|a| format!("{a}/p2p/{peer}"))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 11: two `--listen` addresses gave four `peer=` hints (the list was gathered twice
+    /// and `Vec::dedup` only drops neighbours).
+    #[test]
+    fn peer_hints_name_each_address_once_routable_first() {
+        let peer = libp2p::identity::Keypair::generate_ed25519()
+            .public()
+            .to_peer_id();
+        let a: Multiaddr = "/ip4/127.0.0.1/tcp/1".parse().unwrap();
+        let b: Multiaddr = "/ip4/192.168.1.2/tcp/2".parse().unwrap();
+        let any: Multiaddr = "/ip4/0.0.0.0/tcp/3".parse().unwrap();
+        let hints = peer_hints(&[a.clone(), b.clone(), any, a.clone(), b.clone()], peer, 8);
+        assert_eq!(
+            hints,
+            vec![format!("{b}/p2p/{peer}"), format!("{a}/p2p/{peer}")]
+        );
+    }
 }

@@ -35,6 +35,10 @@ pub(crate) struct Args {
     /// A seed node's address, ending in /p2p/PEER_ID; repeatable.
     #[arg(long, required = true, value_name = "MULTIADDR", value_parser = ui::parse_peer_addr)]
     to: Vec<Multiaddr>,
+    /// Address to listen on while pushing, repeatable [default: TCP on all interfaces, a
+    /// random port]. The seed node only answers; nothing needs to reach this machine.
+    #[arg(long, value_name = "MULTIADDR")]
+    listen: Vec<Multiaddr>,
     /// Machine-readable output: one JSON object per seed node on stdout.
     #[arg(long)]
     json: bool,
@@ -58,9 +62,12 @@ pub(crate) fn run(args: &Args, data_dir: Option<PathBuf>) -> anyhow::Result<Exit
     let rt = ui::runtime()?;
     rt.block_on(async {
         let stop = CancellationToken::new();
-        let config = Config::default()
-            .with_listen(vec!["/ip4/0.0.0.0/tcp/0".parse()?])
-            .with_dht(false);
+        let listen = if args.listen.is_empty() {
+            vec!["/ip4/0.0.0.0/tcp/0".parse()?]
+        } else {
+            args.listen.clone()
+        };
+        let config = Config::default().with_listen(listen).with_dht(false);
         let node = Node::start(config, keypair, store.clone(), stop.clone())?;
         let mut failed = None;
         for to in &args.to {
@@ -115,7 +122,7 @@ async fn push_one(
     let report = result.map_err(|e| {
         let code = match &e {
             PushError::Failed(shoal_protocol::push::Failure::Corrupt { .. }) => exit::INTEGRITY,
-            PushError::Refused(Refusal::Quota { .. } | Refusal::NotAllowed, _) => exit::OTHER,
+            PushError::Refused(Refusal::Quota { .. } | Refusal::NotAllowed, _) => exit::REFUSED,
             _ => exit::NETWORK,
         };
         exit::coded(code, e.to_string())

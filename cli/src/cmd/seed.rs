@@ -57,6 +57,7 @@ pub(crate) fn run(args: &Args, data_dir: Option<PathBuf>) -> anyhow::Result<Exit
         .map(|l| Link::parse(l).context("a link is malformed"))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let data_dir = ui::data_dir(data_dir)?;
+    let _running = identity::lock(&data_dir, identity::IDENTITY_FILE)?;
     let keypair = identity::load_or_create(&data_dir)?;
     let store = Arc::new(Store::open(&data_dir));
     let loaded = store.load_saved();

@@ -47,6 +47,7 @@ pub(crate) struct Args {
 
 pub(crate) fn run(args: &Args, data_dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let data_dir = ui::data_dir(data_dir)?;
+    let _running = identity::lock(&data_dir, identity::IDENTITY_FILE)?;
     let keypair = identity::load_or_create(&data_dir)?;
     let store = Arc::new(Store::open(&data_dir));
     let file_len = std::fs::metadata(&args.file)
@@ -78,7 +79,6 @@ pub(crate) fn run(args: &Args, data_dir: Option<PathBuf>) -> anyhow::Result<Exit
             .into_iter()
             .chain(addrs)
             .collect();
-        addrs.dedup();
         let mut link = shared.link.clone();
         link.peers = peer_hints(&addrs, node.peer_id(), MAX_LINK_PEERS);
         link.trackers = args.tracker.iter().map(ToString::to_string).collect();

@@ -96,6 +96,22 @@ pub enum FetchError {
         /// The tracker that said so.
         tracker: Multiaddr,
     },
+    /// The output directory does not exist (checked before anything is fetched).
+    #[error("directory {0} does not exist; create it first or choose another -o path")]
+    NoSuchDir(PathBuf),
+    /// The output directory's filesystem has too little free space for what is left to
+    /// fetch (checked before the body is fetched).
+    #[error(
+        "not enough free space in {dir}: the download needs {needed} more bytes and {available} are free; free some space or choose another -o path"
+    )]
+    NoSpace {
+        /// The output directory.
+        dir: PathBuf,
+        /// Bytes still to write (file and resume data).
+        needed: u64,
+        /// Bytes free there.
+        available: u64,
+    },
     /// Another fetch of the same blob into the same directory is running.
     #[error("another download of this blob is already writing {0}; wait for it or stop it")]
     InUse(PathBuf),

@@ -162,6 +162,7 @@ async fn fetch_inner(
     let total = block_count(blob_len);
     let metadata = opener.header().metadata.clone();
     let final_path = files.final_path(&metadata, id, opts.overwrite)?;
+    files.check_space(metadata.file_len, resumed, total)?;
     progress.send_modify(|p| {
         p.name = Some(metadata.name.clone());
         p.file_len = Some(metadata.file_len);
@@ -179,7 +180,8 @@ async fn fetch_inner(
         .filter(|&i| state.has(i))
         .map(|i| u32::try_from(i).expect("MAX_FILE_LEN keeps indices in u32"))
         .collect();
-    let fetched_blocks = total - had.len() as u64;
+    // Every block this run fetched, the first and last ones of the bootstrap included.
+    let fetched_blocks = total - resumed;
     let total32 = u32::try_from(total).expect("MAX_FILE_LEN keeps indices in u32");
     if let Some(a) = &sources.announcer {
         a.set(Status::leecher(

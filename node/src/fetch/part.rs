@@ -20,7 +20,7 @@ use std::{
 use shoal_protocol::{
     BlobId,
     blob::{Outboard, PARENT_LEN},
-    format::{Metadata, Opener},
+    format::{Metadata, Opener, SEGMENT_LEN, SEGMENT_PLAINTEXT_LEN},
 };
 
 use super::{error::FetchError, options::Output};
@@ -73,6 +73,12 @@ impl PartFiles {
             && !overwrite
         {
             return Err(FetchError::OutputExists(p.clone()));
+        }
+        // Before anything is fetched: a missing directory would otherwise only show when the
+        // finished file is renamed into it.
+        if !dir.is_dir() {
+            // As the user would name it: `newdir`, not `newdir/`.
+            return Err(FetchError::NoSuchDir(dir.components().collect()));
         }
         let part_path = dir.join(format!(".shoal-{id}.part"));
         let state_path = dir.join(format!(".shoal-{id}.state"));
@@ -132,6 +138,32 @@ impl PartFiles {
             return Err(FetchError::OutputExists(path));
         }
         Ok(path)
+    }
+
+    /// Checks that the output directory has room for what is left: the file's bytes not
+    /// yet written (all but `resumed` of `total` blocks) and the resume data.
+    ///
+    /// # Errors
+    /// [`FetchError::NoSpace`] when it has not.
+    pub(super) fn check_space(
+        &self,
+        file_len: u64,
+        resumed: u64,
+        total: u64,
+    ) -> Result<(), FetchError> {
+        let left = file_len.saturating_sub(resumed * SEGMENT_PLAINTEXT_LEN as u64);
+        let needed = left + Outboard::size_for(total * SEGMENT_LEN as u64) + total.div_ceil(8);
+        let Some(available) = available_space(&self.dir) else {
+            return Ok(()); // unknown here: a full disk still shows as a write error
+        };
+        if needed > available {
+            return Err(FetchError::NoSpace {
+                dir: self.dir.clone(),
+                needed,
+                available,
+            });
+        }
+        Ok(())
     }
 
     /// Records what bootstrapping learnt, durably: the parent pairs verified on the way
@@ -252,6 +284,18 @@ impl Drop for EmptyPart {
             let _ = fs::remove_file(&self.part);
         }
     }
+}
+
+/// Bytes available to this process in the filesystem holding `dir`, if the platform says.
+#[cfg(unix)]
+fn available_space(dir: &Path) -> Option<u64> {
+    let st = rustix::fs::statvfs(dir).ok()?;
+    Some(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
+#[cfg(not(unix))]
+fn available_space(_dir: &Path) -> Option<u64> {
+    None
 }
 
 fn default_name(meta: &Metadata, id: BlobId) -> String {
