@@ -6,7 +6,7 @@
 //! serve yet to come back sooner; a rate limit it answers with is obeyed, never an error),
 //! `completed` when the download finishes, and `stopped` when the handle is dropped. The
 //! peers a tracker lists are dialled, and those that answer reported on the `found` channel;
-//! a download instead takes the list itself ([`Listed`]) and dials and re-dials them.
+//! a download instead takes the list itself (`Listed`) and dials and re-dials them.
 
 use std::{collections::HashSet, sync::Arc, time::Duration};
 

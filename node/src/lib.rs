@@ -10,6 +10,7 @@
 //! | module | job |
 //! | --- | --- |
 //! | [`seednode`] | an operator's seed server: receives pushes, stores ciphertext, serves and announces it |
+//! | [`repair`] | fetching back stored ciphertext blocks that fail their check, from peers (seed nodes) |
 //! | [`fetch`] | downloading a link's blob (a folder: where peers come from, the part file, bootstrap, the download loop, the writer) |
 //! | [`takedown`] | taking blobs down at trackers, and following their takedown lists |
 //! | [`announce`] | announcing a blob to trackers and dialling the peers they list |
@@ -70,6 +71,7 @@ mod muxer;
 mod node;
 mod partial;
 mod rate;
+pub mod repair;
 pub mod seal;
 pub mod seednode;
 mod serve;

@@ -190,6 +190,8 @@ struct PushCounters {
     failed_other: AtomicU64,
     takedowns: AtomicU64,
     abandoned: AtomicU64,
+    corrupt_repaired: AtomicU64,
+    corrupt_dropped: AtomicU64,
 }
 
 /// A snapshot of a seed node's state, for `/stats`, `/metrics` and status lines.
@@ -221,6 +223,13 @@ pub struct SeedNodeStats {
     pub takedowns: u64,
     /// Interrupted pushes deleted because nobody resumed them in time.
     pub pushes_abandoned: u64,
+    /// Stored blobs found with blocks that fail their check against the blob id (once per
+    /// blob; see [`crate::repair`]).
+    pub corrupt_blobs: u64,
+    /// Of them, repaired from peers.
+    pub corrupt_repaired: u64,
+    /// Of them, dropped because no peer had the bad blocks in time.
+    pub corrupt_dropped: u64,
 }
 
 /// Refused pushes by reason.
@@ -251,12 +260,16 @@ pub struct BlobStats {
     pub egress_copies: f64,
     /// Frugal decisions (frugal policy only).
     pub frugal: Option<superseed::Stats>,
+    /// Blocks whose stored copy fails its check, not served until fetched back from peers
+    /// (the blob is not announced meanwhile).
+    pub bad_blocks: Vec<u32>,
 }
 
 struct Stored {
     blob_len: u64,
     source: Arc<Source>,
-    _announcer: Option<Announcer>,
+    /// `None` while quarantined (bad blocks being repaired) or without trackers.
+    announcer: Option<Announcer>,
 }
 
 #[derive(Default)]
@@ -466,6 +479,7 @@ impl SeedNode {
                     egress_bytes: egress,
                     egress_copies: egress as f64 / s.blob_len.max(1) as f64,
                     frugal: s.source.super_seed().map(|ss| ss.stats()),
+                    bad_blocks: s.source.bad_blocks(),
                 }
             })
             .collect();
@@ -490,6 +504,9 @@ impl SeedNode {
             pushes_failed: get(&c.failed_other),
             takedowns: get(&c.takedowns),
             pushes_abandoned: get(&c.abandoned),
+            corrupt_blobs: get(&inner.node.stats().corrupt_blobs),
+            corrupt_repaired: get(&c.corrupt_repaired),
+            corrupt_dropped: get(&c.corrupt_dropped),
         }
     }
 
@@ -554,16 +571,41 @@ impl Inner {
         self.book.lock().expect("seed node lock poisoned")
     }
 
-    fn serve(&self, outboard: Outboard, path: PathBuf) {
+    fn serve(self: &Arc<Self>, outboard: Outboard, path: PathBuf) {
         let id = outboard.id();
         let blob_len = outboard.blob_len();
-        let total = blocks_of(blob_len);
-        let mut source = Source::cipher(path, outboard);
+        let mut source = Source::cipher(path.clone(), outboard);
         if self.config.policy == Policy::Frugal {
             source = source.frugal(self.config.frugal_window);
         }
         let source = self.node.store().insert(source);
-        let announcer = (!self.config.trackers.is_empty()).then(|| {
+        let announcer = self.announcer(id, blob_len);
+        self.book().stored.insert(
+            id,
+            Stored {
+                blob_len,
+                source: source.clone(),
+                announcer,
+            },
+        );
+        // Bad blocks found while serving are repaired from peers (crate::repair).
+        let weak = Arc::downgrade(self);
+        tokio::spawn(crate::repair::guard(
+            self.node.clone(),
+            Arc::downgrade(&source),
+            path,
+            move |event| {
+                if let Some(inner) = weak.upgrade() {
+                    inner.on_repair(id, event);
+                }
+            },
+        ));
+    }
+
+    /// Announces stored blob `id` to the trackers (none without trackers).
+    fn announcer(&self, id: BlobId, blob_len: u64) -> Option<Announcer> {
+        let total = blocks_of(blob_len);
+        (!self.config.trackers.is_empty()).then(|| {
             Announcer::start(
                 &self.node,
                 id,
@@ -575,15 +617,42 @@ impl Inner {
                 },
                 None,
             )
-        });
-        self.book().stored.insert(
-            id,
-            Stored {
-                blob_len,
-                source,
-                _announcer: announcer,
-            },
-        );
+        })
+    }
+
+    /// A stored blob's blocks failed their check (quarantine: stop announcing it), were
+    /// repaired (announce it again), or could not be (drop it and free its space).
+    fn on_repair(&self, id: BlobId, event: crate::repair::Event) {
+        use crate::repair::Event;
+        match event {
+            Event::Quarantined => {
+                if let Some(s) = self.book().stored.get_mut(&id) {
+                    s.announcer = None; // dropping it announces `stopped`
+                }
+            }
+            Event::Repaired => {
+                self.counters
+                    .corrupt_repaired
+                    .fetch_add(1, Ordering::Relaxed);
+                let blob_len = self.book().stored.get(&id).map(|s| s.blob_len);
+                if let Some(blob_len) = blob_len {
+                    let announcer = self.announcer(id, blob_len);
+                    if let Some(s) = self.book().stored.get_mut(&id) {
+                        s.announcer = announcer;
+                    }
+                }
+            }
+            Event::GaveUp => {
+                self.counters
+                    .corrupt_dropped
+                    .fetch_add(1, Ordering::Relaxed);
+                self.book().stored.remove(&id);
+                self.node.store().remove(&id);
+                let blob = self.blobs_dir.join(format!("{id}.blob"));
+                let _ = fs::remove_file(&blob);
+                let _ = fs::remove_file(blob.with_extension("obao"));
+            }
+        }
     }
 
     fn take_down(&self, id: BlobId) -> io::Result<bool> {
@@ -756,7 +825,7 @@ async fn read_timeout(stream: &mut Stream, buf: &mut [u8], timeout: Duration) ->
 }
 
 /// Serves one push stream.
-async fn receive(inner: &Inner, peer: PeerId, stream: &mut Stream) -> io::Result<()> {
+async fn receive(inner: &Arc<Inner>, peer: PeerId, stream: &mut Stream) -> io::Result<()> {
     let timeout = inner.node.config().request_timeout;
     let mut buf = [0u8; OFFER_LEN];
     read_timeout(stream, &mut buf, timeout).await?;
@@ -910,7 +979,7 @@ impl Partial {
 
 /// Receives the wanted blocks of a push, verifying each, and stores the blob when complete.
 async fn receive_blocks(
-    inner: &Inner,
+    inner: &Arc<Inner>,
     peer: PeerId,
     offer: &Offer,
     stream: &mut Stream,

@@ -15,4 +15,7 @@ pub struct Stats {
     pub busy_answers: AtomicU64,
     /// Peers in the DHT routing table.
     pub dht_peers: AtomicU64,
+    /// Blobs found with stored blocks that fail their check against the blob id (counted
+    /// once per blob when its first bad block shows; those blocks are no longer served).
+    pub corrupt_blobs: AtomicU64,
 }

@@ -114,7 +114,17 @@ pub struct Source {
     super_seed: Option<Mutex<SuperSeed<PeerId>>>,
     /// Woken when a frugal source served blocks (their peers may be shown more).
     served: tokio::sync::Notify,
+    /// Blocks whose stored copy failed its check against the blob id: not served (requests
+    /// naming them are answered `corrupt`) until repaired. The count is published.
+    bad: Mutex<std::collections::BTreeSet<u32>>,
+    corruption: watch::Sender<usize>,
+    /// The last peers that asked for blocks (downloaders, likely holding some): a seed node
+    /// fetches a bad block back from them.
+    requesters: Mutex<std::collections::VecDeque<PeerId>>,
 }
+
+/// Peers remembered per source as recent requesters.
+const REQUESTERS_KEPT: usize = 16;
 
 /// Why a block could not be produced for serving. Never the requester's fault.
 #[derive(Debug, thiserror::Error)]
@@ -169,6 +179,9 @@ impl Source {
             uploaded: AtomicU64::new(0),
             super_seed: None,
             served: tokio::sync::Notify::new(),
+            bad: Mutex::default(),
+            corruption: watch::channel(0).0,
+            requesters: Mutex::default(),
         })
     }
 
@@ -199,6 +212,9 @@ impl Source {
             uploaded: AtomicU64::new(0),
             super_seed: None,
             served: tokio::sync::Notify::new(),
+            bad: Mutex::default(),
+            corruption: watch::channel(0).0,
+            requesters: Mutex::default(),
         })
     }
 
@@ -213,6 +229,9 @@ impl Source {
             uploaded: AtomicU64::new(0),
             super_seed: None,
             served: tokio::sync::Notify::new(),
+            bad: Mutex::default(),
+            corruption: watch::channel(0).0,
+            requesters: Mutex::default(),
         }
     }
 
@@ -230,6 +249,69 @@ impl Source {
         self.super_seed
             .as_ref()
             .map(|m| m.lock().expect("super-seed lock poisoned"))
+    }
+
+    /// Marks `block` as failing its check against the blob id: it is no longer served.
+    /// Returns whether the source was sound until now (the first bad block: log it, count
+    /// it, act on it once).
+    pub fn mark_bad(&self, block: u32) -> bool {
+        let mut bad = self.bad.lock().expect("bad-block lock poisoned");
+        let first = bad.is_empty();
+        if bad.insert(block) {
+            let n = bad.len();
+            drop(bad);
+            self.corruption.send_replace(n);
+        }
+        first
+    }
+
+    /// `block` was repaired (fetched again and verified): it is served again.
+    pub fn mark_repaired(&self, block: u32) {
+        let mut bad = self.bad.lock().expect("bad-block lock poisoned");
+        if bad.remove(&block) {
+            let n = bad.len();
+            drop(bad);
+            self.corruption.send_replace(n);
+        }
+    }
+
+    /// The blocks whose stored copy failed its check, in order.
+    pub fn bad_blocks(&self) -> Vec<u32> {
+        self.bad
+            .lock()
+            .expect("bad-block lock poisoned")
+            .iter()
+            .copied()
+            .collect()
+    }
+
+    /// The first bad block among `ranges`, if any.
+    pub fn first_bad(&self, ranges: &[BlockRange]) -> Option<u32> {
+        let bad = self.bad.lock().expect("bad-block lock poisoned");
+        ranges
+            .iter()
+            .find_map(|r| bad.range(r.start..r.end).next().copied())
+    }
+
+    /// How many blocks are bad, as it changes.
+    pub fn corruption(&self) -> watch::Receiver<usize> {
+        self.corruption.subscribe()
+    }
+
+    /// Remembers that `peer` asked for blocks of this blob (the last few are kept).
+    pub fn note_requester(&self, peer: PeerId) {
+        let mut r = self.requesters.lock().expect("requester lock poisoned");
+        r.retain(|p| *p != peer);
+        if r.len() == REQUESTERS_KEPT {
+            r.pop_front();
+        }
+        r.push_back(peer);
+    }
+
+    /// The last peers that asked for blocks, most recent first.
+    pub fn requesters(&self) -> Vec<PeerId> {
+        let r = self.requesters.lock().expect("requester lock poisoned");
+        r.iter().rev().copied().collect()
     }
 
     /// Wakes the have-map servers of a frugal source after it served blocks.

@@ -128,6 +128,13 @@ impl Client {
         match ResponseHeader::decode_status(status[0]) {
             Err(e) => Err(RequestError::Lied(e.to_string())),
             Ok(Some(other)) => Err(RequestError::Status(other)),
+            Ok(None) if ResponseHeader::trailing_len(status[0]) == 4 => {
+                let mut block = [0u8; 4];
+                self.read_exact(stream, &mut block).await?;
+                Err(RequestError::Status(ResponseHeader::corrupt_with_block(
+                    block,
+                )))
+            }
             Ok(None) => {
                 let mut len = [0u8; 8];
                 self.read_exact(stream, &mut len).await?;

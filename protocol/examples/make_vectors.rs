@@ -826,7 +826,8 @@ fn render_wire() -> Result<String, Box<dyn Error>> {
     d.field("vector", "v1-wire");
     d.blank();
     d.comment(
-        "== Response headers: status byte; status 0 (ok) is followed by the blob size (u64 LE).",
+        "== Response headers: status byte; status 0 (ok) is followed by the blob size (u64 LE), \
+         status 5 (corrupt) by the block index (u32 LE).",
     );
     d.hex(
         "response.ok",
@@ -837,6 +838,11 @@ fn render_wire() -> Result<String, Box<dyn Error>> {
     d.hex("response.busy", &ResponseHeader::Busy.encode());
     d.hex("response.missing", &ResponseHeader::Missing.encode());
     d.hex("response.bad-request", &ResponseHeader::BadRequest.encode());
+    d.hex(
+        "response.corrupt",
+        &ResponseHeader::Corrupt { block: 7 }.encode(),
+    );
+    d.field("response.corrupt.block", 7);
     d.blank();
     d.comment(
         "== Invalid requests (blob id ab..ab) and the error a decoder reports. A server answers each with \

@@ -117,6 +117,13 @@ pub enum Failure {
     Busy,
     /// The peer lacks blocks it advertised, or the stream broke or timed out: strike.
     Failed,
+    /// The peer's own copy of `block` failed its check against the blob id (it says so,
+    /// and serves its other blocks): stop asking it for that block; no strike. Its other
+    /// requests that name the block are cancelled (it would refuse them too).
+    Lacks {
+        /// The block.
+        block: u32,
+    },
 }
 
 /// What the driver should do.
@@ -210,6 +217,13 @@ impl SplitMix64 {
 fn bit(bits: &[u64], i: u32) -> bool {
     bits.get(i as usize / 64)
         .is_some_and(|w| w & (1 << (i % 64)) != 0)
+}
+
+fn clear_bit(bits: &mut [u64], i: u32) -> bool {
+    let w = &mut bits[i as usize / 64];
+    let was = *w & (1 << (i % 64)) != 0;
+    *w &= !(1 << (i % 64));
+    was
 }
 
 fn set_bit(bits: &mut [u64], i: u32) -> bool {
@@ -337,6 +351,17 @@ impl<P: PeerHandle> Scheduler<P> {
             .entry(peer)
             .or_insert_with(|| PeerState::new(now, Vec::new()));
         state.has = has;
+        // Requests for blocks the new map no longer lists are cancelled: asking would fail.
+        let stale: Vec<RequestId> = state
+            .requests
+            .iter()
+            .copied()
+            .filter(|id| self.requests[id].left.iter().any(|&b| !bit(&state.has, b)))
+            .collect();
+        for id in stale {
+            self.release(id);
+            self.actions.push_back(Action::Cancel { peer, id });
+        }
         self.schedule(now);
     }
 
@@ -494,9 +519,32 @@ impl<P: PeerHandle> Scheduler<P> {
                     self.strike(now, peer);
                 }
             }
+            Failure::Lacks { block } => self.lacks(peer, block),
         }
         self.schedule(now);
         true
+    }
+
+    /// `peer` does not have `block` after all: forget it in its have-map and cancel its other
+    /// requests that name it.
+    fn lacks(&mut self, peer: P, block: u32) {
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        if block >= self.total || !clear_bit(&mut p.has, block) {
+            return;
+        }
+        self.avail[block as usize] -= 1;
+        let naming: Vec<RequestId> = p
+            .requests
+            .iter()
+            .copied()
+            .filter(|id| self.requests[id].left.contains(&block))
+            .collect();
+        for id in naming {
+            self.release(id);
+            self.actions.push_back(Action::Cancel { peer, id });
+        }
     }
 
     /// Time has passed: stalled peers are struck and their requests returned; back-offs end.
@@ -809,9 +857,18 @@ impl<P: PeerHandle> Scheduler<P> {
         let mut requested = vec![0u8; self.total as usize];
         let mut in_flight: BTreeMap<P, u32> = BTreeMap::new();
         for r in self.requests.values() {
+            let has = &self
+                .peers
+                .get(&r.peer)
+                .expect("a request's peer is usable")
+                .has;
             for &b in &r.left {
                 requested[b as usize] += 1;
                 assert!(!bit(&self.have, b), "a held block is still requested");
+                assert!(
+                    bit(has, b),
+                    "a request names a block its peer does not have"
+                );
             }
             *in_flight.entry(r.peer).or_default() += r.left.len() as u32;
         }
@@ -966,25 +1023,109 @@ mod tests {
 
     #[test]
     fn rarest_block_is_requested_first() {
+        // Peer 1 has every block, peer 2 all but 6, peer 3 all but 6 and 2: block 6 has one
+        // holder, block 2 two, the others three. Each peer may have one block in flight.
         let now = t0();
         let config = Config {
             min_in_flight_blocks: 1,
+            max_in_flight_blocks: 1,
             max_blocks_per_request: 1,
             ..Config::default()
         };
         let mut s = Scheduler::new(config, 10, []);
-        s.handle_have(now, 2, 0..10);
-        drain(&mut s); // peer 2 asks for something already
-        s.handle_have(now, 3, [4, 7]);
         s.handle_have(now, 1, 0..10);
-        // Peer 1 is scheduled last among equals; block 4 or 7 (2 copies) beats the 3-copy
-        // blocks unless they are taken.
-        let acts = drain(&mut s);
+        s.handle_have(now, 2, (0..10).filter(|&b| b != 6));
+        s.handle_have(now, 3, (0..10).filter(|&b| b != 6 && b != 2));
+        let mut open: BTreeMap<u32, (RequestId, u32)> = BTreeMap::new();
+        let record = |acts: Vec<Action<u32>>, open: &mut BTreeMap<u32, (RequestId, u32)>| {
+            for a in acts {
+                if let Action::Request { peer, id, blocks } = a {
+                    open.insert(peer, (id, blocks_of(&blocks)[0]));
+                }
+            }
+        };
+        record(drain(&mut s), &mut open);
+        // Deliver every request, round after round: each next request of a peer is the
+        // rarest block it has among those neither held nor asked for elsewhere.
+        let holders = |b: u32| match b {
+            6 => 1,
+            2 => 2,
+            _ => 3,
+        };
+        let mut checked = 0;
+        for _ in 0..10 {
+            let Some((&peer, &(id, block))) = open.iter().next() else {
+                break;
+            };
+            open.remove(&peer);
+            s.handle_block(now, peer, id, block);
+            let acts = drain(&mut s);
+            for a in &acts {
+                if let Action::Request {
+                    peer: p, blocks, ..
+                } = a
+                    && *p == peer
+                    && !s.in_endgame()
+                {
+                    let got = blocks_of(blocks)[0];
+                    let outstanding: Vec<u32> = open.values().map(|(_, b)| *b).collect();
+                    // The blocks this peer has that are neither held nor asked for.
+                    let lacks = |b: u32| (b == 6 && peer != 1) || (b == 2 && peer == 3);
+                    let candidates =
+                        (0..10u32).filter(|&b| !(s.has(b) || outstanding.contains(&b) || lacks(b)));
+                    let rarest = candidates.map(holders).min().expect("outside endgame");
+                    assert_eq!(holders(got), rarest, "peer {peer} asked for {got}");
+                    checked += 1;
+                }
+            }
+            record(acts, &mut open);
+        }
         s.check_invariants();
+        assert!(checked >= 4, "only {checked} requests checked");
+    }
+
+    /// Issue 11: a peer whose own copy of a block failed its check says so; it is not
+    /// struck, it keeps serving its other blocks, and the block comes from another peer.
+    #[test]
+    fn a_peer_lacking_one_block_serves_the_rest_and_another_peer_that_one() {
+        let now = t0();
+        let mut s = Scheduler::new(Config::default(), 40, []);
+        s.handle_have(now, 1, 0..40);
+        let mut said_lacks = false;
+        let mut queue: VecDeque<Action<u32>> = drain(&mut s).into();
+        while let Some(a) = queue.pop_front() {
+            let Action::Request { peer, id, blocks } = a else {
+                assert!(
+                    !matches!(a, Action::Drop { .. } | Action::Ban { .. }),
+                    "{a:?}"
+                );
+                continue;
+            };
+            assert_eq!(peer, 1);
+            for b in blocks_of(&blocks) {
+                if b == 7 {
+                    assert!(!said_lacks, "asked for block 7 again");
+                    said_lacks = true;
+                    assert!(s.handle_failure(now, 1, id, Failure::Lacks { block: 7 }));
+                    break;
+                }
+                s.handle_block(now, 1, id, b);
+            }
+            queue.extend(drain(&mut s));
+        }
+        assert!(said_lacks);
+        assert_eq!(s.missing(), 1, "every other block came from peer 1");
+        assert!(!s.has(7));
+        // Another peer with block 7 gets asked for it.
+        s.handle_have(now, 2, [7]);
+        let acts = drain(&mut s);
         assert!(
-            acts.iter()
-                .any(|a| matches!(a, Action::Request { peer: 3, .. }))
+            acts.iter().any(
+                |a| matches!(a, Action::Request { peer: 2, blocks, .. } if blocks_of(blocks) == [7])
+            ),
+            "{acts:?}"
         );
+        s.check_invariants();
     }
 
     #[test]
@@ -1156,7 +1297,7 @@ mod tests {
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
             6 => any::<usize>().prop_map(Op::Deliver),
-            1 => (any::<usize>(), 0u8..4).prop_map(|(i, f)| Op::Fail(i, f)),
+            1 => (any::<usize>(), 0u8..5).prop_map(|(i, f)| Op::Fail(i, f)),
             1 => (0u32..6).prop_map(Op::Leave),
             1 => (0u32..6, any::<u64>()).prop_map(|(p, m)| Op::Join(p, m)),
             1 => (0u32..6, 0u32..90, 1u32..10).prop_map(|(p, b, n)| Op::HaveMore(p, b, n)),
@@ -1168,7 +1309,10 @@ mod tests {
         #![proptest_config(ProptestConfig::with_cases(200))]
 
         /// Invariants hold after every step: counts consistent, in-flight caps held, at
-        /// most `endgame_copies` requests per block, and no duplicate outside endgame.
+        /// most `endgame_copies` requests per block, and no duplicate outside endgame. Against
+        /// a model of what each peer advertised: a request names only blocks its peer
+        /// advertised (and did not say it lacks), and a banned or dropped peer is never
+        /// asked again.
         #[test]
         fn invariants_hold_under_arbitrary_events(total in 1u32..80, ops in proptest::collection::vec(op(), 1..200), seed in any::<u64>()) {
             let now = t0();
@@ -1176,11 +1320,24 @@ mod tests {
             let mut s = Scheduler::new(config, total, []);
             let mut t = now;
             let mut open: Vec<(u32, RequestId, Vec<u32>)> = Vec::new();
+            let mut advertised: BTreeMap<u32, BTreeSet<u32>> = BTreeMap::new();
+            let mut gone: BTreeSet<u32> = BTreeSet::new();
             for op in ops {
                 match op {
-                    Op::Join(p, mask) => s.handle_have(t, p, (0..total).filter(|b| mask.rotate_left(*b) & 1 == 1 || b % 7 == p % 7)),
-                    Op::HaveMore(p, b, n) => s.handle_have_ranges(t, p, &[crate::blob::BlockRange { start: b, end: b + n }]),
-                    Op::Leave(p) => { s.handle_peer_gone(t, p); open.retain(|(q, ..)| *q != p); }
+                    Op::Join(p, mask) => {
+                        let has: BTreeSet<u32> = (0..total).filter(|b| mask.rotate_left(*b) & 1 == 1 || b % 7 == p % 7).collect();
+                        s.handle_have(t, p, has.iter().copied());
+                        advertised.insert(p, has);
+                    }
+                    Op::HaveMore(p, b, n) => {
+                        s.handle_have_ranges(t, p, &[crate::blob::BlockRange { start: b, end: b + n }]);
+                        advertised.entry(p).or_default().extend((b..b + n).filter(|&x| x < total));
+                    }
+                    Op::Leave(p) => {
+                        s.handle_peer_gone(t, p);
+                        advertised.remove(&p);
+                        open.retain(|(q, ..)| *q != p);
+                    }
                     Op::Deliver(i) if !open.is_empty() => {
                         let i = i % open.len();
                         let (p, id, blocks) = &mut open[i];
@@ -1190,10 +1347,16 @@ mod tests {
                         if blocks.is_empty() { open.swap_remove(i); }
                     }
                     Op::Fail(i, f) if !open.is_empty() => {
-                        let (p, id, _) = open.swap_remove(i % open.len());
-                        let why = [Failure::Lied, Failure::NotFound, Failure::Busy, Failure::Failed][f as usize];
+                        let (p, id, blocks) = open.swap_remove(i % open.len());
+                        let lacks = Failure::Lacks { block: blocks.first().copied().unwrap_or(0) };
+                        let why = [Failure::Lied, Failure::NotFound, Failure::Busy, Failure::Failed, lacks][f as usize];
                         s.handle_failure(t, p, id, why);
                         if matches!(why, Failure::Lied | Failure::NotFound) { open.retain(|(q, ..)| *q != p); }
+                        if let Failure::Lacks { block } = why
+                            && let Some(has) = advertised.get_mut(&p)
+                        {
+                            has.remove(&block);
+                        }
                     }
                     Op::Tick(ms) => { t += Duration::from_millis(u64::from(ms) * 4); s.handle_timeout(t); }
                     _ => {}
@@ -1201,15 +1364,24 @@ mod tests {
                 while let Some(a) = s.poll_action() {
                     match a {
                         Action::Request { peer, id, blocks } => {
+                            prop_assert!(!gone.contains(&peer), "peer {peer} was banned or dropped");
                             // Outside endgame, a new request never duplicates an open one.
                             let new = blocks_of(&blocks);
+                            let has = advertised.get(&peer);
+                            prop_assert!(
+                                new.iter().all(|b| has.is_some_and(|h| h.contains(b))),
+                                "request {new:?} to peer {peer}, which advertised {has:?}"
+                            );
                             if !s.in_endgame() {
                                 for (_, _, bs) in &open { prop_assert!(new.iter().all(|b| !bs.contains(b))); }
                             }
                             open.push((peer, id, new));
                         }
                         Action::Cancel { id, .. } => open.retain(|(_, i, _)| *i != id),
-                        Action::Ban { peer } | Action::Drop { peer } => open.retain(|(q, ..)| *q != peer),
+                        Action::Ban { peer } | Action::Drop { peer } => {
+                            gone.insert(peer);
+                            open.retain(|(q, ..)| *q != peer);
+                        }
                     }
                 }
                 // Delivered blocks may still be listed in `open`: drop those the scheduler holds.

@@ -215,6 +215,13 @@ pub enum ResponseHeader {
     Missing,
     /// The request was malformed or out of range.
     BadRequest,
+    /// The server's stored copy of block `block` (one the request names) failed its own
+    /// check against the blob id: it does not serve that block, only the others (a seed node
+    /// fetches it again from peers). Not the asker's fault, and no proof of lying.
+    Corrupt {
+        /// The block.
+        block: u32,
+    },
 }
 
 /// An unknown status byte.
@@ -228,8 +235,9 @@ impl ResponseHeader {
     const BUSY: u8 = 2;
     const MISSING: u8 = 3;
     const BAD_REQUEST: u8 = 4;
+    const CORRUPT: u8 = 5;
 
-    /// Encodes the header (9 bytes for `Ok`, else 1).
+    /// Encodes the header (9 bytes for `Ok`, 5 for `Corrupt`, else 1).
     pub fn encode(&self) -> Vec<u8> {
         match *self {
             Self::Ok { blob_len } => {
@@ -241,21 +249,45 @@ impl ResponseHeader {
             Self::Busy => vec![Self::BUSY],
             Self::Missing => vec![Self::MISSING],
             Self::BadRequest => vec![Self::BAD_REQUEST],
+            Self::Corrupt { block } => {
+                let mut v = vec![Self::CORRUPT];
+                v.extend_from_slice(&block.to_le_bytes());
+                v
+            }
         }
     }
 
-    /// Decodes the status byte; for `Ok`, the caller then reads 8 bytes of size with
-    /// [`ResponseHeader::ok_with_len`].
+    /// Bytes that follow status byte `status` in the header: 8 for `Ok` (the blob size),
+    /// 4 for `Corrupt` (the block), 0 for the others and for unknown bytes.
+    pub const fn trailing_len(status: u8) -> usize {
+        match status {
+            Self::OK => 8,
+            Self::CORRUPT => 4,
+            _ => 0,
+        }
+    }
+
+    /// A `Corrupt` header from its 4 block bytes.
+    pub const fn corrupt_with_block(block: [u8; 4]) -> Self {
+        Self::Corrupt {
+            block: u32::from_le_bytes(block),
+        }
+    }
+
+    /// Decodes the status byte. `None`: more bytes follow ([`ResponseHeader::trailing_len`]):
+    /// for `Ok` (status 0) 8 bytes of size, read with [`ResponseHeader::ok_with_len`]; for
+    /// `Corrupt` (status 5) 4 bytes of block index, read with
+    /// [`ResponseHeader::corrupt_with_block`].
     ///
     /// # Errors
     /// An unknown status byte.
     pub const fn decode_status(status: u8) -> Result<Option<Self>, UnknownStatus> {
         match status {
-            Self::OK => Ok(None),
             Self::NOT_FOUND => Ok(Some(Self::NotFound)),
             Self::BUSY => Ok(Some(Self::Busy)),
             Self::MISSING => Ok(Some(Self::Missing)),
             Self::BAD_REQUEST => Ok(Some(Self::BadRequest)),
+            Self::OK | Self::CORRUPT => Ok(None),
             other => Err(UnknownStatus(other)),
         }
     }

@@ -876,7 +876,19 @@ fn wire_vector_checks_both_ways() {
         assert_eq!(header.encode(), [status]);
         assert_eq!(ResponseHeader::decode_status(status), Ok(Some(header)));
     }
-    assert!(ResponseHeader::decode_status(5).is_err());
+    let corrupt = v.hex("response.corrupt");
+    let block: u32 = v.num("response.corrupt.block");
+    let mut reference = vec![5u8];
+    reference.extend_from_slice(&block.to_le_bytes());
+    assert_eq!(corrupt, reference);
+    assert_eq!(ResponseHeader::Corrupt { block }.encode(), corrupt);
+    assert_eq!(ResponseHeader::decode_status(5), Ok(None));
+    assert_eq!(ResponseHeader::trailing_len(5), 4);
+    assert_eq!(
+        ResponseHeader::corrupt_with_block(corrupt[1..5].try_into().expect("4 bytes")),
+        ResponseHeader::Corrupt { block }
+    );
+    assert!(ResponseHeader::decode_status(6).is_err());
     let mut seen = 0;
     for (label, _) in make_vectors::invalid_requests() {
         let bytes = v.hex(&format!("invalid-request.{label}"));

@@ -324,6 +324,21 @@ pub(crate) fn prometheus_text(s: &SeedNodeStats) -> String {
         "Blobs taken down here.",
         &one(s.takedowns),
     );
+    metric(
+        "corrupt_blobs_total",
+        "counter",
+        "Stored blobs found with blocks that fail their check against the blob id, by what \
+         became of them (repairing: not announced while the bad blocks are fetched back).",
+        &[
+            (
+                "{state=\"repairing\"}".into(),
+                s.corrupt_blobs
+                    .saturating_sub(s.corrupt_repaired + s.corrupt_dropped) as f64,
+            ),
+            ("{state=\"repaired\"}".into(), s.corrupt_repaired as f64),
+            ("{state=\"dropped\"}".into(), s.corrupt_dropped as f64),
+        ],
+    );
     out
 }
 

@@ -470,6 +470,20 @@ impl Download {
                 Failure::NotFound
             }
             Err(RequestError::Status(ResponseHeader::Busy)) => Failure::Busy,
+            // Its own copy of that block is bad (it says so and serves its other blocks).
+            Err(RequestError::Status(ResponseHeader::Corrupt { block })) if block < self.total => {
+                self.ended.gave_up.push(format!(
+                    "{peer}: its stored copy of block {block} fails its check against the blob id (it no longer serves that block)"
+                ));
+                Failure::Lacks { block }
+            }
+            Err(RequestError::Status(ResponseHeader::Corrupt { block })) => {
+                self.last_error.insert(
+                    peer,
+                    format!("named block {block} of a {}-block blob", self.total),
+                );
+                Failure::Lied
+            }
             Err(e) => {
                 self.last_error.insert(peer, e.to_string());
                 Failure::Failed

@@ -16,12 +16,16 @@ use shoal_protocol::{
     wire::{BlobRequest, MAX_SERVE_BLOCKS, ResponseHeader},
 };
 use tokio::sync::mpsc;
-use tracing::{debug, warn};
+use tracing::{debug, error, warn};
 
 use super::Service;
 #[cfg(feature = "test-utils")]
 use super::count_down;
-use crate::{buffers, rate::RateLimiter, store::Source};
+use crate::{
+    buffers,
+    rate::RateLimiter,
+    store::{ReadBlockError, Source},
+};
 
 /// Encoded chunks buffered between the blocking block reader and the stream writer.
 const SERVE_PIPELINE: usize = 4;
@@ -143,23 +147,84 @@ async fn serve(
         stream.write_all(&ResponseHeader::Missing.encode()).await?;
         return stream.close().await;
     }
+    // A block of ours that failed its check is not served: say which (protocol §6.2).
+    if let Some(block) = source.first_bad(&req.ranges) {
+        stream
+            .write_all(&ResponseHeader::Corrupt { block }.encode())
+            .await?;
+        return stream.close().await;
+    }
+    source.note_requester(peer);
     debug!(blob = %req.id, blocks = req.block_count(), "serving");
+    let ranges = req.ranges.clone();
+    let served = stream_range(inner, source.clone(), req, limiter, stream).await?;
+    if served && let Some(mut ss) = source.super_seed() {
+        ss.handle_served(std::time::Instant::now(), &peer, &ranges);
+        drop(ss);
+        source.notify_served();
+    }
+    if served {
+        inner.stats.requests_served.fetch_add(1, Ordering::Relaxed);
+    }
+    stream.close().await
+}
+
+/// Streams the verified range of `req` from `source`: `Ok(true)` when all of it went out,
+/// `Ok(false)` when a stored block failed its check (the answer is then `corrupt`, or, if
+/// blocks went out already, the stream ends early after the good ones).
+async fn stream_range(
+    inner: &Service,
+    source: Arc<Source>,
+    req: BlobRequest,
+    limiter: Option<&RateLimiter>,
+    stream: &mut Stream,
+) -> std::io::Result<bool> {
     let (tx, mut rx) = mpsc::channel::<std::io::Result<Vec<u8>>>(SERVE_PIPELINE);
     #[cfg(feature = "test-utils")]
     let corrupt = inner.config.corrupt_uploads;
     #[cfg(not(feature = "test-utils"))]
     let corrupt = false;
-    let header = ResponseHeader::Ok { blob_len }.encode();
+    let header = ResponseHeader::Ok {
+        blob_len: source.blob_len(),
+    }
+    .encode();
     let counted = source.clone();
-    let ranges = req.ranges.clone();
     let producer =
         tokio::task::spawn_blocking(move || produce(&source, &req.ranges, header, corrupt, &tx));
+    let mut sent_any = false;
     while let Some(chunk) = rx.recv().await {
-        let chunk = chunk?;
+        let chunk = match chunk {
+            Ok(chunk) => chunk,
+            Err(e) => {
+                let Some(&CorruptBlock { block, first }) =
+                    e.get_ref().and_then(|i| i.downcast_ref())
+                else {
+                    return Err(e);
+                };
+                if first {
+                    // Once per blob: an operator must act (a seed node repairs it itself).
+                    error!(
+                        blob = %counted.id(),
+                        block,
+                        path = %counted.path().display(),
+                        "stored data fails its check against the blob id; not serving the bad block"
+                    );
+                    inner.stats.corrupt_blobs.fetch_add(1, Ordering::Relaxed);
+                }
+                if !sent_any {
+                    stream
+                        .write_all(&ResponseHeader::Corrupt { block }.encode())
+                        .await?;
+                }
+                let _ = producer.await;
+                return Ok(false);
+            }
+        };
         if let Some(l) = limiter {
             l.acquire(chunk.len() as u64).await;
         }
         stream.write_all(&chunk).await?;
+        sent_any = true;
         inner
             .stats
             .uploaded_bytes
@@ -168,13 +233,17 @@ async fn serve(
         buffers::put(chunk);
     }
     producer.await.map_err(std::io::Error::other)?;
-    if let Some(mut ss) = counted.super_seed() {
-        ss.handle_served(std::time::Instant::now(), &peer, &ranges);
-        drop(ss);
-        counted.notify_served();
-    }
-    inner.stats.requests_served.fetch_add(1, Ordering::Relaxed);
-    stream.close().await
+    Ok(true)
+}
+
+/// A stored block that failed its check against the blob id, carried as the inner error of
+/// an `io::Error` from [`produce`] to the stream writer. `first`: the source's first bad
+/// block (the source was sound until now).
+#[derive(Debug, thiserror::Error)]
+#[error("stored block {block} fails its check against the blob id")]
+pub(crate) struct CorruptBlock {
+    pub(crate) block: u32,
+    pub(crate) first: bool,
 }
 
 /// One step of a range response, planned up front so the outboard lock (a download in
@@ -226,12 +295,28 @@ pub(crate) fn produce(
                 let len = block_len(source.blob_len(), index);
                 grow(&mut chunk, used + len);
                 let block = &mut chunk[used..used + len];
-                if let Err(e) = source.read_block_into(&file, index, block) {
-                    // Logged once here (an operator must act); the peer just sees the
-                    // stream end and goes elsewhere.
-                    warn!(blob = %source.id(), block = %index, error = %e, "cannot serve block");
-                    let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
-                    return;
+                match source.read_block_into(&file, index, block) {
+                    Ok(()) => {}
+                    Err(ReadBlockError::Changed { .. }) => {
+                        // Never sent; from now on requests naming it are answered `corrupt`.
+                        let first = source.mark_bad(index.0);
+                        let e = CorruptBlock {
+                            block: index.0,
+                            first,
+                        };
+                        let _ = tx.blocking_send(Err(std::io::Error::new(
+                            std::io::ErrorKind::InvalidData,
+                            e,
+                        )));
+                        return;
+                    }
+                    Err(e) => {
+                        // Logged here (an operator must act); the peer just sees the stream
+                        // end and goes elsewhere.
+                        warn!(blob = %source.id(), block = %index, error = %e, "cannot serve block");
+                        let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+                        return;
+                    }
                 }
                 if corrupt {
                     block[len / 2] ^= 0x01;
