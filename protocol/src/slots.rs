@@ -12,17 +12,21 @@
 //!
 //! # Policy
 //!
-//! A node serves at most [`Config::slots`] requests at once and at most
-//! [`Config::slots_per_peer`] of one peer; any other request is answered `busy` at once, so
-//! the requester goes to another peer instead of queueing behind others. Slots are taken in
-//! order of arrival (round robin: requests are short, so they turn over within about a
-//! second). [`Config::for_upload`] derives both bounds from the upload cap: uncapped, every
-//! slot is open to every peer; capped, one slot per [`SLOT_RATE`] of the cap (each served
-//! request then moves at a useful rate) and two per peer (so one peer cannot take them all).
+//! A node serves at most [`Config::slots`] requests at once; any other request is answered
+//! `busy` at once, so the requester goes to another peer instead of queueing behind others.
+//! Slots are taken in order of arrival (round robin: requests are short, so they turn over
+//! within about a second). One peer may hold its **fair share** of the slots: all of them
+//! divided by the peers that want some — those holding slots now, those refused in the last
+//! [`DEMAND_WINDOW`], and the asker — and never less than [`Config::slots_per_peer`]. So a
+//! lone downloader may use every slot (a cap limits the rate, never the parallelism: it gets
+//! the whole cap), and as others arrive each is held to its share.
+//! [`Config::for_upload`] derives the bounds from the upload cap: uncapped, every slot is open
+//! to every peer; capped, one slot per [`SLOT_RATE`] of the cap (each served request then
+//! moves at a useful rate) and a share of at least two per peer.
 
 use std::{
     collections::{BTreeMap, HashMap},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use crate::schedule::PeerHandle;
@@ -31,15 +35,19 @@ use crate::schedule::PeerHandle;
 pub const SLOT_RATE: u64 = 256 * 1024;
 /// Fewest slots of a capped node.
 pub const MIN_CAPPED_SLOTS: usize = 2;
-/// Slots one peer may hold at once on a capped node.
+/// Slots one peer may always hold on a capped node (more while fewer peers want some).
 pub const CAPPED_SLOTS_PER_PEER: usize = 2;
+/// A peer refused `busy` this recently still wants slots: it counts when the fair share is
+/// worked out (requests are short and refused peers ask again within about a second).
+pub const DEMAND_WINDOW: Duration = Duration::from_secs(2);
 
 /// How many requests are served at once.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Config {
     /// Requests served at once, over all peers (at least 1).
     pub slots: usize,
-    /// Requests of one peer served at once (at least 1).
+    /// Requests of one peer that are always served at once when slots are free (at least 1);
+    /// a peer may hold more while fewer peers want slots (its fair share).
     pub slots_per_peer: usize,
 }
 
@@ -85,9 +93,15 @@ pub struct Slots<P> {
     taken: BTreeMap<SlotId, P>,
     /// Slots each peer holds (peers holding none are not kept).
     per_peer: HashMap<P, usize>,
+    /// Peers refused lately, and when: they want slots too (bounded by
+    /// [`MAX_WAITING_KEPT`], oldest dropped).
+    waiting: HashMap<P, Instant>,
     next_id: u64,
     busy_answers: u64,
 }
+
+/// Refused peers remembered for the fair share.
+const MAX_WAITING_KEPT: usize = 1024;
 
 impl<P: PeerHandle> Slots<P> {
     /// No slot taken yet.
@@ -99,6 +113,7 @@ impl<P: PeerHandle> Slots<P> {
             },
             taken: BTreeMap::new(),
             per_peer: HashMap::new(),
+            waiting: HashMap::new(),
             next_id: 0,
             busy_answers: 0,
         }
@@ -110,12 +125,17 @@ impl<P: PeerHandle> Slots<P> {
     }
 
     /// A request of `peer` arrived: serve it in a slot, or answer `busy`.
-    pub fn handle_request(&mut self, _now: Instant, peer: P) -> Decision {
+    pub fn handle_request(&mut self, now: Instant, peer: P) -> Decision {
         let held = self.per_peer.get(&peer).copied().unwrap_or(0);
-        if self.taken.len() >= self.config.slots || held >= self.config.slots_per_peer {
+        if self.taken.len() >= self.config.slots || held >= self.fair_share(now, peer) {
             self.busy_answers += 1;
+            if self.waiting.len() >= MAX_WAITING_KEPT && !self.waiting.contains_key(&peer) {
+                self.forget_waiting(now);
+            }
+            self.waiting.insert(peer, now);
             return Decision::Busy;
         }
+        self.waiting.remove(&peer);
         let id = SlotId(self.next_id);
         self.next_id += 1;
         self.taken.insert(id, peer);
@@ -136,6 +156,47 @@ impl<P: PeerHandle> Slots<P> {
             }
         }
         true
+    }
+
+    /// Slots `peer` may hold at `now`: every slot divided among the peers that want some
+    /// (holding slots, refused within [`DEMAND_WINDOW`], and `peer`), at least
+    /// [`Config::slots_per_peer`].
+    pub fn fair_share(&self, now: Instant, peer: P) -> usize {
+        let wanting = self
+            .per_peer
+            .keys()
+            .chain(
+                self.waiting
+                    .iter()
+                    .filter(|(p, at)| {
+                        !self.per_peer.contains_key(p)
+                            && now.saturating_duration_since(**at) < DEMAND_WINDOW
+                    })
+                    .map(|(p, _)| p),
+            )
+            .filter(|p| **p != peer)
+            .count()
+            + 1;
+        self.config
+            .slots
+            .div_ceil(wanting)
+            .max(self.config.slots_per_peer)
+    }
+
+    /// Drops the waiting peers refused before [`DEMAND_WINDOW`]; if none is that old, the
+    /// oldest one (the map stays bounded).
+    fn forget_waiting(&mut self, now: Instant) {
+        self.waiting
+            .retain(|_, at| now.saturating_duration_since(*at) < DEMAND_WINDOW);
+        if self.waiting.len() >= MAX_WAITING_KEPT
+            && let Some(oldest) = self
+                .waiting
+                .iter()
+                .min_by_key(|(_, at)| **at)
+                .map(|(p, _)| *p)
+        {
+            self.waiting.remove(&oldest);
+        }
     }
 
     /// Slots taken now.
@@ -199,21 +260,34 @@ mod tests {
     fn a_peer_gets_its_share_and_others_the_rest() {
         let now = t0();
         let mut s = Slots::new(Config {
-            slots: 3,
-            slots_per_peer: 2,
+            slots: 4,
+            slots_per_peer: 1,
         });
-        let a1 = s.handle_request(now, 'a');
-        let a2 = s.handle_request(now, 'a');
-        assert!(matches!((a1, a2), (Decision::Serve(_), Decision::Serve(_))));
-        assert_eq!(s.handle_request(now, 'a'), Decision::Busy, "a's share");
-        let Decision::Serve(b1) = s.handle_request(now, 'b') else {
-            panic!("b gets the third slot");
-        };
-        assert_eq!(s.handle_request(now, 'c'), Decision::Busy, "all taken");
-        assert_eq!((s.in_use(), s.busy_answers()), (3, 2));
-        assert!(s.handle_done(now, b1));
-        assert!(matches!(s.handle_request(now, 'c'), Decision::Serve(_)));
-        assert_eq!((s.held_by('a'), s.held_by('b'), s.held_by('c')), (2, 0, 1));
+        // Alone, a peer may take every slot (issue 11: a capped sharer gave one downloader a
+        // tenth of its cap, refusing its third request).
+        let a: Vec<SlotId> = (0..4)
+            .map(|_| match s.handle_request(now, 'a') {
+                Decision::Serve(id) => id,
+                Decision::Busy => panic!("a lone peer is refused"),
+            })
+            .collect();
+        assert_eq!(s.handle_request(now, 'b'), Decision::Busy, "all taken");
+        // b wants slots now: a's share is half, so a freed slot goes to b, not back to a.
+        assert!(s.handle_done(now, a[0]));
+        assert_eq!(s.fair_share(now, 'a'), 2);
+        assert_eq!(
+            s.handle_request(now, 'a'),
+            Decision::Busy,
+            "a holds more than its share"
+        );
+        assert!(matches!(s.handle_request(now, 'b'), Decision::Serve(_)));
+        assert!(s.handle_done(now, a[1]));
+        assert!(matches!(s.handle_request(now, 'b'), Decision::Serve(_)));
+        assert_eq!((s.held_by('a'), s.held_by('b')), (2, 2));
+        // b gone quiet: its slots free, a may take all again once b's demand is old.
+        let later = now + DEMAND_WINDOW;
+        assert_eq!(s.fair_share(later, 'a'), 2, "b still holds slots");
+        assert_eq!(s.busy_answers(), 2);
     }
 
     #[test]
@@ -232,30 +306,48 @@ mod tests {
     }
 
     proptest! {
-        /// Against any sequence of requests and releases: the bounds always hold, a request
-        /// is refused only when a bound is reached, and the counts agree with a model.
+        /// Against any sequence of requests, releases and waits: the bounds always hold, a
+        /// request is refused only when the slots are full or its peer holds its fair share
+        /// (worked out from a model of who wants slots), and a peer alone is never refused
+        /// while a slot is free.
         #[test]
         fn bounds_hold_under_any_events(
             slots in 1usize..6,
             per_peer in 1usize..4,
-            ops in proptest::collection::vec((0u32..4, any::<bool>(), any::<prop::sample::Index>()), 0..200),
+            ops in proptest::collection::vec((0u32..4, 0u8..3, any::<prop::sample::Index>()), 0..200),
         ) {
-            let now = t0();
+            let start = t0();
+            let mut now = start;
             let mut s = Slots::new(Config { slots, slots_per_peer: per_peer });
             let mut held: Vec<(SlotId, u32)> = Vec::new();
-            for (peer, request, pick) in ops {
-                if request || held.is_empty() {
-                    let of_peer = held.iter().filter(|(_, p)| *p == peer).count();
-                    match s.handle_request(now, peer) {
-                        Decision::Serve(id) => {
-                            prop_assert!(held.len() < slots && of_peer < per_peer);
-                            held.push((id, peer));
+            let mut refused: BTreeMap<u32, Instant> = BTreeMap::new();
+            for (peer, kind, pick) in ops {
+                match kind {
+                    0 | 1 if kind == 0 || held.is_empty() => {
+                        let of = |p: u32| held.iter().filter(|(_, q)| *q == p).count();
+                        let wanting = (0..4u32)
+                            .filter(|&p| p != peer)
+                            .filter(|&p| of(p) > 0 || refused.get(&p).is_some_and(|at| now.duration_since(*at) < DEMAND_WINDOW))
+                            .count() + 1;
+                        let share = slots.div_ceil(wanting).max(per_peer);
+                        match s.handle_request(now, peer) {
+                            Decision::Serve(id) => {
+                                prop_assert!(held.len() < slots && of(peer) < share);
+                                held.push((id, peer));
+                                refused.remove(&peer);
+                            }
+                            Decision::Busy => {
+                                prop_assert!(held.len() >= slots || of(peer) >= share, "refused below its share {share}");
+                                prop_assert!(wanting > 1 || held.len() >= slots, "a lone peer refused with free slots");
+                                refused.insert(peer, now);
+                            }
                         }
-                        Decision::Busy => prop_assert!(held.len() >= slots || of_peer >= per_peer),
                     }
-                } else {
-                    let (id, _) = held.swap_remove(pick.index(held.len()));
-                    prop_assert!(s.handle_done(now, id));
+                    1 => {
+                        let (id, _) = held.swap_remove(pick.index(held.len()));
+                        prop_assert!(s.handle_done(now, id));
+                    }
+                    _ => now += Duration::from_millis(700),
                 }
                 prop_assert_eq!(s.in_use(), held.len());
                 for p in 0..4 {
