@@ -7,13 +7,15 @@
 mod common;
 
 use std::{
-    io::{BufRead, BufReader},
     path::Path,
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
-use common::{Guard, LIMIT, Log, SHOAL, run, shoal, start, text, walk, write_random};
+use common::{
+    Guard, LIMIT, Log, SHOAL, lines_bounded, read_bounded, run, shoal, start, text, wait_bounded,
+    walk, write_random,
+};
 
 /// Starts `shoal share` and returns it with the link from its first stdout line. Its stderr
 /// is collected in the background (see [`Sharer::stderr`]).
@@ -119,7 +121,7 @@ fn kill_9_mid_download_then_resume_completes_without_refetching() {
     let dir = tempfile::tempdir().unwrap();
     let mut get = slow_get(dir.path(), 40, Stdio::null());
     get.getter.0.kill().unwrap(); // SIGKILL on Unix: no cleanup runs
-    get.getter.0.wait().unwrap();
+    wait_bounded(&mut get.getter.0);
     let kept = state_blocks(&get.state);
     let v = get.resume(dir.path(), kept);
     assert_eq!(
@@ -140,9 +142,8 @@ fn ctrl_c_mid_download_exits_130_and_resumes() {
         .status()
         .unwrap();
     assert!(sent.success());
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(get.getter.0.stderr.as_mut().unwrap(), &mut stderr).unwrap();
-    let status = get.getter.0.wait().unwrap();
+    let stderr = read_bounded(get.getter.0.stderr.take().unwrap());
+    let status = wait_bounded(&mut get.getter.0);
     assert_eq!(status.code(), Some(130), "{stderr}");
     assert!(
         stderr.contains("run the same command again to resume"),
@@ -167,7 +168,7 @@ fn the_key_never_reaches_logs_or_inspect() {
     let inspect = run(shoal(dir.path()).args(["inspect", &link, "--json"]));
     assert!(inspect.status.success());
     let _ = seeder.0.kill();
-    let _ = seeder.0.wait();
+    wait_bounded(&mut seeder.0);
     let share_out = share_log.lock().unwrap().clone();
     assert!(
         text(&share_out).contains("serving"),
@@ -462,11 +463,11 @@ fn seed_serves_what_was_shared_after_a_restart() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(seeder.stdout.take().unwrap()).lines();
+    let mut next_line = lines_bounded(seeder.stdout.take().unwrap());
     let _seeder = Guard(seeder);
-    let first: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    let first: serde_json::Value = serde_json::from_str(&next_line().unwrap()).unwrap();
     let addr = first["addrs"][0].as_str().unwrap().to_owned();
-    let seeding: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    let seeding: serde_json::Value = serde_json::from_str(&next_line().unwrap()).unwrap();
     assert_eq!(seeding["status"], "seeding");
     assert_eq!(seeding["name"], "movie.bin");
 

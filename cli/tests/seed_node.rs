@@ -70,7 +70,7 @@ fn push_to_a_seed_node_then_get_from_it_and_nothing_secret_reaches_it() {
     assert!(err.contains("does not hold blob"), "{err}");
 
     let _ = seed_node.0.kill();
-    let _ = seed_node.0.wait();
+    common::wait_bounded(&mut seed_node.0);
     let logs = seed_log.lock().unwrap().clone();
     assert!(
         text(&logs).contains("receiving push"),
@@ -140,9 +140,22 @@ fn push_from_a_publisher_not_allowed_names_the_flag_to_add() {
 }
 
 #[test]
-fn seed_node_help_has_examples() {
+fn every_command_help_has_examples() {
     let dir = tempfile::tempdir().unwrap();
-    for cmd in ["seed-node", "push", "id"] {
+    for cmd in [
+        "seed-node",
+        "push",
+        "id",
+        "get",
+        "share",
+        "seed",
+        "encrypt",
+        "decrypt",
+        "inspect",
+        "demo",
+        "tracker",
+        "takedown",
+    ] {
         let o = run(shoal(dir.path()).args([cmd, "--help"]));
         assert!(o.status.success());
         assert!(text(&o.stdout).contains("Examples:"), "{cmd} --help");

@@ -59,7 +59,7 @@ fn tracker_prints_a_dialable_address_first_and_keeps_its_identity() {
     assert!(v["http"].as_str().unwrap().starts_with("127.0.0.1:"), "{v}");
     assert_eq!(v["addrs"][0], v["addr"], "{v}");
     let _ = json_run.0.kill();
-    let _ = json_run.0.wait();
+    common::wait_bounded(&mut json_run.0);
     assert!(dir.path().join("data/tracker.key").exists());
 
     // Plain output: the first line is the address itself; a restart keeps the peer id.
@@ -93,7 +93,7 @@ fn tracker_reports_a_taken_http_port_and_how_to_fix_it() {
         let _ = tx.send(s);
     });
     let stderr = rx.recv_timeout(LIMIT).expect("tracker exits");
-    let status = guard.0.wait().unwrap();
+    let status = common::wait_bounded(&mut guard.0);
     assert_eq!(status.code(), Some(1), "{stderr}");
     assert!(
         stderr.contains(&format!("cannot serve HTTP on {addr}")),

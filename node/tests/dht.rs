@@ -233,6 +233,20 @@ async fn when_the_last_peer_leaves_mid_download_the_dht_finds_another() {
         "finished before the first seeder left"
     );
     assert!(done.fetched_blocks > 4);
+    // The second seeder, found only in the DHT, served the rest (issue 11: the test did not
+    // show it was used at all).
+    let second_sent = second
+        .stats()
+        .uploaded_bytes
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let first_sent = first
+        .stats()
+        .uploaded_bytes
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        second_sent + first_sent >= data.len() as u64 && second_sent > data.len() as u64 / 2,
+        "the DHT's seeder sent {second_sent} bytes, the link's {first_sent}"
+    );
     stop.cancel();
 }
 

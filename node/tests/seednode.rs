@@ -202,9 +202,13 @@ async fn pushed_blob_is_served_and_the_store_holds_no_key_or_plaintext() {
     assert!(*calls.lock().unwrap() > 2, "progress is reported");
     assert!(seed.has(&p.link.id));
     // A second push of the same blob sends nothing.
-    let again = push(&p.node, seed_node.peer_id(), p.source.clone(), |_, _| {})
-        .await
-        .unwrap();
+    let again = timeout(
+        LIMIT,
+        push(&p.node, seed_node.peer_id(), p.source.clone(), |_, _| {}),
+    )
+    .await
+    .unwrap()
+    .unwrap();
     assert_eq!(again.blocks_sent, 0);
     // The publisher leaves; the seed node alone serves the file.
     p.node.shutdown();
@@ -238,9 +242,13 @@ async fn unauthorised_push_is_refused_and_says_how_to_fix_it() {
     let someone_else = PeerId::random();
     let (seed_node, seed) = seed_node(&store, 1 << 30, &[someone_else], &stop).await;
     connect(&p.node, &seed_node).await;
-    let err = push(&p.node, seed_node.peer_id(), p.source.clone(), |_, _| {})
-        .await
-        .unwrap_err();
+    let err = timeout(
+        LIMIT,
+        push(&p.node, seed_node.peer_id(), p.source.clone(), |_, _| {}),
+    )
+    .await
+    .unwrap()
+    .unwrap_err();
     assert!(
         matches!(err, PushError::Refused(Refusal::NotAllowed, _)),
         "{err}"
@@ -300,9 +308,13 @@ async fn push_over_quota_is_refused_with_the_space_left() {
     let store = dir.path().join("seed");
     let (seed_node, seed) = seed_node(&store, MIB as u64, &[p.node.peer_id()], &stop).await;
     connect(&p.node, &seed_node).await;
-    let err = push(&p.node, seed_node.peer_id(), p.source.clone(), |_, _| {})
-        .await
-        .unwrap_err();
+    let err = timeout(
+        LIMIT,
+        push(&p.node, seed_node.peer_id(), p.source.clone(), |_, _| {}),
+    )
+    .await
+    .unwrap()
+    .unwrap_err();
     assert!(
         matches!(err, PushError::Refused(Refusal::Quota { free }, _) if free == MIB as u64),
         "{err}"
@@ -404,18 +416,26 @@ async fn taken_down_blob_is_deleted_refused_and_stays_down_after_a_restart() {
     let seed_stop = stop.child_token();
     let (seed_node, seed) = seed_node(&store, 1 << 30, &[p.node.peer_id()], &seed_stop).await;
     connect(&p.node, &seed_node).await;
-    push(&p.node, seed_node.peer_id(), p.source.clone(), |_, _| {})
-        .await
-        .unwrap();
+    timeout(
+        LIMIT,
+        push(&p.node, seed_node.peer_id(), p.source.clone(), |_, _| {}),
+    )
+    .await
+    .unwrap()
+    .unwrap();
     assert!(seed.take_down(p.link.id).unwrap());
     assert!(!seed.has(&p.link.id));
     assert!(seed_node.store().get(&p.link.id).is_none());
     let mut files = Vec::new();
     walk(&store.join("blobs"), &mut files);
     assert!(files.is_empty(), "ciphertext deleted: {files:?}");
-    let err = push(&p.node, seed_node.peer_id(), p.source.clone(), |_, _| {})
-        .await
-        .unwrap_err();
+    let err = timeout(
+        LIMIT,
+        push(&p.node, seed_node.peer_id(), p.source.clone(), |_, _| {}),
+    )
+    .await
+    .unwrap()
+    .unwrap_err();
     assert!(
         matches!(err, PushError::Refused(Refusal::TakenDown, _)),
         "{err}"

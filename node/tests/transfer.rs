@@ -579,3 +579,76 @@ async fn dialing_an_address_with_another_peer_id_fails() {
     }
     stop.cancel();
 }
+
+/// Issue 11: a liar that comes back after its ban — it dials the downloader and subscribes
+/// to its have-map, as a peer downloading the same blob would — is not asked for anything
+/// again by that download. The link names only the liar; once it is banned the download
+/// waits, and completes when an honest seeder connects to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_banned_liar_that_reconnects_is_not_asked_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let stop = CancellationToken::new();
+    let honest = seeder(dir.path(), 3_000_000, Config::loopback(), &stop).await;
+    let mut liar_config = Config::loopback().with_dht(false);
+    liar_config.corrupt_uploads = true;
+    let liar = mirror(&honest, dir.path(), "liar", liar_config, &stop);
+    let mut link = honest.link.clone();
+    link.peers = vec![testing::addr(&liar, "tcp").await.to_string()];
+    let getter = testing::node(Config::loopback(), Arc::new(Store::in_memory()), &stop);
+    let out = dir.path().join("got.bin");
+    let (tx, mut rx) = watch::channel(Progress::default());
+    let download = tokio::spawn({
+        let (getter, link, out) = (getter.clone(), link.clone(), out.clone());
+        async move { fetch(&getter, &link, FetchOptions::new(Output::File(out)), tx).await }
+    });
+    let served = |n: &shoal_node::Node| n.stats().uploaded_bytes.load(Ordering::Relaxed);
+    // Banned (and disconnected) at its first answer; the download then waits for peers.
+    timeout(LIMIT, async {
+        while served(&liar) == 0 || liar.stats().connected_peers.load(Ordering::Relaxed) > 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await; // polling counters, bounded
+        }
+    })
+    .await
+    .expect("the liar is banned and disconnected");
+    timeout(LIMIT, rx.wait_for(|p| p.waiting_since.is_some()))
+        .await
+        .expect("the download waits for another peer")
+        .unwrap();
+    let before = served(&liar);
+    // It comes back: dials the downloader and subscribes to its have-map.
+    liar.dial(testing::addr(&getter, "tcp").await, LIMIT)
+        .await
+        .unwrap();
+    let mut control = liar.stream_control();
+    let mut sub = timeout(
+        LIMIT,
+        control.open_stream(
+            getter.peer_id(),
+            libp2p::StreamProtocol::new(shoal_protocol::have::HAVE_PROTOCOL),
+        ),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    futures::AsyncWriteExt::write_all(
+        &mut sub,
+        &shoal_protocol::have::Subscribe { id: link.id }.encode(),
+    )
+    .await
+    .unwrap();
+    // An honest seeder connects (as one a tracker told about the download would).
+    honest
+        .node
+        .dial(testing::addr(&getter, "tcp").await, LIMIT)
+        .await
+        .unwrap();
+    let done = timeout(LIMIT, download).await.unwrap().unwrap().unwrap();
+    assert_eq!(std::fs::read(&out).unwrap(), honest.data);
+    assert_eq!(
+        served(&liar),
+        before,
+        "the liar was asked again after its ban"
+    );
+    assert_eq!(done.banned.len(), 1, "{:?}", done.banned);
+    stop.cancel();
+}

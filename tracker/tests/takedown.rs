@@ -72,9 +72,13 @@ async fn operators_take_down_anyone_lists_and_followers_hear_each_blob_once() {
         "{text}"
     );
     // A bad reason never leaves the node.
-    let e = takedown::submit(&operator, &tr, blob(1), "two\nlines")
-        .await
-        .unwrap_err();
+    let e = timeout(
+        LIMIT,
+        takedown::submit(&operator, &tr, blob(1), "two\nlines"),
+    )
+    .await
+    .unwrap()
+    .unwrap_err();
     assert!(matches!(e, TakedownError::BadReason { .. }), "{e:?}");
 
     // The operator; then the list, for anyone.
@@ -84,7 +88,10 @@ async fn operators_take_down_anyone_lists_and_followers_hear_each_blob_once() {
         .unwrap();
     assert_eq!(seq, 1);
     assert_eq!(
-        takedown::list(&stranger, &tr, 0).await.unwrap(),
+        timeout(LIMIT, takedown::list(&stranger, &tr, 0))
+            .await
+            .unwrap()
+            .unwrap(),
         (vec![(1, blob(1))], false)
     );
 
@@ -101,7 +108,10 @@ async fn operators_take_down_anyone_lists_and_followers_hear_each_blob_once() {
         .parse()
         .unwrap()
     };
-    let e = takedown::list(&stranger, &dead, 0).await.unwrap_err();
+    let e = timeout(LIMIT, takedown::list(&stranger, &dead, 0))
+        .await
+        .unwrap()
+        .unwrap_err();
     assert!(matches!(e, TakedownError::Unreachable { .. }), "{e:?}");
     assert!(e.to_string().contains(&dead.to_string()), "{e}");
     let mut heard = takedown::follow(
@@ -111,12 +121,14 @@ async fn operators_take_down_anyone_lists_and_followers_hear_each_blob_once() {
     );
     let first = timeout(LIMIT, heard.recv()).await.unwrap().unwrap();
     assert_eq!(first, blob(1));
-    takedown::submit(&operator, &tr, blob(1), "again")
+    timeout(LIMIT, takedown::submit(&operator, &tr, blob(1), "again"))
         .await
+        .unwrap()
         .unwrap();
     assert_eq!(
-        takedown::submit(&operator, &tr, blob(2), "abuse #2")
+        timeout(LIMIT, takedown::submit(&operator, &tr, blob(2), "abuse #2"))
             .await
+            .unwrap()
             .unwrap(),
         3
     );

@@ -21,6 +21,10 @@ const BATCH: usize = 32;
 
 /// Encrypt a file into a blob.
 #[derive(clap::Args, Debug)]
+#[command(after_help = "\
+Examples:
+  shoal encrypt report.pdf -o report.blob           the blob (store it anywhere) and its link
+  shoal encrypt report.pdf -o r.blob --convergent   same file, same blob (dedupes; see --help)")]
 pub(crate) struct EncryptArgs {
     /// The file to encrypt.
     file: PathBuf,
@@ -42,6 +46,9 @@ pub(crate) struct EncryptArgs {
 
 /// Decrypt a blob with its link.
 #[derive(clap::Args, Debug)]
+#[command(after_help = "\
+Examples:
+  shoal decrypt report.blob 'shoal:…#…' -o report.pdf   checks the blob against the link first")]
 pub(crate) struct DecryptArgs {
     /// The ciphertext blob.
     blob: PathBuf,

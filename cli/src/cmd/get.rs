@@ -15,6 +15,17 @@ use crate::{cmd::DhtArgs, exit, ui};
 
 /// Fetch a link's file.
 #[derive(clap::Args, Debug)]
+#[command(after_help = "\
+Examples:
+  shoal get 'shoal:…#…'                      into the current directory, under its own name
+  shoal get 'shoal:…#…' -o film.mkv          as film.mkv (run it again to resume)
+  shoal get 'shoal:…#…' -o downloads/        into an existing directory
+  shoal get --sequential 'shoal:…#…'         in file order, to start playing early
+  shoal get --seed --patience 0 'shoal:…#…'  wait for a seeder however long, then keep serving
+  shoal get --json 'shoal:…#…'               one JSON line on stdout, for scripts
+
+Exit codes: 3 bad link, 4 no peer could deliver (within --patience), 5 integrity,
+6 local file error, 7 taken down at a tracker, 130 interrupted (resumable).")]
 pub(crate) struct Args {
     /// The share link (quote it: it contains '#' and '&').
     link: String,

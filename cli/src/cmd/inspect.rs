@@ -9,6 +9,10 @@ use crate::ui;
 
 /// Show what a link names.
 #[derive(clap::Args, Debug)]
+#[command(after_help = "\
+Examples:
+  shoal inspect 'shoal:…#…'          blob id, size and hints; never the key
+  shoal inspect --json 'shoal:…#…'   the same as one JSON object")]
 pub(crate) struct Args {
     /// The share link (quote it: it contains '#' and '&').
     link: String,

@@ -21,6 +21,11 @@ use crate::{
 
 /// Seed files to other peers until Ctrl-C.
 #[derive(clap::Args, Debug)]
+#[command(after_help = "\
+Examples:
+  shoal seed                                   serve everything shared or kept here
+  shoal seed --up-limit 1MiB --tracker ADDR    capped, announced to a tracker
+  shoal seed 'shoal:…#…' --dir ~/seeds          fetch a link first, then serve it too")]
 pub(crate) struct Args {
     /// Links to seed as well: each is fetched into --dir first unless this machine already
     /// has it complete.

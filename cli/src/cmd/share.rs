@@ -20,6 +20,15 @@ const MAX_LINK_PEERS: usize = 6;
 
 /// Share a file.
 #[derive(clap::Args, Debug)]
+#[command(after_help = "\
+Examples:
+  shoal share film.mkv                            print the link, serve until Ctrl-C
+  shoal share film.mkv --tracker /ip4/…/p2p/…     name a tracker in the link, announce to it
+  shoal share film.mkv --up-limit 2MiB            cap the upload (0 = no cap)
+  shoal --data-dir /tmp/a share film.mkv --listen /ip4/127.0.0.1/tcp/0
+                                                  a second node on this machine, loopback only
+
+The link's key is after '#': whoever has the link can read the file.")]
 pub(crate) struct Args {
     /// The file to share.
     file: PathBuf,

@@ -93,6 +93,50 @@ pub(crate) fn start(cmd: &mut Command) -> (Guard, String, Log) {
     (guard, line.trim().to_owned(), log)
 }
 
+/// Waits for `child` to exit, at most [`LIMIT`]; kills it and fails the test otherwise.
+pub(crate) fn wait_bounded(child: &mut Child) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + LIMIT;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            panic!("a child did not exit within {LIMIT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20)); // polling the child, bounded
+    }
+}
+
+/// Everything `r` yields until it ends, read on a thread, at most [`LIMIT`].
+pub(crate) fn read_bounded(mut r: impl Read + Send + 'static) -> String {
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = r.read_to_string(&mut s);
+        let _ = tx.send(s);
+    });
+    rx.recv_timeout(LIMIT).expect("the output ends in time")
+}
+
+/// The lines `r` yields, read on a thread; each call waits at most [`LIMIT`] for the next.
+pub(crate) fn lines_bounded(r: impl Read + Send + 'static) -> impl FnMut() -> Option<String> {
+    let (tx, rx) = std::sync::mpsc::sync_channel(64);
+    std::thread::spawn(move || {
+        for line in BufReader::new(r).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    move || match rx.recv_timeout(LIMIT) {
+        Ok(line) => Some(line),
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => None,
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => panic!("no line within {LIMIT:?}"),
+    }
+}
+
 /// Every file under `dir`.
 pub(crate) fn walk(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();

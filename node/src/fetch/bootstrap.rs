@@ -12,10 +12,12 @@ use shoal_protocol::{
     format::{HEADER_LEN, HeaderError, Layout, OpenBlobError, Opener},
     wire::{BlobRequest, ResponseHeader},
 };
+use tokio::sync::watch;
 use tracing::{debug, warn};
 
 use super::{
     error::FetchError,
+    options::Progress,
     part::PartFiles,
     peers::{Arrival, Patience, Sources, sleep_until},
 };
@@ -54,6 +56,7 @@ pub(super) async fn open(
     peers: &mut Vec<PeerId>,
     sources: &mut Sources,
     patience: &mut Patience,
+    progress: &watch::Sender<Progress>,
     banned: &mut Vec<(PeerId, String)>,
     why: &mut Vec<String>,
 ) -> Result<Opened, FetchError> {
@@ -68,7 +71,10 @@ pub(super) async fn open(
             (None, Some(l)) => Size::Linked(l),
             (None, None) => Size::Unknown,
         };
-        let got = first_blocks(node, id, trusted, peers, sources, patience, banned, why).await?;
+        let got = first_blocks(
+            node, id, trusted, peers, sources, patience, progress, banned, why,
+        )
+        .await?;
         let Some(got) = got else {
             why.extend(banned.iter().map(|(p, w)| format!("{p}: {w}")));
             why.extend(sources.describe(&patience.describe()));
@@ -161,6 +167,7 @@ async fn first_blocks(
     peers: &mut Vec<PeerId>,
     sources: &mut Sources,
     patience: &mut Patience,
+    progress: &watch::Sender<Progress>,
     banned: &mut Vec<(PeerId, String)>,
     why: &mut Vec<String>,
 ) -> Result<Option<Boot>, FetchError> {
@@ -177,6 +184,8 @@ async fn first_blocks(
         if retry.is_empty() {
             // Nobody left to ask: the sources re-dial, trackers may list more peers, and the
             // DHT may know some.
+            let since = patience.since().map(tokio::time::Instant::into_std);
+            progress.send_if_modified(|p| std::mem::replace(&mut p.waiting_since, since) != since);
             sources.want_peers();
             tokio::select! {
                 a = sources.next() => take(a, &mut retry, peers, banned),
@@ -191,6 +200,7 @@ async fn first_blocks(
                 Ok(boot) => {
                     debug!(blob = %id, peer = %peer, after = ?started.elapsed(), "bootstrapped");
                     patience.stop();
+                    progress.send_if_modified(|p| p.waiting_since.take().is_some());
                     return Ok(Some(boot));
                 }
                 Err(BootError::LinkSize { link, blob }) => {

@@ -135,7 +135,7 @@ async fn fetch_inner(
         let _ = announcing.send(outcomes);
     }
     let mut patience = Patience::new(opts.patience);
-    let mut peers = sources.first(&mut patience).await?;
+    let mut peers = sources.first(&mut patience, &progress).await?;
     progress.send_modify(|p| p.peers = peers.len());
 
     let mut banned: Vec<(libp2p::PeerId, String)> = Vec::new();
@@ -154,6 +154,7 @@ async fn fetch_inner(
         &mut peers,
         &mut sources,
         &mut patience,
+        &progress,
         &mut banned,
         &mut why,
     )

@@ -27,7 +27,10 @@ use tokio::{
 };
 use tracing::{debug, info};
 
-use super::{error::FetchError, options::FetchOptions};
+use super::{
+    error::FetchError,
+    options::{FetchOptions, Progress},
+};
 use crate::{
     announce::{Announcer, Listed, Outcome, Status},
     dht::Found,
@@ -267,8 +270,11 @@ impl Sources {
     pub(super) async fn first(
         &mut self,
         patience: &mut Patience,
+        progress: &watch::Sender<Progress>,
     ) -> Result<Vec<PeerId>, FetchError> {
         patience.wait(Instant::now());
+        // Shown as waiting once the named peers' first dials are over.
+        let mut shown = false;
         let mut peers = Vec::new();
         loop {
             // Every named peer's first dial is over (or none was named): take what answered.
@@ -288,6 +294,11 @@ impl Sources {
             }
             if !named_pending {
                 self.want_peers();
+                if !shown {
+                    let since = patience.since().map(Instant::into_std);
+                    progress.send_modify(|p| p.waiting_since = since);
+                    shown = true;
+                }
             }
             let deadline = patience.deadline();
             tokio::select! {
@@ -301,6 +312,7 @@ impl Sources {
             }
         }
         patience.stop();
+        progress.send_if_modified(|p| p.waiting_since.take().is_some());
         info!(blob = %self.id, peers = peers.len(), "connected");
         Ok(peers)
     }
