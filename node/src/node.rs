@@ -521,23 +521,43 @@ impl Node {
     }
 }
 
+/// The event loop's state: the only owner of the swarm.
+struct EventLoop {
+    swarm: Swarm<Behaviour>,
+    dht: Dht,
+    listen: watch::Sender<Vec<Multiaddr>>,
+    stats: Arc<Stats>,
+    interests: Arc<Interests>,
+    /// Dials in progress and who waits for each.
+    dials: HashMap<ConnectionId, (Multiaddr, oneshot::Sender<Result<PeerId, String>>)>,
+    /// Tracker requests in progress: the tracker and who waits for the answer.
+    tracker_calls: HashMap<
+        request_response::OutboundRequestId,
+        (PeerId, oneshot::Sender<Result<TrackerResponse, String>>),
+    >,
+    /// Why the last dial of a peer failed, for the errors of requests that needed it.
+    dial_errors: HashMap<PeerId, String>,
+}
+
 async fn event_loop(
-    mut swarm: Swarm<Behaviour>,
-    mut dht: Dht,
+    swarm: Swarm<Behaviour>,
+    dht: Dht,
     mut commands: mpsc::Receiver<Command>,
     listen: watch::Sender<Vec<Multiaddr>>,
     stats: Arc<Stats>,
     interests: Arc<Interests>,
     shutdown: CancellationToken,
 ) {
-    let mut dials: HashMap<ConnectionId, (Multiaddr, oneshot::Sender<Result<PeerId, String>>)> =
-        HashMap::new();
-    let mut tracker_calls: HashMap<
-        request_response::OutboundRequestId,
-        (PeerId, oneshot::Sender<Result<TrackerResponse, String>>),
-    > = HashMap::new();
-    // Why the last dial of a peer failed, for the errors of requests that needed it.
-    let mut dial_errors: HashMap<PeerId, String> = HashMap::new();
+    let mut l = EventLoop {
+        swarm,
+        dht,
+        listen,
+        stats,
+        interests,
+        dials: HashMap::new(),
+        tracker_calls: HashMap::new(),
+        dial_errors: HashMap::new(),
+    };
     // Bootstrap again now and then (only with bootstrap peers: without, there is nothing to
     // re-add), and drop expired foreign provider records.
     let mut rebootstrap = tokio::time::interval_at(
@@ -546,137 +566,196 @@ async fn event_loop(
     );
     rebootstrap.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let lookup_due = dht.next_deadline().map(tokio::time::Instant::from_std);
+        let lookup_due = l.dht.next_deadline().map(tokio::time::Instant::from_std);
         tokio::select! {
             () = shutdown.cancelled() => break,
             _ = rebootstrap.tick() => {
-                if dht.has_bootstrap() {
-                    dht.rebootstrap(&mut swarm);
+                if l.dht.has_bootstrap() {
+                    l.dht.rebootstrap(&mut l.swarm);
                 }
-                dht.sweep(&mut swarm);
+                l.dht.sweep(&mut l.swarm);
             }
             () = async {
                 match lookup_due {
                     Some(t) => tokio::time::sleep_until(t).await,
                     None => std::future::pending().await,
                 }
-            } => dht.on_deadline(&mut swarm),
+            } => l.dht.on_deadline(&mut l.swarm),
             cmd = commands.recv() => match cmd {
                 None => break,
-                Some(Command::Disconnect { peer }) => {
-                    let _ = swarm.disconnect_peer_id(peer);
-                    // A peer that lies about blobs is no DHT peer worth keeping either (and
-                    // DHT queries would otherwise connect to it again at once).
-                    if let Some(kad) = swarm.behaviour_mut().kad.as_mut() {
-                        kad.remove_peer(&peer);
-                    }
-                    count_dht_peers(&mut swarm, &stats);
-                }
-                Some(Command::Provide { id, reply }) => dht.provide(&mut swarm, id, reply),
-                Some(Command::StopProviding { id }) => Dht::stop_providing(&mut swarm, id),
-                Some(Command::FindProviders { id, timeout, sink }) => {
-                    dht.find_providers(&mut swarm, id, timeout, sink);
-                }
-                #[cfg(feature = "test-utils")]
-                Some(Command::StoredProviders { id, reply }) => {
-                    let _ = reply.send(Dht::stored_providers(&mut swarm, id));
-                }
-                Some(Command::Tracker { peer, addr, request, reply }) => {
-                    let id = swarm.behaviour_mut().tracker.send_request_with_addresses(&peer, request, vec![addr]);
-                    tracker_calls.insert(id, (peer, reply));
-                }
-                Some(Command::Dial { addr, reply }) => {
-                    // Already connected: that is what the caller wants.
-                    if let Some((peer, _)) = dht::split_p2p(&addr)
-                        && swarm.is_connected(&peer)
-                    {
-                        let _ = reply.send(Ok(peer));
-                        continue;
-                    }
-                    let opts = dial_opts(&addr);
-                    let id = opts.connection_id();
-                    match swarm.dial(opts) {
-                        Ok(()) => { dials.insert(id, (addr, reply)); }
-                        Err(e) => { let _ = reply.send(Err(e.to_string())); }
-                    }
-                }
+                Some(cmd) => l.on_command(cmd),
             },
-            event = swarm.select_next_some() => match event {
-                SwarmEvent::NewListenAddr { address, .. } => {
-                    info!(%address, "listening");
-                    listen.send_modify(|a| a.push(address));
-                }
-                SwarmEvent::ConnectionEstablished { peer_id, connection_id, num_established, endpoint, .. } => {
-                    debug!(peer = %peer_id, "connected");
-                    if num_established.get() == 1 {
-                        stats.connected_peers.fetch_add(1, Ordering::Relaxed);
-                        if endpoint.is_listener() {
-                            // A seeder a tracker told about us, maybe: downloads may ask it.
-                            interests.notify_all(Contact::Connected(peer_id));
-                        }
-                    }
-                    if let Some((_, reply)) = dials.remove(&connection_id) {
-                        let _ = reply.send(Ok(peer_id));
-                    }
-                    dht.on_connected(&mut swarm, peer_id, endpoint.get_remote_address());
-                }
-                SwarmEvent::ConnectionClosed { peer_id, num_established, .. } => {
-                    debug!(peer = %peer_id, "disconnected");
-                    if num_established == 0 {
-                        stats.connected_peers.fetch_sub(1, Ordering::Relaxed);
-                        dht.on_disconnected(peer_id);
-                        interests.notify_all(Contact::Disconnected(peer_id));
-                    }
-                }
-                SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
-                    dht.on_identify(&mut swarm, peer_id, &info);
-                    count_dht_peers(&mut swarm, &stats);
-                }
-                SwarmEvent::Behaviour(BehaviourEvent::Kad(event)) => {
-                    dht.on_event(&mut swarm, event);
-                    count_dht_peers(&mut swarm, &stats);
-                }
-                SwarmEvent::Behaviour(BehaviourEvent::Tracker(event)) => match event {
-                    request_response::Event::Message {
-                        message: request_response::Message::Response { request_id, response },
-                        ..
-                    } => {
-                        if let Some((_, reply)) = tracker_calls.remove(&request_id) {
-                            let _ = reply.send(Ok(response));
-                        }
-                    }
-                    request_response::Event::OutboundFailure { request_id, error, .. } => {
-                        if let Some((peer, reply)) = tracker_calls.remove(&request_id) {
-                            let why = match error {
-                                request_response::OutboundFailure::DialFailure => {
-                                    tracker_dial_failure(dial_errors.get(&peer).map(String::as_str))
-                                }
-                                other => other.to_string(),
-                            };
-                            let _ = reply.send(Err(why));
-                        }
-                    }
-                    _ => {}
-                },
-                SwarmEvent::OutgoingConnectionError { connection_id, error, peer_id } => {
-                    if let Some((addr, reply)) = dials.remove(&connection_id) {
-                        debug!(%addr, %error, "dial failed");
-                        let _ = reply.send(Err(error.to_string()));
-                    }
-                    if let Some(peer) = peer_id {
-                        dht.dial_ended(&mut swarm, peer, false);
-                        count_dht_peers(&mut swarm, &stats);
-                        if dial_errors.len() >= MAX_DIAL_ERRORS_KEPT {
-                            dial_errors.clear();
-                        }
-                        dial_errors.insert(peer, error.to_string());
-                    }
-                }
-                _ => {}
-            },
+            event = l.swarm.select_next_some() => l.on_swarm_event(event),
         }
     }
     debug!("event loop stopped");
+}
+
+impl EventLoop {
+    fn on_command(&mut self, cmd: Command) {
+        let swarm = &mut self.swarm;
+        match cmd {
+            Command::Disconnect { peer } => {
+                let _ = swarm.disconnect_peer_id(peer);
+                // A peer that lies about blobs is no DHT peer worth keeping either (and DHT
+                // queries would otherwise connect to it again at once).
+                if let Some(kad) = swarm.behaviour_mut().kad.as_mut() {
+                    kad.remove_peer(&peer);
+                }
+                count_dht_peers(swarm, &self.stats);
+            }
+            Command::Provide { id, reply } => self.dht.provide(swarm, id, reply),
+            Command::StopProviding { id } => Dht::stop_providing(swarm, id),
+            Command::FindProviders { id, timeout, sink } => {
+                self.dht.find_providers(swarm, id, timeout, sink);
+            }
+            #[cfg(feature = "test-utils")]
+            Command::StoredProviders { id, reply } => {
+                let _ = reply.send(Dht::stored_providers(swarm, id));
+            }
+            Command::Tracker {
+                peer,
+                addr,
+                request,
+                reply,
+            } => {
+                let id = swarm.behaviour_mut().tracker.send_request_with_addresses(
+                    &peer,
+                    request,
+                    vec![addr],
+                );
+                self.tracker_calls.insert(id, (peer, reply));
+            }
+            Command::Dial { addr, reply } => {
+                // Already connected: that is what the caller wants.
+                if let Some((peer, _)) = dht::split_p2p(&addr)
+                    && swarm.is_connected(&peer)
+                {
+                    let _ = reply.send(Ok(peer));
+                    return;
+                }
+                let opts = dial_opts(&addr);
+                let id = opts.connection_id();
+                match swarm.dial(opts) {
+                    Ok(()) => {
+                        self.dials.insert(id, (addr, reply));
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e.to_string()));
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        let swarm = &mut self.swarm;
+        match event {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                info!(%address, "listening");
+                self.listen.send_modify(|a| a.push(address));
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                connection_id,
+                num_established,
+                endpoint,
+                ..
+            } => {
+                debug!(peer = %peer_id, "connected");
+                if num_established.get() == 1 {
+                    self.stats.connected_peers.fetch_add(1, Ordering::Relaxed);
+                    if endpoint.is_listener() {
+                        // A seeder a tracker told about us, maybe: downloads may ask it.
+                        self.interests.notify_all(Contact::Connected(peer_id));
+                    }
+                }
+                if let Some((_, reply)) = self.dials.remove(&connection_id) {
+                    let _ = reply.send(Ok(peer_id));
+                }
+                self.dht
+                    .on_connected(swarm, peer_id, endpoint.get_remote_address());
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established,
+                ..
+            } => {
+                debug!(peer = %peer_id, "disconnected");
+                if num_established == 0 {
+                    self.stats.connected_peers.fetch_sub(1, Ordering::Relaxed);
+                    self.dht.on_disconnected(peer_id);
+                    self.interests.notify_all(Contact::Disconnected(peer_id));
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
+                peer_id,
+                info,
+                ..
+            })) => {
+                self.dht.on_identify(swarm, peer_id, &info);
+                count_dht_peers(swarm, &self.stats);
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(event)) => {
+                self.dht.on_event(swarm, event);
+                count_dht_peers(swarm, &self.stats);
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Tracker(event)) => self.on_tracker_event(event),
+            SwarmEvent::OutgoingConnectionError {
+                connection_id,
+                error,
+                peer_id,
+            } => {
+                if let Some((addr, reply)) = self.dials.remove(&connection_id) {
+                    debug!(%addr, %error, "dial failed");
+                    let _ = reply.send(Err(error.to_string()));
+                }
+                if let Some(peer) = peer_id {
+                    self.dht.dial_ended(swarm, peer, false);
+                    count_dht_peers(swarm, &self.stats);
+                    if self.dial_errors.len() >= MAX_DIAL_ERRORS_KEPT {
+                        self.dial_errors.clear();
+                    }
+                    self.dial_errors.insert(peer, error.to_string());
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_tracker_event(
+        &mut self,
+        event: request_response::Event<TrackerRequest, TrackerResponse>,
+    ) {
+        match event {
+            request_response::Event::Message {
+                message:
+                    request_response::Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => {
+                if let Some((_, reply)) = self.tracker_calls.remove(&request_id) {
+                    let _ = reply.send(Ok(response));
+                }
+            }
+            request_response::Event::OutboundFailure {
+                request_id, error, ..
+            } => {
+                if let Some((peer, reply)) = self.tracker_calls.remove(&request_id) {
+                    let why = match error {
+                        request_response::OutboundFailure::DialFailure => {
+                            tracker_dial_failure(self.dial_errors.get(&peer).map(String::as_str))
+                        }
+                        other => other.to_string(),
+                    };
+                    let _ = reply.send(Err(why));
+                }
+            }
+            _ => {}
+        }
+    }
 }
 
 /// Peers whose last dial error is kept (for request errors); the map starts over when full.

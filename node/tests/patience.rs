@@ -57,57 +57,93 @@ async fn seeder_on(
     }
 }
 
+/// A download under way from a capped sharer on a fixed port, with `patience`.
+struct Run {
+    shared: testing::SharedFile,
+    key: Keypair,
+    port: u16,
+    seeder_stop: CancellationToken,
+    link: shoal_protocol::Link,
+    out: std::path::PathBuf,
+    rx: watch::Receiver<Progress>,
+    download: tokio::task::JoinHandle<Result<shoal_node::fetch::Fetched, FetchError>>,
+    stop: CancellationToken,
+}
+
+/// Shares a 4 MiB file (content `seed`) on a free port, capped at `cap`, and starts a
+/// download of it with `patience`, returning once `blocks` blocks are in.
+async fn run_until(
+    dir: &std::path::Path,
+    seed: u64,
+    cap: u64,
+    patience: Duration,
+    blocks: u64,
+) -> Run {
+    let shared = testing::shared_file(dir, 4 << 20, seed);
+    let key = Keypair::generate_ed25519();
+    let port = free_port();
+    let (seeder, seeder_stop) = seeder_on(port, &key, &shared.store, cap).await;
+    let mut link = shared.shared.link.clone();
+    link.peers = vec![format!(
+        "/ip4/127.0.0.1/tcp/{port}/p2p/{}",
+        seeder.peer_id()
+    )];
+    let stop = CancellationToken::new();
+    let getter = testing::node(Config::loopback(), Arc::new(Store::in_memory()), &stop);
+    let out = dir.join("got.bin");
+    let (tx, mut rx) = watch::channel(Progress::default());
+    let mut opts = FetchOptions::new(Output::File(out.clone()));
+    opts.patience = Some(patience);
+    let download = tokio::spawn({
+        let link = link.clone();
+        async move { fetch(&getter, &link, opts, tx).await }
+    });
+    timeout(LIMIT, rx.wait_for(|p| p.done_blocks >= blocks))
+        .await
+        .expect("the download starts")
+        .unwrap();
+    Run {
+        shared,
+        key,
+        port,
+        seeder_stop,
+        link,
+        out,
+        rx,
+        download,
+        stop,
+    }
+}
+
 /// Item 1: the sharer is killed mid-download and comes back on the same address. The
 /// download waits ("waiting for peers" in its progress), dials it again, and completes.
 /// Before the fix it ended at once with "no addresses for peer".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_sharer_is_dialled_again_and_the_download_goes_on() {
     let dir = tempfile::tempdir().unwrap();
-    let shared = testing::shared_file(dir.path(), 4 << 20, 21);
-    let key = Keypair::generate_ed25519();
-    let port = free_port();
-    let (seeder, seeder_stop) = seeder_on(port, &key, &shared.store, 1_500_000).await;
-    let mut link = shared.shared.link.clone();
-    link.peers = vec![format!(
-        "/ip4/127.0.0.1/tcp/{port}/p2p/{}",
-        seeder.peer_id()
-    )];
-
-    let stop = CancellationToken::new();
-    let getter = testing::node(Config::loopback(), Arc::new(Store::in_memory()), &stop);
-    let out = dir.path().join("got.bin");
-    let (tx, mut rx) = watch::channel(Progress::default());
-    let download = tokio::spawn({
-        let (getter, link, out) = (getter.clone(), link.clone(), out.clone());
-        async move { fetch(&getter, &link, FetchOptions::new(Output::File(out)), tx).await }
-    });
-    timeout(LIMIT, rx.wait_for(|p| p.done_blocks >= 8))
-        .await
-        .expect("the download starts")
-        .unwrap();
-    seeder_stop.cancel();
-    drop(seeder);
+    let mut r = run_until(dir.path(), 21, 1_500_000, Duration::from_secs(120), 8).await;
+    r.seeder_stop.cancel();
     // With its only peer gone, the download says it is waiting.
-    timeout(LIMIT, rx.wait_for(|p| p.waiting_since.is_some()))
+    timeout(LIMIT, r.rx.wait_for(|p| p.waiting_since.is_some()))
         .await
         .expect("the download waits for peers")
         .unwrap();
-    let done_before = rx.borrow().done_blocks;
-    let (_back, back_stop) = seeder_on(port, &key, &shared.store, 1_500_000).await;
-    let done = timeout(LIMIT, download)
+    let done_before = r.rx.borrow().done_blocks;
+    let (_back, back_stop) = seeder_on(r.port, &r.key, &r.shared.store, 1_500_000).await;
+    let done = timeout(LIMIT, r.download)
         .await
         .expect("the download completes after the restart")
         .unwrap()
         .expect("the download succeeds");
-    assert_eq!(std::fs::read(&out).unwrap(), shared.data);
+    assert_eq!(std::fs::read(&r.out).unwrap(), r.shared.data);
     assert!(
-        done_before < rx.borrow().total_blocks,
+        done_before < r.rx.borrow().total_blocks,
         "the restart happened mid-download"
     );
-    assert!(rx.borrow().waiting_since.is_none(), "no longer waiting");
+    assert!(r.rx.borrow().waiting_since.is_none(), "no longer waiting");
     assert!(done.banned.is_empty(), "{:?}", done.banned);
     back_stop.cancel();
-    stop.cancel();
+    r.stop.cancel();
 }
 
 /// Item 1's other half: a sharer that does not come back. The download keeps dialling for
@@ -115,31 +151,16 @@ async fn a_restarted_sharer_is_dialled_again_and_the_download_goes_on() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sharer_that_stays_away_ends_the_download_after_its_patience() {
     let dir = tempfile::tempdir().unwrap();
-    let shared = testing::shared_file(dir.path(), 4 << 20, 22);
-    let key = Keypair::generate_ed25519();
-    let port = free_port();
-    let (seeder, seeder_stop) = seeder_on(port, &key, &shared.store, 1_000_000).await;
-    let mut link = shared.shared.link.clone();
-    link.peers = vec![format!(
-        "/ip4/127.0.0.1/tcp/{port}/p2p/{}",
-        seeder.peer_id()
-    )];
-
-    let stop = CancellationToken::new();
-    let getter = testing::node(Config::loopback(), Arc::new(Store::in_memory()), &stop);
-    let out = dir.path().join("got.bin");
-    let (tx, mut rx) = watch::channel(Progress::default());
     let patience = Duration::from_secs(3);
-    let mut opts = FetchOptions::new(Output::File(out.clone()));
-    opts.patience = Some(patience);
-    let download = tokio::spawn({
-        let (getter, link) = (getter.clone(), link.clone());
-        async move { fetch(&getter, &link, opts, tx).await }
-    });
-    timeout(LIMIT, rx.wait_for(|p| p.done_blocks >= 4))
-        .await
-        .expect("the download starts")
-        .unwrap();
+    let Run {
+        seeder_stop,
+        download,
+        link,
+        out,
+        port,
+        stop,
+        ..
+    } = run_until(dir.path(), 22, 1_000_000, patience, 4).await;
     seeder_stop.cancel();
     let gone = std::time::Instant::now();
     let err = timeout(LIMIT, download)

@@ -112,6 +112,28 @@ async fn reopen(store: &Path, stop: &CancellationToken) -> SeedNode {
     .expect("the stopped seed node lets go of its store")
 }
 
+/// A publisher of a `len`-byte file that pushed it to a new seed node (store `dir/seed`,
+/// stopped by `seed_stop`).
+async fn pushed(
+    dir: &Path,
+    len: usize,
+    stop: &CancellationToken,
+    seed_stop: &CancellationToken,
+) -> (Publisher, std::path::PathBuf, Node, SeedNode) {
+    let p = publisher(dir, len, Config::loopback(), stop);
+    let store = dir.join("seed");
+    let (seed_node, seed) = seed_node(&store, 1 << 30, &[p.node.peer_id()], seed_stop).await;
+    connect(&p.node, &seed_node).await;
+    timeout(
+        LIMIT,
+        push(&p.node, seed_node.peer_id(), p.source.clone(), |_, _| {}),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    (p, store, seed_node, seed)
+}
+
 async fn connect(from: &Node, to: &Node) {
     let addr = testing::addr(to, "tcp").await;
     from.dial(addr, Duration::from_secs(10)).await.unwrap();
@@ -411,18 +433,8 @@ async fn an_interrupted_push_is_kept_across_a_restart_and_deleted_once_abandoned
 async fn taken_down_blob_is_deleted_refused_and_stays_down_after_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let stop = CancellationToken::new();
-    let p = publisher(dir.path(), 300_000, Config::loopback(), &stop);
-    let store = dir.path().join("seed");
     let seed_stop = stop.child_token();
-    let (seed_node, seed) = seed_node(&store, 1 << 30, &[p.node.peer_id()], &seed_stop).await;
-    connect(&p.node, &seed_node).await;
-    timeout(
-        LIMIT,
-        push(&p.node, seed_node.peer_id(), p.source.clone(), |_, _| {}),
-    )
-    .await
-    .unwrap()
-    .unwrap();
+    let (p, store, seed_node, seed) = pushed(dir.path(), 300_000, &stop, &seed_stop).await;
     assert!(seed.take_down(p.link.id).unwrap());
     assert!(!seed.has(&p.link.id));
     assert!(seed_node.store().get(&p.link.id).is_none());
@@ -517,17 +529,7 @@ fn blob_len_of(offer: &[u8; OFFER_LEN]) -> u64 {
 async fn a_corrupt_stored_block_is_reported_not_served_and_repaired_from_peers() {
     let dir = tempfile::tempdir().unwrap();
     let stop = CancellationToken::new();
-    let p = publisher(dir.path(), 2 * MIB, Config::loopback(), &stop);
-    let store = dir.path().join("seed");
-    let (seed_node, seed) = seed_node(&store, 1 << 30, &[p.node.peer_id()], &stop).await;
-    connect(&p.node, &seed_node).await;
-    timeout(
-        LIMIT,
-        push(&p.node, seed_node.peer_id(), p.source.clone(), |_, _| {}),
-    )
-    .await
-    .unwrap()
-    .unwrap();
+    let (p, store, seed_node, seed) = pushed(dir.path(), 2 * MIB, &stop, &stop).await;
     // Rot: flip a byte of block 5 in the stored ciphertext.
     let bad = 5u32;
     let blob = store.join("blobs").join(format!("{}.blob", p.link.id));

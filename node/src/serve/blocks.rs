@@ -6,7 +6,7 @@ use std::{
     time::Instant,
 };
 
-use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use futures::{AsyncReadExt, AsyncWriteExt};
 use libp2p::{PeerId, Stream};
 use shoal_protocol::{
     BlockIndex,
@@ -18,9 +18,9 @@ use shoal_protocol::{
 use tokio::sync::mpsc;
 use tracing::{debug, error, warn};
 
-use super::Service;
 #[cfg(feature = "test-utils")]
 use super::count_down;
+use super::{Service, next_stream};
 use crate::{
     buffers,
     rate::RateLimiter,
@@ -57,14 +57,7 @@ pub(super) async fn serve_loop(inner: Arc<Service>, mut incoming: libp2p_stream:
         .upload_limit_bytes_per_sec
         .filter(|&r| r > 0)
         .map(|r| Arc::new(RateLimiter::new(r)));
-    loop {
-        let next = tokio::select! {
-            () = inner.shutdown.cancelled() => break,
-            next = incoming.next() => next,
-        };
-        let Some((peer, mut stream)) = next else {
-            break;
-        };
+    while let Some((peer, mut stream)) = next_stream(&inner, &mut incoming).await {
         let inner = inner.clone();
         let limiter = limiter.clone();
         let decision = slots

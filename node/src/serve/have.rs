@@ -4,7 +4,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use futures::{AsyncReadExt, AsyncWriteExt};
 use libp2p::{PeerId, Stream};
 use shoal_protocol::{
     blob::{BlockRange, block_count},
@@ -13,9 +13,9 @@ use shoal_protocol::{
 use tokio::sync::Semaphore;
 use tracing::debug;
 
-use super::Service;
 #[cfg(feature = "test-utils")]
 use super::count_down;
+use super::{Service, next_stream};
 use crate::store::Source;
 
 /// Most have-map subscriptions served at once; more are closed at once.
@@ -33,14 +33,7 @@ const SUBSCRIBE_BACK_MAX_RETRY: Duration = Duration::from_secs(5);
 /// own (at most [`MAX_HAVE_SUBSCRIPTIONS`] at once).
 pub(super) async fn have_loop(inner: Arc<Service>, mut incoming: libp2p_stream::IncomingStreams) {
     let slots = Arc::new(Semaphore::new(MAX_HAVE_SUBSCRIPTIONS));
-    loop {
-        let next = tokio::select! {
-            () = inner.shutdown.cancelled() => break,
-            next = incoming.next() => next,
-        };
-        let Some((peer, mut stream)) = next else {
-            break;
-        };
+    while let Some((peer, mut stream)) = next_stream(&inner, &mut incoming).await {
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             drop(stream); // at the limit: the peer sees the stream end and asks again later
             continue;

@@ -28,6 +28,17 @@ pub(crate) struct Service {
     pub(crate) shutdown: CancellationToken,
 }
 
+/// The next inbound stream, or `None` once the node stops (or the protocol is closed).
+async fn next_stream(
+    service: &Service,
+    incoming: &mut libp2p_stream::IncomingStreams,
+) -> Option<(libp2p::PeerId, libp2p::Stream)> {
+    tokio::select! {
+        () = service.shutdown.cancelled() => None,
+        next = futures::StreamExt::next(incoming) => next,
+    }
+}
+
 /// Spawns the loops that serve block requests (`blobs`) and have-map subscriptions
 /// (`haves`) until `service.shutdown` is cancelled.
 pub(crate) fn spawn(
