@@ -223,3 +223,25 @@ fn logs_to_a_pipe_have_no_colour_codes() {
     assert!(err.contains("INFO"), "logged at info level: {err}");
     assert!(!err.contains('\u{1b}'), "colour codes in a pipe: {err:?}");
 }
+
+/// Item 16: with the DHT off, the "no source" error does not suggest a DHT bootstrap peer.
+#[test]
+fn without_the_dht_the_error_does_not_suggest_a_bootstrap_peer() {
+    let dir = tempfile::tempdir().unwrap();
+    write_random(&dir.path().join("f.bin"), 1_000);
+    let o = run(shoal(dir.path()).args(["encrypt", "f.bin", "-o", "f.blob", "--json"]));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let link = v["link"].as_str().unwrap();
+    let hintless = format!(
+        "{}#{}",
+        link.split(['?', '#']).next().unwrap(),
+        link.rsplit('#').next().unwrap()
+    );
+    let o = run(shoal(dir.path()).args(["get", &hintless, "--no-dht"]));
+    assert_eq!(o.status.code(), Some(4), "{}", text(&o.stderr));
+    let err = text(&o.stderr);
+    assert!(
+        err.contains("the DHT is off") && !err.contains("--bootstrap ADDR"),
+        "{err}"
+    );
+}

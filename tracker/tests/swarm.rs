@@ -214,3 +214,42 @@ async fn a_downloader_that_starts_before_the_seeder_waits_and_downloads() {
     drop(done);
     stop.cancel();
 }
+
+/// Issue 11, item 2: a file nobody seeds. The downloader waits its patience (here 3 s), the
+/// tracker keeps answering, and the error says so in words — never a rate-limit refusal or a
+/// Rust debug format.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_nobody_seeds_says_so_in_words() {
+    let dir = tempfile::tempdir().unwrap();
+    let stop = CancellationToken::new();
+    let tracker = Tracker::start(
+        ServiceConfig::loopback(),
+        Keypair::generate_ed25519(),
+        stop.clone(),
+    )
+    .unwrap();
+    let tr = tracker_addr(&tracker).await;
+    let shared = testing::shared_file(dir.path(), 100_000, 13);
+    let mut link = shared.shared.link.clone();
+    link.peers.clear();
+    link.trackers = vec![tr.to_string()];
+    let leecher = testing::node(
+        Config::loopback().with_dht(false),
+        Arc::new(Store::in_memory()),
+        &stop,
+    );
+    let mut opts = FetchOptions::new(Output::File(dir.path().join("got.bin")));
+    opts.patience = Some(Duration::from_secs(3));
+    let (tx, _rx) = watch::channel(Progress::default());
+    let err = timeout(LIMIT, fetch(&leecher, &link, opts, tx))
+        .await
+        .expect("the fetch gives up in time")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("nobody is seeding this file yet: the tracker lists 0 seeders"),
+        "{err}"
+    );
+    assert!(!err.contains("RateLimited") && !err.contains("{"), "{err}");
+    stop.cancel();
+}

@@ -14,7 +14,7 @@ pub enum FetchError {
     #[error(
         "the link names no peer or tracker to fetch from{}",
         if *.dht_off {
-            " and the DHT is off; pass a peer with --peer ADDR or a tracker with --tracker ADDR, or leave the DHT on (drop --no-dht) and give a bootstrap peer with --bootstrap ADDR"
+            " and the DHT is off; pass a peer with --peer ADDR or a tracker with --tracker ADDR, or turn the DHT back on (drop --no-dht)"
         } else {
             " and no DHT bootstrap peer is configured; pass a peer with --peer ADDR, a tracker with --tracker ADDR, or a DHT bootstrap peer with --bootstrap ADDR"
         }
