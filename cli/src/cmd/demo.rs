@@ -320,9 +320,7 @@ fn addr_of(addrs: Vec<Multiaddr>, peer: PeerId, what: &str) -> anyhow::Result<Mu
         .context("building a multiaddr")
 }
 
-// Long on purpose: the demo's numbered steps in order (tracker, seed node, publisher, push,
-// peers, wait); each is a few lines, and splitting them would only pass a dozen handles around.
-/// Tracker, seed node, publisher and peers: the networked part.
+/// Tracker, seed node, publisher and peers: the networked part, step by step.
 async fn swarm(
     args: &Args,
     policy: Policy,
@@ -330,182 +328,40 @@ async fn swarm(
     store: Arc<Store>,
     link: Link,
 ) -> anyhow::Result<Measured> {
-    let say = |s: &str| {
-        if !args.json {
-            eprintln!("{s}");
-        }
+    let stage = Stage {
+        args,
+        dir,
+        stop: CancellationToken::new(),
     };
-    let stop = CancellationToken::new();
-    let _stop_all = stop.clone().drop_guard();
-
-    // 2. The tracker, which accepts the seed node's announces as a seed node.
+    let _stop_all = stage.stop.clone().drop_guard();
     let seed_key = Keypair::generate_ed25519();
-    let seed_id = seed_key.public().to_peer_id();
-    // Every node here connects from 127.0.0.1: lift the per-IP connection limits.
-    let conns = u32::try_from(4 * (MAX_PEERS + 2)).expect("small");
-    let tracker = Tracker::start(
-        ServiceConfig::loopback()
-            .with_listen(args.transport.listen())
-            .with_http(None)
-            .with_ip_limits(conns, conns)
-            .with_seed_node_allow(vec![seed_id]),
-        Keypair::generate_ed25519(),
-        stop.child_token(),
-    )
-    .context("starting the tracker")?;
-    let tracker_addr = addr_of(
-        tracker.listen_addrs(STEP_TIMEOUT).await,
-        tracker.peer_id(),
-        "tracker",
-    )?;
-
-    // 3. The seed node: stores pushed ciphertext, serves it to the swarm under `policy`.
     let publisher_key = Keypair::generate_ed25519();
-    let seed_node = Node::start(
-        node_config(args.transport, cap(args.seed_cap)),
-        seed_key,
-        Arc::new(Store::in_memory()),
-        stop.clone(),
-    )
-    .context("starting the seed node")?;
-    let mut seed_config = SeedNodeConfig::new(
-        dir.join("seed-node"),
-        args.size.saturating_mul(4).saturating_add(64 << 20),
-    );
-    seed_config.allow = HashSet::from([publisher_key.public().to_peer_id()]);
-    seed_config.policy = policy;
-    seed_config.trackers = vec![tracker_addr.clone()];
-    let seed = SeedNode::start(&seed_node, seed_config).context("starting the seed node")?;
-    let seed_addr = addr_of(
-        seed_node.listen_addrs(STEP_TIMEOUT).await,
-        seed_id,
-        "seed node",
-    )?;
-
-    // 4. The publisher pushes the ciphertext (never the key) and leaves.
-    let publisher_stop = stop.child_token();
-    let publisher = Node::start(
-        node_config(args.transport, None),
-        publisher_key,
-        store.clone(),
-        publisher_stop.clone(),
-    )
-    .context("starting the publisher's node")?;
-    let source = store
-        .get(&link.id)
-        .context("the shared file is not in the publisher's store")?;
-    publisher
-        .dial(seed_addr, STEP_TIMEOUT)
-        .await
-        .context("the publisher cannot reach the seed node")?;
-    let bar = ui::bytes_bar(source.blob_len(), "pushing", args.json);
-    let t = Instant::now();
-    let pushed = seednode::push(&publisher, seed_id, source, |sent, total| {
-        bar.set_length(total);
-        bar.set_position(sent);
-    })
-    .await
-    .context("pushing to the seed node")?;
-    let push_time = t.elapsed();
-    bar.finish_and_clear();
-    publisher_stop.cancel();
+    let seed_id = seed_key.public().to_peer_id();
+    let (tracker, tracker_addr) = stage.tracker(seed_id).await?;
+    let (seed, seed_addr) = stage
+        .seed_node(
+            policy,
+            seed_key,
+            publisher_key.public().to_peer_id(),
+            &tracker_addr,
+        )
+        .await?;
+    let push_time = stage
+        .publish(publisher_key, store, &link, seed_id, seed_addr)
+        .await?;
     // The seed node announces what it stores; peers find it through the tracker.
     let mut tracked = tracker.subscribe_stats();
     tokio::time::timeout(STEP_TIMEOUT, tracked.wait_for(|s| s.table.seed_nodes >= 1))
         .await
         .context("the seed node did not announce itself to the tracker in time")?
         .context("the tracker stopped")?;
-    say(&format!(
-        "  2. it pushed the ciphertext to the seed node ({} in {:.2} s) and went offline;",
-        ui::size(pushed.bytes_sent),
-        push_time.as_secs_f64()
-    ));
-    say("     the seed node never sees the key: only the link carries it");
+    stage.say("     the seed node never sees the key: only the link carries it");
     let mut link = link;
     link.peers.clear();
     link.trackers = vec![tracker_addr.to_string()];
-    say(&format!("     link (key hidden): {}#…", link.public_part()));
-
-    // 5. The home peers, all at once.
-    let mut peers = Vec::with_capacity(args.peers);
-    for i in 0..args.peers {
-        let node = Node::start(
-            node_config(args.transport, cap(args.peer_cap)),
-            Keypair::generate_ed25519(),
-            Arc::new(Store::in_memory()),
-            stop.clone(),
-        )
-        .with_context(|| format!("starting peer {}", i + 1))?;
-        let out = dir.join(format!("peer-{}", i + 1));
-        std::fs::create_dir(&out).context("creating a peer's directory")?;
-        peers.push((node, out));
-    }
-    for (node, _) in &peers {
-        // Listening before they announce, so the tracker hands out their addresses.
-        if node.listen_addrs(STEP_TIMEOUT).await.is_empty() {
-            anyhow::bail!("a peer did not start listening on 127.0.0.1");
-        }
-    }
-    say(&format!(
-        "  3. {} peers fetch it at once, from the seed node and from each other:",
-        args.peers
-    ));
-    let blob_len = link.blob_len.unwrap_or(args.size);
-    let mut watches = Vec::with_capacity(args.peers);
-    let started = Instant::now();
-    let runs: Vec<_> = peers
-        .iter()
-        .map(|(node, out)| {
-            let (tx, rx) = watch::channel(Progress::default());
-            watches.push(rx);
-            let node = node.clone();
-            let link = link.clone();
-            let mut opts = FetchOptions::new(Output::Dir(out.clone()));
-            opts.provide = false;
-            tokio::spawn(async move {
-                let r = fetch::fetch(&node, &link, opts, tx).await;
-                (r, started.elapsed())
-            })
-        })
-        .collect();
-    let mut view = live::View::new(args.json, args.peers, args.size, blob_len);
-    let all = join_all(runs);
-    tokio::pin!(all);
-    let mut tick = tokio::time::interval(REFRESH);
-    let results = loop {
-        tokio::select! {
-            r = &mut all => break r,
-            _ = tick.tick() => view.update(&live::Now {
-                elapsed: started.elapsed(),
-                peers: watches.iter().zip(&peers).map(|(w, (node, _))| {
-                    let p = w.borrow();
-                    live::PeerNow {
-                        done_bytes: (p.done_blocks * SEGMENT_PLAINTEXT_LEN as u64).min(args.size),
-                        complete: p.total_blocks > 0 && p.done_blocks == p.total_blocks,
-                        uploaded: uploaded(node),
-                    }
-                }).collect(),
-                seed_egress: seed_egress(&seed, &link).0,
-            }),
-        }
-    };
-    view.finish();
-
-    // Everyone is done: every peer kept serving until now. Collect the figures.
-    let mut runs = Vec::with_capacity(args.peers);
-    let mut announcers = Vec::new();
-    for (i, (joined, (node, _))) in results.into_iter().zip(&peers).enumerate() {
-        let (fetched, elapsed) = joined.context("a peer's task failed")?;
-        let Fetched {
-            path, announcer, ..
-        } = fetched.with_context(|| format!("peer {} could not fetch the file", i + 1))?;
-        announcers.extend(announcer);
-        runs.push(PeerRun {
-            elapsed,
-            uploaded: uploaded(node),
-            path,
-        });
-    }
+    stage.say(&format!("     link (key hidden): {}#…", link.public_part()));
+    let peers = stage.peers().await?;
+    let (runs, announcers) = stage.fetch_all(&peers, &link, &seed).await?;
     let (seed_egress_bytes, seed_egress_copies) = seed_egress(&seed, &link);
     // Leave the tracker politely (bounded), then stop everything.
     let _ = tokio::time::timeout(
@@ -513,7 +369,7 @@ async fn swarm(
         join_all(announcers.into_iter().map(|a| a.leave())),
     )
     .await;
-    stop.cancel();
+    stage.stop.cancel();
     Ok(Measured {
         link,
         push_time,
@@ -521,6 +377,213 @@ async fn swarm(
         seed_egress_bytes,
         seed_egress_copies,
     })
+}
+
+/// What the steps of the networked part share: the flags, the work directory, and the token
+/// that stops every node.
+struct Stage<'a> {
+    args: &'a Args,
+    dir: &'a Path,
+    stop: CancellationToken,
+}
+
+impl Stage<'_> {
+    fn say(&self, s: &str) {
+        if !self.args.json {
+            eprintln!("{s}");
+        }
+    }
+
+    /// Step 2: the tracker, which accepts the seed node `seed_id`'s announces as a seed node.
+    async fn tracker(&self, seed_id: PeerId) -> anyhow::Result<(Tracker, Multiaddr)> {
+        // Every node here connects from 127.0.0.1: lift the per-IP connection limits.
+        let conns = u32::try_from(4 * (MAX_PEERS + 2)).expect("small");
+        let tracker = Tracker::start(
+            ServiceConfig::loopback()
+                .with_listen(self.args.transport.listen())
+                .with_http(None)
+                .with_ip_limits(conns, conns)
+                .with_seed_node_allow(vec![seed_id]),
+            Keypair::generate_ed25519(),
+            self.stop.child_token(),
+        )
+        .context("starting the tracker")?;
+        let addr = addr_of(
+            tracker.listen_addrs(STEP_TIMEOUT).await,
+            tracker.peer_id(),
+            "tracker",
+        )?;
+        Ok((tracker, addr))
+    }
+
+    /// Step 3: the seed node: stores what `publisher` pushes, serves it to the swarm under
+    /// `policy`, announces it to the tracker. Returns it with its address.
+    async fn seed_node(
+        &self,
+        policy: Policy,
+        key: Keypair,
+        publisher: PeerId,
+        tracker: &Multiaddr,
+    ) -> anyhow::Result<(SeedNode, Multiaddr)> {
+        let id = key.public().to_peer_id();
+        let node = Node::start(
+            node_config(self.args.transport, cap(self.args.seed_cap)),
+            key,
+            Arc::new(Store::in_memory()),
+            self.stop.clone(),
+        )
+        .context("starting the seed node")?;
+        let mut config = SeedNodeConfig::new(
+            self.dir.join("seed-node"),
+            self.args.size.saturating_mul(4).saturating_add(64 << 20),
+        );
+        config.allow = HashSet::from([publisher]);
+        config.policy = policy;
+        config.trackers = vec![tracker.clone()];
+        let seed = SeedNode::start(&node, config).context("starting the seed node")?;
+        let addr = addr_of(node.listen_addrs(STEP_TIMEOUT).await, id, "seed node")?;
+        Ok((seed, addr))
+    }
+
+    /// Step 4: the publisher (`key`, sharing from `store`) pushes the ciphertext of `link`'s
+    /// blob to the seed node (never the key) and leaves. Returns how long the push took.
+    async fn publish(
+        &self,
+        key: Keypair,
+        store: Arc<Store>,
+        link: &Link,
+        seed_id: PeerId,
+        seed_addr: Multiaddr,
+    ) -> anyhow::Result<Duration> {
+        let publisher_stop = self.stop.child_token();
+        let publisher = Node::start(
+            node_config(self.args.transport, None),
+            key,
+            store.clone(),
+            publisher_stop.clone(),
+        )
+        .context("starting the publisher's node")?;
+        let source = store
+            .get(&link.id)
+            .context("the shared file is not in the publisher's store")?;
+        publisher
+            .dial(seed_addr, STEP_TIMEOUT)
+            .await
+            .context("the publisher cannot reach the seed node")?;
+        let bar = ui::bytes_bar(source.blob_len(), "pushing", self.args.json);
+        let t = Instant::now();
+        let pushed = seednode::push(&publisher, seed_id, source, |sent, total| {
+            bar.set_length(total);
+            bar.set_position(sent);
+        })
+        .await
+        .context("pushing to the seed node")?;
+        let push_time = t.elapsed();
+        bar.finish_and_clear();
+        publisher_stop.cancel();
+        self.say(&format!(
+            "  2. it pushed the ciphertext to the seed node ({} in {:.2} s) and went offline;",
+            ui::size(pushed.bytes_sent),
+            push_time.as_secs_f64()
+        ));
+        Ok(push_time)
+    }
+
+    /// Step 5: the home peers, each with a directory of its own, listening.
+    async fn peers(&self) -> anyhow::Result<Vec<(Node, PathBuf)>> {
+        let args = self.args;
+        let mut peers = Vec::with_capacity(args.peers);
+        for i in 0..args.peers {
+            let node = Node::start(
+                node_config(args.transport, cap(args.peer_cap)),
+                Keypair::generate_ed25519(),
+                Arc::new(Store::in_memory()),
+                self.stop.clone(),
+            )
+            .with_context(|| format!("starting peer {}", i + 1))?;
+            let out = self.dir.join(format!("peer-{}", i + 1));
+            std::fs::create_dir(&out).context("creating a peer's directory")?;
+            peers.push((node, out));
+        }
+        for (node, _) in &peers {
+            // Listening before they announce, so the tracker hands out their addresses.
+            if node.listen_addrs(STEP_TIMEOUT).await.is_empty() {
+                anyhow::bail!("a peer did not start listening on 127.0.0.1");
+            }
+        }
+        Ok(peers)
+    }
+
+    /// Step 5, continued: every peer fetches `link` at once, with the live view meanwhile.
+    /// Returns each peer's run, and their announcers (they keep serving until dropped).
+    async fn fetch_all(
+        &self,
+        peers: &[(Node, PathBuf)],
+        link: &Link,
+        seed: &SeedNode,
+    ) -> anyhow::Result<(Vec<PeerRun>, Vec<shoal_node::announce::Announcer>)> {
+        let args = self.args;
+        self.say(&format!(
+            "  3. {} peers fetch it at once, from the seed node and from each other:",
+            args.peers
+        ));
+        let blob_len = link.blob_len.unwrap_or(args.size);
+        let mut watches = Vec::with_capacity(args.peers);
+        let started = Instant::now();
+        let runs: Vec<_> = peers
+            .iter()
+            .map(|(node, out)| {
+                let (tx, rx) = watch::channel(Progress::default());
+                watches.push(rx);
+                let node = node.clone();
+                let link = link.clone();
+                let mut opts = FetchOptions::new(Output::Dir(out.clone()));
+                opts.provide = false;
+                tokio::spawn(async move {
+                    let r = fetch::fetch(&node, &link, opts, tx).await;
+                    (r, started.elapsed())
+                })
+            })
+            .collect();
+        let mut view = live::View::new(args.json, args.peers, args.size, blob_len);
+        let all = join_all(runs);
+        tokio::pin!(all);
+        let mut tick = tokio::time::interval(REFRESH);
+        let results = loop {
+            tokio::select! {
+                r = &mut all => break r,
+                _ = tick.tick() => view.update(&live::Now {
+                    elapsed: started.elapsed(),
+                    peers: watches.iter().zip(peers).map(|(w, (node, _))| {
+                        let p = w.borrow();
+                        live::PeerNow {
+                            done_bytes: (p.done_blocks * SEGMENT_PLAINTEXT_LEN as u64).min(args.size),
+                            complete: p.total_blocks > 0 && p.done_blocks == p.total_blocks,
+                            uploaded: uploaded(node),
+                        }
+                    }).collect(),
+                    seed_egress: seed_egress(seed, link).0,
+                }),
+            }
+        };
+        view.finish();
+        // Everyone is done: every peer kept serving until now. Collect the figures.
+        let mut runs = Vec::with_capacity(args.peers);
+        let mut announcers = Vec::new();
+        for (i, (joined, (node, _))) in results.into_iter().zip(peers).enumerate() {
+            let (fetched, elapsed) = joined.context("a peer's task failed")?;
+            let Fetched {
+                path, announcer, ..
+            } = fetched.with_context(|| format!("peer {} could not fetch the file", i + 1))?;
+            announcers.extend(announcer);
+            runs.push(PeerRun {
+                elapsed,
+                uploaded: uploaded(node),
+                path,
+            });
+        }
+        Ok((runs, announcers))
+    }
 }
 
 fn uploaded(node: &Node) -> u64 {
