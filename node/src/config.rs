@@ -18,8 +18,8 @@ pub struct Config {
     pub listen: Vec<Multiaddr>,
     /// Concurrent upload streams; further requests are answered `busy`. Default 32.
     pub max_upload_streams: usize,
-    /// Upload cap in bytes per second across all peers; `None` = unlimited (default). Set it
-    /// with [`Config::with_upload_limit`], which takes 0 as unlimited too.
+    /// Upload cap in bytes per second across all peers; `None` or `Some(0)` = unlimited
+    /// (default `None`). Read it with [`Config::upload_cap`].
     pub upload_limit_bytes_per_sec: Option<u64>,
     /// Most established connections in total (default 256; a home router copes) and
     /// per peer (default 2: one each way when two peers dial each other at once). Further
@@ -130,13 +130,34 @@ impl Config {
     /// [`slots::Config::for_upload`] (the rule, shared with the simulator; see docs/node.md
     /// on choking).
     pub fn upload_slots(&self) -> slots::Config {
-        slots::Config::for_upload(self.upload_limit_bytes_per_sec, self.max_upload_streams)
+        slots::Config::for_upload(self.upload_cap(), self.max_upload_streams)
     }
 
-    /// Sets the upload cap in bytes per second; `None` or `Some(0)` = unlimited (a cap of
-    /// nothing would answer every request `busy`: no command means that).
-    pub fn with_upload_limit(mut self, bytes_per_sec: Option<u64>) -> Self {
-        self.upload_limit_bytes_per_sec = bytes_per_sec.filter(|&r| r > 0);
+    /// The upload cap in force, in bytes per second: `None` without one. A cap of 0 is none
+    /// (a cap of nothing would answer every request `busy`: no command means that).
+    pub fn upload_cap(&self) -> Option<u64> {
+        self.upload_limit_bytes_per_sec.filter(|&r| r > 0)
+    }
+
+    /// Sets the upload cap in bytes per second; `None` or `Some(0)` = unlimited.
+    pub const fn with_upload_limit(mut self, bytes_per_sec: Option<u64>) -> Self {
+        self.upload_limit_bytes_per_sec = bytes_per_sec;
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 11: `--up-limit 0` answered every request `busy`; 0 is no cap, read in one place.
+    #[test]
+    fn a_cap_of_zero_is_no_cap() {
+        let zero = Config::default().with_upload_limit(Some(0));
+        assert_eq!(zero.upload_cap(), None);
+        assert_eq!(zero.upload_slots(), Config::default().upload_slots());
+        let capped = Config::default().with_upload_limit(Some(1 << 20));
+        assert_eq!(capped.upload_cap(), Some(1 << 20));
+        assert_eq!(capped.upload_slots().slots_per_peer, 2);
     }
 }

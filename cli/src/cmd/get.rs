@@ -100,7 +100,7 @@ pub(crate) fn run(args: &Args, data_dir: Option<PathBuf>) -> anyhow::Result<Exit
     opts.trackers.clone_from(&args.tracker);
     opts.overwrite = args.force;
     opts.sequential = args.sequential;
-    opts.down_limit = args.down_limit.filter(|&l| l > 0);
+    opts.down_limit = args.down_limit; // 0 = no cap, as the fetch reads it
     opts.patience = args.patience.0;
     // Only a node that stays up to seed should tell the DHT it has the file.
     opts.provide = args.seed;
@@ -108,7 +108,7 @@ pub(crate) fn run(args: &Args, data_dir: Option<PathBuf>) -> anyhow::Result<Exit
     rt.block_on(async {
         let stop = CancellationToken::new();
         let mut config = args.dht.apply(
-            Config::default().with_upload_limit((args.up_limit > 0).then_some(args.up_limit)),
+            Config::default().with_upload_limit(Some(args.up_limit)),
         );
         if !args.listen.is_empty() {
             config = config.with_listen(args.listen.clone());

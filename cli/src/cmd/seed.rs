@@ -79,7 +79,7 @@ pub(crate) fn run(args: &Args, data_dir: Option<PathBuf>) -> anyhow::Result<Exit
     let rt = ui::runtime()?;
     rt.block_on(async {
         let stop = CancellationToken::new();
-        let limit = (args.up_limit > 0).then_some(args.up_limit);
+        let limit = Some(args.up_limit); // 0 = no cap, as the node reads it
         let mut config = args.dht.apply(Config::default().with_upload_limit(limit));
         if !args.listen.is_empty() {
             config = config.with_listen(args.listen.clone());

@@ -98,7 +98,7 @@ pub(crate) fn run(args: &Args, data_dir: Option<PathBuf>) -> anyhow::Result<Exit
     let rt = ui::runtime()?;
     rt.block_on(async {
         let stop = CancellationToken::new();
-        let limit = (args.up_limit > 0).then_some(args.up_limit);
+        let limit = Some(args.up_limit); // 0 = no cap, as the node reads it
         let listen = if args.listen.is_empty() {
             vec![
                 "/ip4/0.0.0.0/udp/7010/quic-v1".parse()?,

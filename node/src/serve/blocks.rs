@@ -54,8 +54,7 @@ pub(super) async fn serve_loop(inner: Arc<Service>, mut incoming: libp2p_stream:
     let slots = Arc::new(Mutex::new(Slots::new(inner.config.upload_slots())));
     let limiter = inner
         .config
-        .upload_limit_bytes_per_sec
-        .filter(|&r| r > 0)
+        .upload_cap()
         .map(|r| Arc::new(RateLimiter::new(r)));
     while let Some((peer, mut stream)) = next_stream(&inner, &mut incoming).await {
         let inner = inner.clone();
