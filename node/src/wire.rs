@@ -125,32 +125,19 @@ impl Client {
             }
             r => r?,
         }
-        match ResponseHeader::decode_status(status[0]) {
+        let mut trailing = [0u8; 8];
+        let trailing = &mut trailing[..ResponseHeader::trailing_len(status[0])];
+        self.read_exact(stream, trailing).await?;
+        match ResponseHeader::decode(status[0], trailing) {
             Err(e) => Err(RequestError::Lied(e.to_string())),
-            Ok(Some(other)) => Err(RequestError::Status(other)),
-            Ok(None) if ResponseHeader::trailing_len(status[0]) == 4 => {
-                let mut block = [0u8; 4];
-                self.read_exact(stream, &mut block).await?;
-                Err(RequestError::Status(ResponseHeader::corrupt_with_block(
-                    block,
-                )))
-            }
-            Ok(None) => {
-                let mut len = [0u8; 8];
-                self.read_exact(stream, &mut len).await?;
-                let ResponseHeader::Ok { blob_len } = ResponseHeader::ok_with_len(len) else {
-                    unreachable!("ok_with_len returns Ok")
-                };
-                if let Some(expected) = expected_len
-                    && expected != blob_len
-                {
-                    return Err(RequestError::WrongSize {
-                        claimed: blob_len,
-                        expected,
-                    });
-                }
-                Ok(blob_len)
-            }
+            Ok(ResponseHeader::Ok { blob_len }) => match expected_len {
+                Some(expected) if expected != blob_len => Err(RequestError::WrongSize {
+                    claimed: blob_len,
+                    expected,
+                }),
+                _ => Ok(blob_len),
+            },
+            Ok(other) => Err(RequestError::Status(other)),
         }
     }
 

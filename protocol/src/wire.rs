@@ -267,17 +267,27 @@ impl ResponseHeader {
         }
     }
 
-    /// A `Corrupt` header from its 4 block bytes.
-    pub const fn corrupt_with_block(block: [u8; 4]) -> Self {
-        Self::Corrupt {
-            block: u32::from_le_bytes(block),
+    /// Decodes a whole header: the status byte and the [`ResponseHeader::trailing_len`]
+    /// bytes after it.
+    ///
+    /// # Errors
+    /// An unknown status byte, or `trailing` of another length than the status takes.
+    pub fn decode(status: u8, trailing: &[u8]) -> Result<Self, UnknownStatus> {
+        if trailing.len() != Self::trailing_len(status) {
+            return Err(UnknownStatus(status));
         }
+        Ok(match Self::decode_status(status)? {
+            Some(header) => header,
+            None if status == Self::CORRUPT => Self::Corrupt {
+                block: u32::from_le_bytes(trailing.try_into().expect("length checked")),
+            },
+            None => Self::ok_with_len(trailing.try_into().expect("length checked")),
+        })
     }
 
-    /// Decodes the status byte. `None`: more bytes follow ([`ResponseHeader::trailing_len`]):
-    /// for `Ok` (status 0) 8 bytes of size, read with [`ResponseHeader::ok_with_len`]; for
-    /// `Corrupt` (status 5) 4 bytes of block index, read with
-    /// [`ResponseHeader::corrupt_with_block`].
+    /// Decodes the status byte. `None`: more bytes follow ([`ResponseHeader::trailing_len`]:
+    /// 8 bytes of size for `Ok`, status 0; 4 bytes of block index for `Corrupt`, status 5);
+    /// decode the whole header with [`ResponseHeader::decode`].
     ///
     /// # Errors
     /// An unknown status byte.
@@ -329,6 +339,25 @@ mod tests {
             prop_assert_eq!(ResponseHeader::decode_status(b[0]), Ok(None));
             prop_assert_eq!(ResponseHeader::ok_with_len(b[1..9].try_into().unwrap()), h);
             let _ = ResponseHeader::decode_status(s);
+        }
+
+        /// Every header decodes from its own bytes; any status byte with any trailing bytes
+        /// decodes or errs, never panics.
+        #[test]
+        fn header_round_trip(len in any::<u64>(), block in any::<u32>(), s in 0u8..=255, tail in proptest::collection::vec(any::<u8>(), 0..10)) {
+            for h in [
+                ResponseHeader::Ok { blob_len: len },
+                ResponseHeader::NotFound,
+                ResponseHeader::Busy,
+                ResponseHeader::Missing,
+                ResponseHeader::BadRequest,
+                ResponseHeader::Corrupt { block },
+            ] {
+                let b = h.encode();
+                prop_assert_eq!(b.len(), 1 + ResponseHeader::trailing_len(b[0]));
+                prop_assert_eq!(ResponseHeader::decode(b[0], &b[1..]), Ok(h));
+            }
+            let _ = ResponseHeader::decode(s, &tail);
         }
     }
 

@@ -885,9 +885,14 @@ fn wire_vector_checks_both_ways() {
     assert_eq!(ResponseHeader::decode_status(5), Ok(None));
     assert_eq!(ResponseHeader::trailing_len(5), 4);
     assert_eq!(
-        ResponseHeader::corrupt_with_block(corrupt[1..5].try_into().expect("4 bytes")),
-        ResponseHeader::Corrupt { block }
+        ResponseHeader::decode(5, &corrupt[1..]),
+        Ok(ResponseHeader::Corrupt { block })
     );
+    assert_eq!(
+        ResponseHeader::decode(0, &ok[1..]),
+        Ok(ResponseHeader::Ok { blob_len })
+    );
+    assert!(ResponseHeader::decode(5, &corrupt[1..4]).is_err(), "short");
     assert!(ResponseHeader::decode_status(6).is_err());
     let mut seen = 0;
     for (label, _) in make_vectors::invalid_requests() {
