@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use shoal_protocol::wire::BlobRequest;
+use shoal_protocol::{BlockIndex, wire::BlobRequest};
 use tracing::{debug, info, warn};
 
 use crate::{
@@ -96,11 +96,7 @@ async fn repair(node: &Node, source: &Source, path: &PathBuf) -> bool {
                 };
                 // Verified against the blob id by the request; written where it belongs.
                 let written = OpenOptions::new().write(true).open(path).and_then(|f| {
-                    write_all_at(
-                        &f,
-                        &data,
-                        u64::from(block) * shoal_protocol::format::SEGMENT_LEN as u64,
-                    )?;
+                    write_all_at(&f, &data, BlockIndex(block).offset())?;
                     f.sync_data()
                 });
                 match written {

@@ -184,8 +184,7 @@ async fn first_blocks(
         if retry.is_empty() {
             // Nobody left to ask: the sources re-dial, trackers may list more peers, and the
             // DHT may know some.
-            let since = patience.since().map(tokio::time::Instant::into_std);
-            progress.send_if_modified(|p| std::mem::replace(&mut p.waiting_since, since) != since);
+            patience.show(progress);
             sources.want_peers();
             tokio::select! {
                 a = sources.next() => take(a, &mut retry, peers, banned),
@@ -200,7 +199,7 @@ async fn first_blocks(
                 Ok(boot) => {
                     debug!(blob = %id, peer = %peer, after = ?started.elapsed(), "bootstrapped");
                     patience.stop();
-                    progress.send_if_modified(|p| p.waiting_since.take().is_some());
+                    patience.show(progress);
                     return Ok(Some(boot));
                 }
                 Err(BootError::LinkSize { link, blob }) => {

@@ -116,13 +116,8 @@ pub(super) async fn run(
         } else {
             patience.stop();
         }
-        let waiting_since = patience.since().map(tokio::time::Instant::into_std);
-        progress.send_if_modified(|p| {
-            let changed = p.peers != usable || p.waiting_since != waiting_since;
-            p.peers = usable;
-            p.waiting_since = waiting_since;
-            changed
-        });
+        progress.send_if_modified(|p| std::mem::replace(&mut p.peers, usable) != usable);
+        patience.show(progress);
         if patience.exhausted(now) {
             d.ended.gave_up.push(format!(
                 "no request could be made for {}: no peer reachable has the missing blocks",
@@ -289,13 +284,8 @@ impl Download {
                         .last_error
                         .remove(&peer)
                         .unwrap_or_else(|| "sent bad data".into());
-                    warn!(peer = %peer, blob = %self.id, why = %w, "peer sent bad data; disconnected");
-                    if let Some(h) = self.watching.remove(&peer) {
-                        h.abort();
-                    }
-                    sources.ban(peer);
-                    self.node.disconnect(peer).await;
-                    self.ended.banned.push((peer, w));
+                    self.ban(sources, peer, w, "peer sent bad data; disconnected")
+                        .await;
                 }
                 Action::Drop { peer } => {
                     let w = self
@@ -307,6 +297,18 @@ impl Download {
                 }
             }
         }
+    }
+
+    /// `peer` lied (`why`): no more have-map from it, never dialled or asked again, and
+    /// disconnected; it goes on the list the fetch reports.
+    async fn ban(&mut self, sources: &mut Sources, peer: PeerId, why: String, what: &str) {
+        warn!(peer = %peer, blob = %self.id, why = %why, "{what}");
+        if let Some(h) = self.watching.remove(&peer) {
+            h.abort();
+        }
+        sources.ban(peer);
+        self.node.disconnect(peer).await;
+        self.ended.banned.push((peer, why));
     }
 
     /// A peer from the sources: subscribe to its have-map.
@@ -412,11 +414,14 @@ impl Download {
         match result {
             Ok(()) if full => {} // said everything: it has the whole blob
             Err(RequestError::Lied(w)) => {
-                warn!(peer = %peer, blob = %self.id, why = %w, "peer broke the have protocol; disconnected");
-                sources.ban(peer);
-                self.node.disconnect(peer).await;
                 self.sched.handle_peer_gone(now, peer);
-                self.ended.banned.push((peer, w));
+                self.ban(
+                    sources,
+                    peer,
+                    w,
+                    "peer broke the have protocol; disconnected",
+                )
+                .await;
             }
             Err(RequestError::Status(ResponseHeader::NotFound)) => {
                 if !self.contacts.remove(&peer) {

@@ -80,11 +80,6 @@ impl Patience {
         self.since = None;
     }
 
-    /// Since when the fetch has been waiting.
-    pub(super) const fn since(&self) -> Option<Instant> {
-        self.since
-    }
-
     /// When the fetch gives up, if it is waiting and patience has a limit.
     pub(super) fn deadline(&self) -> Option<Instant> {
         Some(self.since? + self.limit?)
@@ -93,6 +88,12 @@ impl Patience {
     /// Whether patience has run out at `now`.
     pub(super) fn exhausted(&self, now: Instant) -> bool {
         self.deadline().is_some_and(|d| now >= d)
+    }
+
+    /// Publishes since when the fetch has been waiting (`None`: it is not) on `progress`.
+    pub(super) fn show(&self, progress: &watch::Sender<Progress>) {
+        let since = self.since.map(Instant::into_std);
+        progress.send_if_modified(|p| std::mem::replace(&mut p.waiting_since, since) != since);
     }
 
     /// The limit, for messages.
@@ -164,6 +165,10 @@ pub(super) struct Sources {
     id: BlobId,
     targets: Vec<Target>,
     by_peer: HashMap<PeerId, usize>,
+    /// No dial is due before this (a lower bound of the targets' `next_dial`; `None`: none
+    /// is scheduled), so the download loop's calls of [`Sources::next`] do not scan the
+    /// targets when nothing is due.
+    next_wake: Option<Instant>,
     /// Peers caught lying: never dialled or handed out again.
     banned: HashSet<PeerId>,
     /// Hints that did not parse.
@@ -231,6 +236,7 @@ impl Sources {
             id,
             targets: Vec::new(),
             by_peer: HashMap::new(),
+            next_wake: None,
             banned: HashSet::new(),
             bad_hints,
             named: !addrs.is_empty(),
@@ -273,8 +279,6 @@ impl Sources {
         progress: &watch::Sender<Progress>,
     ) -> Result<Vec<PeerId>, FetchError> {
         patience.wait(Instant::now());
-        // Shown as waiting once the named peers' first dials are over.
-        let mut shown = false;
         let mut peers = Vec::new();
         loop {
             // Every named peer's first dial is over (or none was named): take what answered.
@@ -293,12 +297,9 @@ impl Sources {
                 break;
             }
             if !named_pending {
+                // Waiting, once the named peers' first dials are over.
                 self.want_peers();
-                if !shown {
-                    let since = patience.since().map(Instant::into_std);
-                    progress.send_modify(|p| p.waiting_since = since);
-                    shown = true;
-                }
+                patience.show(progress);
             }
             let deadline = patience.deadline();
             tokio::select! {
@@ -312,7 +313,7 @@ impl Sources {
             }
         }
         patience.stop();
-        progress.send_if_modified(|p| p.waiting_since.take().is_some());
+        patience.show(progress);
         info!(blob = %self.id, peers = peers.len(), "connected");
         Ok(peers)
     }
@@ -332,13 +333,7 @@ impl Sources {
                 }
                 return a;
             }
-            self.dial_due();
-            let wake = self
-                .targets
-                .iter()
-                .filter(|t| !t.connected && !t.dialling)
-                .filter_map(|t| t.next_dial)
-                .min();
+            let wake = self.dial_due();
             // While hungry: the moments the DHT may be asked (again).
             let grace = self.started + TRACKER_GRACE;
             let dht_due = self
@@ -453,7 +448,7 @@ impl Sources {
             debug!(blob = %self.id, %peer, "peer lost; dialling it again");
             target.connected = false;
             target.backoff = REDIAL_FIRST;
-            target.next_dial = Some(Instant::now());
+            self.dial_at(t, Instant::now());
         }
     }
 
@@ -485,7 +480,7 @@ impl Sources {
                 && !target.dialling
                 && !matches!(via, Via::Contact | Via::Subscriber)
             {
-                target.next_dial = Some(Instant::now());
+                self.dial_at(t, Instant::now());
             }
             return Some(t);
         }
@@ -503,7 +498,7 @@ impl Sources {
             via,
             connected: false,
             dialling: false,
-            next_dial: (!matches!(via, Via::Contact | Via::Subscriber)).then(Instant::now),
+            next_dial: None,
             backoff: REDIAL_FIRST,
             dials: 0,
             last_error: None,
@@ -511,16 +506,37 @@ impl Sources {
         if let Some(p) = peer {
             self.by_peer.insert(p, t);
         }
+        if !matches!(via, Via::Contact | Via::Subscriber) {
+            self.dial_at(t, Instant::now());
+        }
         Some(t)
     }
 
-    /// Starts the dials that are due.
-    fn dial_due(&mut self) {
+    /// Schedules a dial of target `t` at `at`.
+    fn dial_at(&mut self, t: usize, at: Instant) {
+        self.targets[t].next_dial = Some(at);
+        self.next_wake = Some(self.next_wake.map_or(at, |w| w.min(at)));
+    }
+
+    /// Starts the dials that are due; returns when the next one is.
+    fn dial_due(&mut self) -> Option<Instant> {
         let now = Instant::now();
+        if self.next_wake.is_none_or(|w| w > now) {
+            return self.next_wake;
+        }
         let timeout = self.node.config().dial_timeout;
+        let mut next_wake = None::<Instant>;
         for (t, target) in self.targets.iter_mut().enumerate() {
-            if target.connected || target.dialling || target.next_dial.is_none_or(|at| at > now) {
+            if target.connected || target.dialling {
                 continue;
+            }
+            match target.next_dial {
+                None => continue,
+                Some(at) if at > now => {
+                    next_wake = Some(next_wake.map_or(at, |w| w.min(at)));
+                    continue;
+                }
+                Some(_) => {}
             }
             target.dialling = true;
             target.next_dial = None;
@@ -538,6 +554,8 @@ impl Sources {
                 (t, Err(why))
             });
         }
+        self.next_wake = next_wake;
+        next_wake
     }
 
     /// A dial of target `t` ended.
@@ -560,9 +578,10 @@ impl Sources {
             }
             Err(why) => {
                 debug!(blob = %self.id, target = t, %why, "dial failed; trying again later");
+                let at = Instant::now() + target.backoff;
                 target.last_error = Some(why);
-                target.next_dial = Some(Instant::now() + target.backoff);
                 target.backoff = (target.backoff * 2).min(REDIAL_MAX);
+                self.dial_at(t, at);
             }
         }
     }
