@@ -15,7 +15,7 @@ use std::{
 };
 
 use futures::future::join_all;
-use libp2p::identity::Keypair;
+use libp2p::{Multiaddr, identity::Keypair};
 use shoal_node::{
     CancellationToken, Config, Node, Store,
     announce::{Announcer, Status},
@@ -135,6 +135,33 @@ async fn leechers_find_each_other_through_the_tracker_and_finish_after_it_dies()
     stop.cancel();
 }
 
+/// A tracker, and a shared file (`len` bytes of content `seed`) whose link names only that
+/// tracker: no peer hint.
+async fn tracker_only_link(
+    dir: &std::path::Path,
+    len: usize,
+    seed: u64,
+    stop: &CancellationToken,
+) -> (
+    Tracker,
+    Multiaddr,
+    testing::SharedFile,
+    shoal_protocol::Link,
+) {
+    let tracker = Tracker::start(
+        ServiceConfig::loopback(),
+        Keypair::generate_ed25519(),
+        stop.clone(),
+    )
+    .unwrap();
+    let tr = tracker_addr(&tracker).await;
+    let shared = testing::shared_file(dir, len, seed);
+    let mut link = shared.shared.link.clone();
+    link.peers.clear();
+    link.trackers = vec![tr.to_string()];
+    (tracker, tr, shared, link)
+}
+
 /// Issue 11, item 2: a downloader that starts before anyone seeds (the link names only the
 /// tracker) waits instead of failing, and starts as soon as a seeder appears: the tracker
 /// tells it to come back after the minimum interval, never rate limits it, and the seeder,
@@ -144,22 +171,13 @@ async fn leechers_find_each_other_through_the_tracker_and_finish_after_it_dies()
 async fn a_downloader_that_starts_before_the_seeder_waits_and_downloads() {
     let dir = tempfile::tempdir().unwrap();
     let stop = CancellationToken::new();
-    let tracker = Tracker::start(
-        ServiceConfig::loopback(),
-        Keypair::generate_ed25519(),
-        stop.clone(),
-    )
-    .unwrap();
-    let tr = tracker_addr(&tracker).await;
+    let (tracker, tr, shared, link) = tracker_only_link(dir.path(), 1 << 20, 12, &stop).await;
     let testing::SharedFile {
         store,
         shared,
         data,
         ..
-    } = testing::shared_file(dir.path(), 1 << 20, 12);
-    let mut link = shared.link.clone();
-    link.peers.clear();
-    link.trackers = vec![tr.to_string()];
+    } = shared;
 
     let leecher = testing::node(Config::loopback(), Arc::new(Store::in_memory()), &stop);
     testing::addr(&leecher, "tcp").await;
@@ -222,17 +240,7 @@ async fn a_downloader_that_starts_before_the_seeder_waits_and_downloads() {
 async fn a_file_nobody_seeds_says_so_in_words() {
     let dir = tempfile::tempdir().unwrap();
     let stop = CancellationToken::new();
-    let tracker = Tracker::start(
-        ServiceConfig::loopback(),
-        Keypair::generate_ed25519(),
-        stop.clone(),
-    )
-    .unwrap();
-    let tr = tracker_addr(&tracker).await;
-    let shared = testing::shared_file(dir.path(), 100_000, 13);
-    let mut link = shared.shared.link.clone();
-    link.peers.clear();
-    link.trackers = vec![tr.to_string()];
+    let (_tracker, _, _, link) = tracker_only_link(dir.path(), 100_000, 13, &stop).await;
     let leecher = testing::node(
         Config::loopback().with_dht(false),
         Arc::new(Store::in_memory()),
