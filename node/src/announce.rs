@@ -353,33 +353,33 @@ fn refusal_text(reason: RefusalReason) -> String {
 }
 
 /// The listed peers' ids and addresses (each with `/p2p/<id>`), skipping this node and
-/// entries that do not parse.
-fn parse_listed<'a>(
-    node: &Node,
-    entries: impl Iterator<Item = &'a PeerEntry>,
-) -> impl Iterator<Item = (Listed, Role)> {
+/// entries that do not parse; the seed nodes among them are noted on `node` (so its serving
+/// and scheduling know them).
+fn parse_listed<'a>(node: &Node, entries: impl Iterator<Item = &'a PeerEntry>) -> Vec<Listed> {
     let me = node.peer_id();
-    let parsed: Vec<_> = entries
+    entries
         .filter_map(|entry| {
             let peer = PeerId::from_bytes(&entry.peer_id).ok()?;
+            if peer == me {
+                return None;
+            }
+            if entry.role == Role::SeedNode {
+                node.note_seed_node(peer);
+            }
             let addrs = entry
                 .addrs
                 .iter()
                 .filter_map(|a| Multiaddr::try_from(a.clone()).ok())
                 .map(|a| a.with_p2p(peer).unwrap_or_else(|a| a))
                 .collect();
-            (peer != me).then_some((Listed { peer, addrs }, entry.role))
+            Some(Listed { peer, addrs })
         })
-        .collect();
-    parsed.into_iter()
+        .collect()
 }
 
-/// Hands the listed peers on (remembering which are seed nodes).
+/// Hands the listed peers on.
 fn list<'a>(node: &Node, entries: impl Iterator<Item = &'a PeerEntry>, to: &mpsc::Sender<Listed>) {
-    for (listed, role) in parse_listed(node, entries) {
-        if role == Role::SeedNode {
-            node.note_seed_node(listed.peer);
-        }
+    for listed in parse_listed(node, entries) {
         let _ = to.try_send(listed);
     }
 }
@@ -392,10 +392,7 @@ fn connect<'a>(
     dialled: &Arc<Mutex<HashSet<PeerId>>>,
     found: &Option<mpsc::Sender<PeerId>>,
 ) {
-    for (Listed { peer, addrs }, role) in parse_listed(node, entries) {
-        if role == Role::SeedNode {
-            node.note_seed_node(peer);
-        }
+    for Listed { peer, addrs } in parse_listed(node, entries) {
         let node = node.clone();
         let dialled = dialled.clone();
         let found = found.clone();
