@@ -8,7 +8,7 @@ use std::{
 };
 
 use shoal_node::{
-    Node,
+    Node, Reachability,
     fetch::{self, FetchError, FetchOptions, Fetched, Progress},
 };
 use shoal_protocol::Link;
@@ -190,6 +190,24 @@ pub(crate) fn os_random() -> [u8; 32] {
     rand::random()
 }
 
+/// Where a node stands, for a status line.
+pub(crate) const fn reach_words(r: Reachability) -> &'static str {
+    match r {
+        Reachability::Direct => "reachable directly",
+        Reachability::Upnp => "reachable through UPnP",
+        Reachability::Relay => "reachable through a relay",
+        Reachability::Unknown => "reachability not known yet",
+    }
+}
+
+/// The hole punches `node` took part in, for `--json`.
+pub(crate) fn punches_json(node: &Node) -> Vec<serde_json::Value> {
+    node.punches()
+        .iter()
+        .map(|p| serde_json::json!({"peer": p.peer.to_string(), "ok": p.ok, "secs": p.after.as_secs_f64()}))
+        .collect()
+}
+
 /// Shows a status line (peers, uploaded, rate; a JSON line every second with `json`) while
 /// the node serves, until Ctrl-C.
 pub(crate) async fn serve_until_ctrl_c(node: &Node, json: bool) {
@@ -216,8 +234,9 @@ pub(crate) async fn serve_until_ctrl_c(node: &Node, json: bool) {
                 let top: Vec<String> = blobs.iter().take(3)
                     .map(|(b, id)| format!("{}…: {}", &id[..8], size(*b)))
                     .collect();
+                let reach = reach_words(node.reachability());
                 status.set_message(format!(
-                    "{peers} peers connected, {} uploaded, {}/s{}",
+                    "{peers} peers connected, {} uploaded, {}/s, {reach}{}",
                     size(up),
                     size(rate),
                     if blobs.len() > 1 { format!(" [{}]", top.join(", ")) } else { String::new() },
@@ -230,7 +249,15 @@ pub(crate) async fn serve_until_ctrl_c(node: &Node, json: bool) {
                         "complete": s.held().is_none(),
                     })).collect();
                     blobs.sort_by_key(|b| b["blob_id"].as_str().map(str::to_owned));
-                    let v = serde_json::json!({"uploaded_bytes": up, "connected_peers": peers, "dht_peers": dht_peers, "upload_bytes_per_sec": rate, "blobs": blobs});
+                    let v = serde_json::json!({
+                        "uploaded_bytes": up,
+                        "connected_peers": peers,
+                        "dht_peers": dht_peers,
+                        "upload_bytes_per_sec": rate,
+                        "reachability": node.reachability(),
+                        "relayed_bytes": node.stats().relayed_bytes.load(Ordering::Relaxed),
+                        "blobs": blobs,
+                    });
                     if print_line(&v.to_string()).is_err() {
                         break;
                     }

@@ -10,7 +10,7 @@
 
 use std::{collections::HashSet, sync::Arc, time::Duration};
 
-use libp2p::{Multiaddr, PeerId, multiaddr::Protocol};
+use libp2p::{Multiaddr, PeerId};
 use shoal_protocol::{
     BlobId,
     tracker::{
@@ -29,6 +29,9 @@ const MIN_INTERVAL: Duration = Duration::from_secs(15);
 const MAX_INTERVAL: Duration = Duration::from_secs(30 * 60);
 /// Wait after a tracker could not be reached or answered badly.
 const RETRY: Duration = Duration::from_secs(30);
+/// Longest wait before the first announce for this node's reservation at the tracker's
+/// relay (a few round trips when there is one).
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long the `stopped` announce may take when the handle is dropped.
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -225,6 +228,17 @@ async fn run(
 ) {
     let dialled = Arc::new(Mutex::new(HashSet::new()));
     let mut event = Event::Started;
+    // Trackers run relays: an unreachable node reserves a slot at this one as soon as it is
+    // connected, and the first announce should carry that relayed address (the next one
+    // comes minutes later).
+    if let Some((peer, _)) = crate::dht::split_p2p(&tracker)
+        && node
+            .dial(tracker.clone(), node.config().dial_timeout)
+            .await
+            .is_ok()
+    {
+        node.settle_at(peer, SETTLE_TIMEOUT).await;
+    }
     loop {
         let now = *status.borrow_and_update();
         let wait = match announce(&node, &tracker, blob, now, event).await {
@@ -311,11 +325,9 @@ async fn announce(
     event: Event,
 ) -> Result<AnnounceResponse, String> {
     let addrs = node
-        .listen_addrs(Duration::ZERO)
+        .announce_addrs(MAX_ADDRS)
         .await
         .into_iter()
-        .filter(|a| !is_unspecified(a))
-        .take(MAX_ADDRS)
         .map(|a| a.to_vec())
         .collect();
     let request = AnnounceRequest {
@@ -414,12 +426,4 @@ fn connect<'a>(
             dialled.lock().await.remove(&peer);
         });
     }
-}
-
-fn is_unspecified(a: &Multiaddr) -> bool {
-    a.iter().any(|p| match p {
-        Protocol::Ip4(ip) => ip.is_unspecified(),
-        Protocol::Ip6(ip) => ip.is_unspecified(),
-        _ => false,
-    })
 }

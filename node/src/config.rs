@@ -49,6 +49,18 @@ pub struct Config {
     /// the record outlives its TTL and reaches peers that joined since. Default
     /// [`DHT_REPUBLISH_INTERVAL`] (1 h); keep it well below the TTL.
     pub dht_republish_interval: Duration,
+    /// Map the listen ports on the local router with UPnP IGD, so peers can dial this node
+    /// through its NAT (docs/node.md "Reachability"). Default `true`; [`Config::loopback`]
+    /// turns it off (no multicast search from tests).
+    pub upnp: bool,
+    /// Reserve a slot at relays this node meets (seed nodes and trackers that run a relay
+    /// server) while no address of its own is confirmed reachable, and listen there, so
+    /// peers behind other NATs can reach it and hole-punch a direct connection. Default
+    /// `true`.
+    pub use_relays: bool,
+    /// Run a circuit relay v2 server and an AutoNAT v2 server for other nodes, with these
+    /// limits: seed nodes do ([`RelayLimits::seed_node`]). Default `None`.
+    pub relay_server: Option<RelayLimits>,
     /// Test only: flip a byte in every block served, to play a lying peer.
     #[cfg(feature = "test-utils")]
     pub corrupt_uploads: bool,
@@ -82,6 +94,9 @@ impl Default for Config {
             bootstrap: Vec::new(),
             dht_provider_ttl: DHT_PROVIDER_TTL,
             dht_republish_interval: DHT_REPUBLISH_INTERVAL,
+            upnp: true,
+            use_relays: true,
+            relay_server: None,
             #[cfg(feature = "test-utils")]
             corrupt_uploads: false,
             #[cfg(feature = "test-utils")]
@@ -102,6 +117,7 @@ impl Config {
                     .expect("valid multiaddr"),
                 "/ip4/127.0.0.1/tcp/0".parse().expect("valid multiaddr"),
             ],
+            upnp: false,
             ..Self::default()
         }
     }
@@ -124,6 +140,25 @@ impl Config {
         self
     }
 
+    /// Turns UPnP port mapping on or off ([`Config::upnp`]).
+    pub const fn with_upnp(mut self, upnp: bool) -> Self {
+        self.upnp = upnp;
+        self
+    }
+
+    /// Turns reservations at relays on or off ([`Config::use_relays`]).
+    pub const fn with_relays(mut self, use_relays: bool) -> Self {
+        self.use_relays = use_relays;
+        self
+    }
+
+    /// Runs a relay and AutoNAT server for others with these limits, or not
+    /// ([`Config::relay_server`]).
+    pub const fn with_relay_server(mut self, limits: Option<RelayLimits>) -> Self {
+        self.relay_server = limits;
+        self
+    }
+
     /// Upload slots: how many requests are served at once, and how many of one peer;
     /// further ones are answered `busy` so the requester goes to another peer instead of
     /// queueing. Derived from the upload cap and `max_upload_streams` by
@@ -143,6 +178,70 @@ impl Config {
     pub const fn with_upload_limit(mut self, bytes_per_sec: Option<u64>) -> Self {
         self.upload_limit_bytes_per_sec = bytes_per_sec;
         self
+    }
+}
+
+/// What a relay server (libp2p circuit relay v2) grants to others. libp2p's defaults (2 min
+/// and 128 KiB per circuit) only suit hole-punch coordination; a Shoal relay also carries
+/// block traffic between peers that cannot reach each other any other way (two symmetric
+/// NATs), within these bounds. A circuit that reaches its byte or time limit is closed; the
+/// peers then open another one or use the seed nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RelayLimits {
+    /// Reservations held at once (nodes listening through this relay).
+    pub max_reservations: usize,
+    /// Reservations one peer may hold.
+    pub max_reservations_per_peer: usize,
+    /// How long a reservation lasts before the node must renew it (libp2p's client renews).
+    pub reservation_duration: Duration,
+    /// Circuits relayed at once.
+    pub max_circuits: usize,
+    /// Circuits at once to or from one peer.
+    pub max_circuits_per_peer: usize,
+    /// Longest life of one circuit.
+    pub max_circuit_duration: Duration,
+    /// Most bytes one circuit carries (both directions together).
+    pub max_circuit_bytes: u64,
+}
+
+impl RelayLimits {
+    /// A seed node's relay: 256 reservations (2 per peer) for an hour, 64 circuits (4 per
+    /// peer), each for up to 30 minutes and 64 MiB.
+    pub const fn seed_node() -> Self {
+        Self {
+            max_reservations: 256,
+            max_reservations_per_peer: 2,
+            reservation_duration: Duration::from_secs(60 * 60),
+            max_circuits: 64,
+            max_circuits_per_peer: 4,
+            max_circuit_duration: Duration::from_secs(30 * 60),
+            max_circuit_bytes: 64 << 20,
+        }
+    }
+
+    /// A tracker's relay: as many reservations, but smaller circuits (10 minutes, 16 MiB):
+    /// a tracker coordinates hole punches and carries little data.
+    pub const fn tracker() -> Self {
+        Self {
+            max_circuit_duration: Duration::from_secs(10 * 60),
+            max_circuit_bytes: 16 << 20,
+            ..Self::seed_node()
+        }
+    }
+
+    /// The libp2p relay configuration with these limits (and libp2p's per-peer and per-IP
+    /// rate limits on reservations and circuits).
+    pub fn relay_config(&self) -> libp2p::relay::Config {
+        libp2p::relay::Config {
+            max_reservations: self.max_reservations,
+            max_reservations_per_peer: self.max_reservations_per_peer,
+            reservation_duration: self.reservation_duration,
+            max_circuits: self.max_circuits,
+            max_circuits_per_peer: self.max_circuits_per_peer,
+            max_circuit_duration: self.max_circuit_duration,
+            max_circuit_bytes: self.max_circuit_bytes,
+            ..libp2p::relay::Config::default()
+        }
     }
 }
 

@@ -17,6 +17,7 @@
 //! | `node` ([`Node`]) | owns the libp2p swarm (one event loop) and offers dialling, tracker requests, the DHT, stream clients |
 //! | `serve` | answering `/shoal/blob/1` block requests and `/shoal/have/1` have-map subscriptions |
 //! | [`dht`] | the part of the event loop that drives Kademlia (trackerless discovery) |
+//! | [`reach`] | the event loop's reachability state: confirmed addresses, relay reservations, relayed connections, hole punches |
 //! | `wire` | asking: block requests verified as they stream in, have-map subscriptions |
 //! | `interest` | peers that subscribe to a blob being downloaded here, handed to that download |
 //! | `partial` | what a partial blob keeps on disk to resume: state file and sparse outboard |
@@ -71,6 +72,7 @@ mod muxer;
 mod node;
 mod partial;
 mod rate;
+pub mod reach;
 pub mod repair;
 pub mod seal;
 pub mod seednode;
@@ -88,6 +90,7 @@ pub use config::Config;
 pub use dht::DhtError;
 pub use node::{DialError, Node, StartError};
 pub use rate::RateLimiter;
+pub use reach::Reachability;
 pub use stats::Stats;
 pub use store::{Source, Store};
 pub use tokio_util::sync::CancellationToken;

@@ -16,10 +16,11 @@ use std::{
 
 use futures::StreamExt;
 use libp2p::{
-    Multiaddr, PeerId, Swarm, identify,
+    Multiaddr, PeerId, Swarm, autonat, dcutr, identify,
     identity::Keypair,
-    ping, request_response,
+    ping, relay, request_response,
     swarm::{ConnectionId, SwarmEvent, behaviour::toggle::Toggle, dial_opts::DialOpts},
+    upnp,
 };
 use shoal_protocol::{
     BlobId,
@@ -34,6 +35,7 @@ use crate::{
     config::Config,
     dht::{self, Dht, DhtError, Found},
     interest::{Contact, Interest, Interests},
+    reach::{Action, Punch, Reach, Reachability},
     serve::{self, Service},
     stats::Stats,
     store::Store,
@@ -49,7 +51,11 @@ const LOOKUP_GRACE: Duration = Duration::from_secs(2);
 
 enum Command {
     Dial {
+        /// What the caller asked for (for the log).
         addr: Multiaddr,
+        /// The peer, when known (then an existing connection answers at once).
+        peer: Option<PeerId>,
+        opts: DialOpts,
         reply: oneshot::Sender<Result<PeerId, String>>,
     },
     Disconnect {
@@ -72,6 +78,11 @@ enum Command {
         id: BlobId,
         timeout: Duration,
         sink: mpsc::Sender<Found>,
+    },
+    /// Answer once the reservation at `relay` (if this node wants one there) is settled.
+    Settle {
+        relay: PeerId,
+        reply: oneshot::Sender<()>,
     },
     #[cfg(feature = "test-utils")]
     StoredProviders {
@@ -136,6 +147,8 @@ struct Inner {
     /// Peers a tracker listed as seed nodes: downloads ask them last
     /// ([`shoal_protocol::schedule::Scheduler::set_last_resort`]). Bounded.
     seed_nodes: Mutex<std::collections::HashSet<PeerId>>,
+    /// Reachability, relays and connection kinds; written by the event loop.
+    reach: Arc<Mutex<Reach>>,
 }
 
 /// Most seed nodes remembered (a tracker lists at most 16 per swarm).
@@ -169,30 +182,42 @@ impl Node {
                 dht::split_p2p(addr).ok_or_else(|| StartError::Bootstrap { addr: addr.clone() })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let mut swarm = crate::transport::build_swarm(keypair, idle, |key| Behaviour {
-            limits: libp2p::connection_limits::Behaviour::new(
-                libp2p::connection_limits::ConnectionLimits::default()
-                    .with_max_established(Some(config.max_connections))
-                    .with_max_established_per_peer(Some(config.max_connections_per_peer))
-                    .with_max_pending_incoming(Some(64)),
-            ),
-            stream: libp2p_stream::Behaviour::new(),
-            identify: identify::Behaviour::new(identify::Config::new(
-                "/shoal/id/1".into(),
-                key.public(),
-            )),
-            ping: ping::Behaviour::default(),
-            tracker: tracker_codec::behaviour(
-                request_response::ProtocolSupport::Outbound,
-                config.request_timeout,
-            ),
-            kad: Toggle::from(
-                config
-                    .dht
-                    .then(|| dht::behaviour(key.public().to_peer_id(), &config)),
-            ),
-        })
-        .map_err(StartError::Transport)?;
+        let mut swarm =
+            crate::transport::build_relay_client_swarm(keypair, idle, |key, relay_client| {
+                let local = key.public().to_peer_id();
+                let (relay_server, autonat_server, upnp) = Behaviour::reachability(local, &config);
+                Behaviour {
+                    limits: libp2p::connection_limits::Behaviour::new(
+                        libp2p::connection_limits::ConnectionLimits::default()
+                            .with_max_established(Some(config.max_connections))
+                            .with_max_established_per_peer(Some(config.max_connections_per_peer))
+                            .with_max_pending_incoming(Some(64)),
+                    ),
+                    stream: libp2p_stream::Behaviour::new(),
+                    identify: identify::Behaviour::new(identify::Config::new(
+                        "/shoal/id/1".into(),
+                        key.public(),
+                    )),
+                    ping: ping::Behaviour::default(),
+                    tracker: tracker_codec::behaviour(
+                        request_response::ProtocolSupport::Outbound,
+                        config.request_timeout,
+                    ),
+                    kad: Toggle::from(config.dht.then(|| dht::behaviour(local, &config))),
+                    relay_client,
+                    dcutr: dcutr::Behaviour::new(local),
+                    autonat: autonat::v2::client::Behaviour::default(),
+                    relay_server,
+                    autonat_server,
+                    upnp,
+                }
+            })
+            .map_err(StartError::Transport)?;
+        if let Some(relay) = swarm.behaviour_mut().relay_server.as_mut() {
+            // A server relays from the start: libp2p's relay would wait for an external
+            // address confirmed by AutoNAT, which a server on a public address has anyway.
+            relay.set_status(Some(relay::Status::Enable));
+        }
         for addr in &config.listen {
             let listen_error = |source| StartError::Listen {
                 addr: addr.clone(),
@@ -222,6 +247,7 @@ impl Node {
         let (listen_tx, listen) = watch::channel(Vec::new());
         let stats = Arc::new(Stats::default());
         let interests = Arc::new(Interests::default());
+        let reach = Arc::new(Mutex::new(Reach::new(config.use_relays)));
         serve::spawn(
             Service {
                 config: config.clone(),
@@ -230,6 +256,7 @@ impl Node {
                 interests: interests.clone(),
                 client: Client::new(control.clone(), config.request_timeout),
                 shutdown: shutdown.clone(),
+                reach: reach.clone(),
             },
             incoming,
             incoming_have,
@@ -245,14 +272,28 @@ impl Node {
             config,
             interests,
             seed_nodes: Mutex::default(),
+            reach: reach.clone(),
         });
         tokio::spawn(event_loop(
-            swarm,
-            dht,
+            EventLoop {
+                swarm,
+                dht,
+                listen: listen_tx,
+                stats,
+                interests: inner.interests.clone(),
+                reach,
+                dials: HashMap::new(),
+                tracker_calls: HashMap::new(),
+                dial_errors: HashMap::new(),
+                dialled_addrs: HashMap::new(),
+                identified: HashMap::new(),
+                relay_server: inner
+                    .config
+                    .relay_server
+                    .map(|_| crate::reach::names_loopback(&inner.config.listen)),
+                settling: Vec::new(),
+            },
             command_rx,
-            listen_tx,
-            stats,
-            inner.interests.clone(),
             shutdown.clone(),
         ));
         info!(peer = %peer_id, "node started");
@@ -282,6 +323,70 @@ impl Node {
     /// Cancelled when the node stops.
     pub(crate) fn shutdown_token(&self) -> CancellationToken {
         self.inner.shutdown.clone()
+    }
+
+    /// How peers can reach this node now: directly (an AutoNAT server dialled an address of
+    /// its own back), through a UPnP mapping, only through a relay, or not known yet.
+    pub fn reachability(&self) -> Reachability {
+        self.reach().status()
+    }
+
+    /// Addresses of this node confirmed reachable from outside (UPnP mappings first).
+    pub fn external_addrs(&self) -> Vec<Multiaddr> {
+        self.reach().external()
+    }
+
+    /// The hole punches this node took part in, oldest first (bounded).
+    pub fn punches(&self) -> Vec<Punch> {
+        self.reach().punches().cloned().collect()
+    }
+
+    /// Whether every connection to `peer` goes through a relay (and there is one).
+    pub fn only_relayed(&self, peer: &PeerId) -> bool {
+        self.reach().only_relayed(peer)
+    }
+
+    fn reach(&self) -> std::sync::MutexGuard<'_, Reach> {
+        self.inner.reach.lock().expect("reach lock poisoned")
+    }
+
+    /// At most `max` addresses to give trackers: confirmed external ones, then the listen
+    /// addresses (unspecified ones left out), then relayed ones, for which room is kept
+    /// (up to [`crate::reach::MAX_RELAYS`]): a node behind NAT is reachable through them
+    /// only (a tracker drops its private addresses).
+    pub async fn announce_addrs(&self, max: usize) -> Vec<Multiaddr> {
+        let listen = self.listen_addrs(Duration::ZERO).await;
+        let (relayed, direct): (Vec<_>, Vec<_>) = listen
+            .into_iter()
+            .filter(|a| crate::reach::advertise_listen_addr(a, true) || crate::reach::is_relayed(a))
+            .partition(crate::reach::is_relayed);
+        let room = max.saturating_sub(relayed.len().min(crate::reach::MAX_RELAYS));
+        let mut addrs = self.external_addrs();
+        for a in direct {
+            if !addrs.contains(&a) {
+                addrs.push(a);
+            }
+        }
+        addrs.truncate(room);
+        addrs.extend(relayed);
+        addrs.truncate(max);
+        addrs
+    }
+
+    /// Waits (at most `timeout`) until this node knows whether `relay`, which it is
+    /// connected to or about to be, is a relay, and until a reservation there that it
+    /// wants is accepted or refused: an announce sent then carries the relayed address.
+    pub async fn settle_at(&self, relay: PeerId, timeout: Duration) {
+        let (reply, rx) = oneshot::channel();
+        if self
+            .inner
+            .commands
+            .send(Command::Settle { relay, reply })
+            .await
+            .is_ok()
+        {
+            let _ = tokio::time::timeout(timeout, rx).await;
+        }
     }
 
     /// Remembers that a tracker listed `peer` as a seed node.
@@ -349,6 +454,47 @@ impl Node {
             .commands
             .send(Command::Dial {
                 addr: addr.clone(),
+                peer: dht::split_p2p(&addr).map(|(p, _)| p),
+                opts: dial_opts(&addr),
+                reply,
+            })
+            .await
+            .map_err(|_| err("node is shut down".into()))?;
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(result)) => result.map_err(err),
+            Ok(Err(_)) => Err(err("node is shut down".into())),
+            Err(_) => Err(err(format!("no connection within {timeout:?}"))),
+        }
+    }
+
+    /// Connects to `peer` on any of `addrs` (without `/p2p/`), tried at once (libp2p dials
+    /// up to 8 at a time and keeps the first that answers): a peer behind NAT is listed with
+    /// addresses that may not answer at all and a relayed one that does. Cancel-safe.
+    ///
+    /// # Errors
+    /// If no address connects within `timeout`; the error names the first address.
+    pub async fn dial_peer(
+        &self,
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+        timeout: Duration,
+    ) -> Result<PeerId, DialError> {
+        let shown = addrs
+            .first()
+            .cloned()
+            .unwrap_or_else(Multiaddr::empty)
+            .with(libp2p::multiaddr::Protocol::P2p(peer));
+        let err = |why: String| DialError {
+            addr: shown.clone(),
+            why,
+        };
+        let (reply, rx) = oneshot::channel();
+        self.inner
+            .commands
+            .send(Command::Dial {
+                addr: shown.clone(),
+                peer: Some(peer),
+                opts: DialOpts::peer_id(peer).addresses(addrs).build(),
                 reply,
             })
             .await
@@ -537,27 +683,27 @@ struct EventLoop {
     >,
     /// Why the last dial of a peer failed, for the errors of requests that needed it.
     dial_errors: HashMap<PeerId, String>,
+    /// Reachability, relays and connection kinds (shared with the [`Node`] handles).
+    reach: Arc<Mutex<Reach>>,
+    /// The address each outbound connection dialled (a relay is listened through there).
+    dialled_addrs: HashMap<ConnectionId, Multiaddr>,
+    /// Connected peers identify has told about: whether each is a relay.
+    identified: HashMap<PeerId, bool>,
+    /// A relay server's listen addresses are its external ones (`Some`), loopback ones too
+    /// when it was told to listen on loopback (`Some(true)`). `None`: not a relay server.
+    relay_server: Option<bool>,
+    /// Callers of [`Node::settle_at`] waiting, with the relay they wait on (bounded).
+    settling: Vec<(PeerId, oneshot::Sender<()>)>,
 }
 
+/// Most [`Node::settle_at`] callers waiting at once; further ones are answered at once.
+const MAX_SETTLING: usize = 64;
+
 async fn event_loop(
-    swarm: Swarm<Behaviour>,
-    dht: Dht,
+    mut l: EventLoop,
     mut commands: mpsc::Receiver<Command>,
-    listen: watch::Sender<Vec<Multiaddr>>,
-    stats: Arc<Stats>,
-    interests: Arc<Interests>,
     shutdown: CancellationToken,
 ) {
-    let mut l = EventLoop {
-        swarm,
-        dht,
-        listen,
-        stats,
-        interests,
-        dials: HashMap::new(),
-        tracker_calls: HashMap::new(),
-        dial_errors: HashMap::new(),
-    };
     // Bootstrap again now and then (only with bootstrap peers: without, there is nothing to
     // re-add), and drop expired foreign provider records.
     let mut rebootstrap = tokio::time::interval_at(
@@ -605,6 +751,12 @@ impl EventLoop {
                 count_dht_peers(swarm, &self.stats);
             }
             Command::Provide { id, reply } => self.dht.provide(swarm, id, reply),
+            Command::Settle { relay, reply } => {
+                if self.settling.len() < MAX_SETTLING {
+                    self.settling.push((relay, reply));
+                    self.wake_settled();
+                }
+            }
             Command::StopProviding { id } => Dht::stop_providing(swarm, id),
             Command::FindProviders { id, timeout, sink } => {
                 self.dht.find_providers(swarm, id, timeout, sink);
@@ -626,15 +778,19 @@ impl EventLoop {
                 );
                 self.tracker_calls.insert(id, (peer, reply));
             }
-            Command::Dial { addr, reply } => {
+            Command::Dial {
+                addr,
+                peer,
+                opts,
+                reply,
+            } => {
                 // Already connected: that is what the caller wants.
-                if let Some((peer, _)) = dht::split_p2p(&addr)
+                if let Some(peer) = peer
                     && swarm.is_connected(&peer)
                 {
                     let _ = reply.send(Ok(peer));
                     return;
                 }
-                let opts = dial_opts(&addr);
                 let id = opts.connection_id();
                 match swarm.dial(opts) {
                     Ok(()) => {
@@ -649,11 +805,32 @@ impl EventLoop {
     }
 
     fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
-        let swarm = &mut self.swarm;
         match event {
             SwarmEvent::NewListenAddr { address, .. } => {
                 info!(%address, "listening");
+                if let Some(loopback_ok) = self.relay_server
+                    && crate::reach::advertise_listen_addr(&address, loopback_ok)
+                {
+                    self.swarm.add_external_address(address.clone());
+                }
                 self.listen.send_modify(|a| a.push(address));
+            }
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                info!(%address, "no longer listening");
+                self.listen.send_modify(|a| a.retain(|x| *x != address));
+            }
+            SwarmEvent::ListenerClosed { listener_id, .. } => {
+                self.lock_reach().on_listener_closed(listener_id);
+                self.wake_settled();
+            }
+            SwarmEvent::ExternalAddrConfirmed { address } => {
+                info!(%address, "reachable at");
+                let stop = self.lock_reach().on_confirmed(address, false);
+                self.carry_out(stop);
+                self.wake_settled();
+            }
+            SwarmEvent::ExternalAddrExpired { address } => {
+                self.lock_reach().on_expired(&address);
             }
             SwarmEvent::ConnectionEstablished {
                 peer_id,
@@ -663,6 +840,17 @@ impl EventLoop {
                 ..
             } => {
                 debug!(peer = %peer_id, "connected");
+                if endpoint.is_dialer() {
+                    self.dialled_addrs
+                        .insert(connection_id, endpoint.get_remote_address().clone());
+                }
+                let close = self.lock_reach().on_connected(
+                    std::time::Instant::now(),
+                    peer_id,
+                    connection_id,
+                    endpoint.get_remote_address(),
+                );
+                self.carry_out(close);
                 if num_established.get() == 1 {
                     self.stats.connected_peers.fetch_add(1, Ordering::Relaxed);
                     if endpoint.is_listener() {
@@ -674,15 +862,19 @@ impl EventLoop {
                     let _ = reply.send(Ok(peer_id));
                 }
                 self.dht
-                    .on_connected(swarm, peer_id, endpoint.get_remote_address());
+                    .on_connected(&mut self.swarm, peer_id, endpoint.get_remote_address());
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
+                connection_id,
                 num_established,
                 ..
             } => {
                 debug!(peer = %peer_id, "disconnected");
+                self.dialled_addrs.remove(&connection_id);
+                self.lock_reach().on_disconnected(peer_id, connection_id);
                 if num_established == 0 {
+                    self.identified.remove(&peer_id);
                     self.stats.connected_peers.fetch_sub(1, Ordering::Relaxed);
                     self.dht.on_disconnected(peer_id);
                     self.interests.notify_all(Contact::Disconnected(peer_id));
@@ -690,15 +882,85 @@ impl EventLoop {
             }
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
                 peer_id,
+                connection_id,
                 info,
+            })) => {
+                self.dht.on_identify(&mut self.swarm, peer_id, &info);
+                count_dht_peers(&mut self.swarm, &self.stats);
+                let relay = info.protocols.contains(&relay::HOP_PROTOCOL_NAME);
+                self.identified.insert(peer_id, relay);
+                if relay && let Some(addr) = self.dialled_addrs.get(&connection_id).cloned() {
+                    let listen = self.lock_reach().on_relay_found(peer_id, &strip_p2p(addr));
+                    self.carry_out(listen.into_iter().collect());
+                }
+                self.wake_settled();
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::RelayClient(
+                relay::client::Event::ReservationReqAccepted {
+                    relay_peer_id,
+                    renewal,
+                    ..
+                },
+            )) => {
+                if !renewal {
+                    info!(relay = %relay_peer_id, "reachable through relay");
+                }
+                self.lock_reach().on_reservation(relay_peer_id);
+                self.wake_settled();
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::RelayServer(event)) => match event {
+                relay::Event::ReservationReqAccepted { src_peer_id, .. } => {
+                    debug!(peer = %src_peer_id, "relay: reservation granted");
+                    self.stats
+                        .relay_reservations
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                relay::Event::CircuitReqAccepted {
+                    src_peer_id,
+                    dst_peer_id,
+                } => {
+                    debug!(src = %src_peer_id, dst = %dst_peer_id, "relay: circuit opened");
+                    self.stats.relay_circuits.fetch_add(1, Ordering::Relaxed);
+                }
+                _ => {}
+            },
+            SwarmEvent::Behaviour(BehaviourEvent::Dcutr(dcutr::Event {
+                remote_peer_id,
+                result,
+            })) => {
+                match &result {
+                    Ok(_) => info!(peer = %remote_peer_id, "hole punched: direct connection"),
+                    Err(e) => info!(peer = %remote_peer_id, error = %e, "hole punch failed"),
+                }
+                self.lock_reach().on_punch(
+                    std::time::Instant::now(),
+                    remote_peer_id,
+                    result.is_ok(),
+                );
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Upnp(event)) => match event {
+                upnp::Event::NewExternalAddr { external_addr, .. } => {
+                    info!(address = %external_addr, "UPnP mapped");
+                    let stop = self.lock_reach().on_confirmed(external_addr, true);
+                    self.carry_out(stop);
+                }
+                upnp::Event::ExpiredExternalAddr { external_addr, .. } => {
+                    self.lock_reach().on_expired(&external_addr);
+                }
+                upnp::Event::GatewayNotFound => debug!("no UPnP gateway"),
+                upnp::Event::NonRoutableGateway => debug!("the UPnP gateway is behind another NAT"),
+            },
+            SwarmEvent::Behaviour(BehaviourEvent::Autonat(autonat::v2::client::Event {
+                tested_addr,
+                server,
+                result,
                 ..
             })) => {
-                self.dht.on_identify(swarm, peer_id, &info);
-                count_dht_peers(swarm, &self.stats);
+                debug!(address = %tested_addr, %server, ok = result.is_ok(), "AutoNAT test");
             }
             SwarmEvent::Behaviour(BehaviourEvent::Kad(event)) => {
-                self.dht.on_event(swarm, event);
-                count_dht_peers(swarm, &self.stats);
+                self.dht.on_event(&mut self.swarm, event);
+                count_dht_peers(&mut self.swarm, &self.stats);
             }
             SwarmEvent::Behaviour(BehaviourEvent::Tracker(event)) => self.on_tracker_event(event),
             SwarmEvent::OutgoingConnectionError {
@@ -711,8 +973,8 @@ impl EventLoop {
                     let _ = reply.send(Err(error.to_string()));
                 }
                 if let Some(peer) = peer_id {
-                    self.dht.dial_ended(swarm, peer, false);
-                    count_dht_peers(swarm, &self.stats);
+                    self.dht.dial_ended(&mut self.swarm, peer, false);
+                    count_dht_peers(&mut self.swarm, &self.stats);
                     if self.dial_errors.len() >= MAX_DIAL_ERRORS_KEPT {
                         self.dial_errors.clear();
                     }
@@ -720,6 +982,56 @@ impl EventLoop {
                 }
             }
             _ => {}
+        }
+    }
+
+    fn lock_reach(&self) -> std::sync::MutexGuard<'_, Reach> {
+        self.reach.lock().expect("reach lock poisoned")
+    }
+
+    /// Carries out what [`Reach`] decided.
+    fn carry_out(&mut self, actions: Vec<Action>) {
+        for action in actions {
+            match action {
+                Action::Listen(relay, circuit) => match self.swarm.listen_on(circuit.clone()) {
+                    Ok(listener) => {
+                        debug!(%relay, %circuit, "reserving at relay");
+                        self.lock_reach().on_listening(relay, listener);
+                    }
+                    Err(e) => {
+                        debug!(%relay, %circuit, error = %e, "cannot listen through relay");
+                        self.lock_reach().on_listen_failed(relay);
+                    }
+                },
+                Action::StopListening(listener) => {
+                    self.swarm.remove_listener(listener);
+                }
+                Action::Close(peer, conn) => {
+                    debug!(%peer, "closing a relayed connection: a direct one exists");
+                    self.swarm.close_connection(conn);
+                }
+            }
+        }
+    }
+
+    /// Answers the [`Node::settle_at`] callers whose relay is settled: identified (as a
+    /// relay or not) with no reservation pending there, or this node reachable anyway.
+    fn wake_settled(&mut self) {
+        if self.settling.is_empty() {
+            return;
+        }
+        let reach = self.reach.lock().expect("reach lock poisoned");
+        let done = |relay: &PeerId| {
+            !matches!(reach.status(), Reachability::Unknown) && !reach.pending_at(relay)
+                || self.identified.contains_key(relay) && !reach.pending_at(relay)
+        };
+        let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.settling)
+            .into_iter()
+            .partition(|(r, _)| done(r));
+        drop(reach);
+        self.settling = waiting;
+        for (_, reply) in ready {
+            let _ = reply.send(());
         }
     }
 
@@ -789,6 +1101,17 @@ fn tracker_dial_failure(dial_error: Option<&str>) -> String {
 fn count_dht_peers(swarm: &mut Swarm<Behaviour>, stats: &Stats) {
     let n = Dht::routing_table_len(swarm) as u64;
     stats.dht_peers.store(n, Ordering::Relaxed);
+}
+
+/// `addr` without a trailing `/p2p/<id>`.
+fn strip_p2p(mut addr: Multiaddr) -> Multiaddr {
+    if matches!(
+        addr.iter().last(),
+        Some(libp2p::multiaddr::Protocol::P2p(_))
+    ) {
+        addr.pop();
+    }
+    addr
 }
 
 /// How to dial `addr`: a bare `/p2p/<id>` dials that peer on the addresses the behaviours

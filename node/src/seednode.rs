@@ -230,6 +230,12 @@ pub struct SeedNodeStats {
     pub corrupt_repaired: u64,
     /// Of them, dropped because no peer had the bad blocks in time.
     pub corrupt_dropped: u64,
+    /// Block bytes sent to peers reached only through a relay.
+    pub relayed_bytes: u64,
+    /// Relay reservations granted to nodes behind NAT (renewals included).
+    pub relay_reservations: u64,
+    /// Circuits relayed between other nodes.
+    pub relay_circuits: u64,
 }
 
 /// Refused pushes by reason.
@@ -507,6 +513,9 @@ impl SeedNode {
             corrupt_blobs: get(&inner.node.stats().corrupt_blobs),
             corrupt_repaired: get(&c.corrupt_repaired),
             corrupt_dropped: get(&c.corrupt_dropped),
+            relayed_bytes: get(&inner.node.stats().relayed_bytes),
+            relay_reservations: get(&inner.node.stats().relay_reservations),
+            relay_circuits: get(&inner.node.stats().relay_circuits),
         }
     }
 

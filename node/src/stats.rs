@@ -18,4 +18,11 @@ pub struct Stats {
     /// Blobs found with stored blocks that fail their check against the blob id (counted
     /// once per blob when its first bad block shows; those blocks are no longer served).
     pub corrupt_blobs: AtomicU64,
+    /// Block bytes sent or received while every connection to the peer went through a
+    /// relay (no direct path: two symmetric NATs, or before a hole punch succeeds).
+    pub relayed_bytes: AtomicU64,
+    /// Relay servers: reservations granted to other nodes (renewals included).
+    pub relay_reservations: AtomicU64,
+    /// Relay servers: circuits relayed for other nodes.
+    pub relay_circuits: AtomicU64,
 }

@@ -96,7 +96,7 @@ pub fn build_swarm<B: NetworkBehaviour>(
     Ok(libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
         .with_tcp(
-            tcp::Config::default().nodelay(true),
+            tcp_config(),
             (Tls::new, noise::Config::new),
             crate::muxer::Config::new,
         )?
@@ -104,6 +104,40 @@ pub fn build_swarm<B: NetworkBehaviour>(
         .with_behaviour(behaviour)?
         .with_swarm_config(|c| c.with_idle_connection_timeout(idle_timeout))
         .build())
+}
+
+/// [`build_swarm`] for a node that can also be reached, and reach others, through relays
+/// (libp2p circuit relay v2): relayed connections carry the same TLS-or-Noise and yamux
+/// upgrades as direct ones, inside the circuit. `behaviour` gets the relay client's
+/// behaviour, which must be part of the swarm's.
+///
+/// # Errors
+///
+/// As [`build_swarm`].
+pub fn build_relay_client_swarm<B: NetworkBehaviour>(
+    keypair: Keypair,
+    idle_timeout: Duration,
+    behaviour: impl FnOnce(&Keypair, libp2p::relay::client::Behaviour) -> B,
+) -> Result<Swarm<B>, Box<dyn Error + Send + Sync>> {
+    Ok(libp2p::SwarmBuilder::with_existing_identity(keypair)
+        .with_tokio()
+        .with_tcp(
+            tcp_config(),
+            (Tls::new, noise::Config::new),
+            crate::muxer::Config::new,
+        )?
+        .with_quic()
+        .with_relay_client((Tls::new, noise::Config::new), crate::muxer::Config::new)?
+        .with_behaviour(behaviour)?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(idle_timeout))
+        .build())
+}
+
+/// TCP without Nagle's delay. Dials leave from the listening port where there is one
+/// (libp2p's default `PortUse::Reuse`): a NAT then maps the port peers learn from identify,
+/// which hole punching dials.
+fn tcp_config() -> tcp::Config {
+    tcp::Config::default().nodelay(true)
 }
 
 /// The TLS 1.3 cipher suites in the order the dialer offers them.

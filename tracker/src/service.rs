@@ -48,13 +48,14 @@ use std::{
 
 use futures::{AsyncRead, AsyncWrite, StreamExt};
 use libp2p::{
-    Multiaddr, PeerId, StreamProtocol, Swarm, TransportError, connection_limits, identify,
+    Multiaddr, PeerId, StreamProtocol, Swarm, TransportError, autonat, connection_limits, identify,
     identity::Keypair,
-    ping,
+    ping, relay,
     request_response::{self, InboundFailure, ProtocolSupport, ResponseChannel},
-    swarm::{ConnectionId, NetworkBehaviour, SwarmEvent},
+    swarm::{ConnectionId, NetworkBehaviour, SwarmEvent, behaviour::toggle::Toggle},
 };
 use serde::Serialize;
+pub use shoal_node::config::RelayLimits;
 use shoal_node::tracker_codec::{self, TrackerCodec};
 use shoal_protocol::tracker::{
     AnnounceRequest, AnnounceResponse, DenyReason, MAX_TAKEDOWN_ENTRIES, RefusalReason, Request,
@@ -129,6 +130,10 @@ pub struct Config {
     /// Most peers the scrape limiter tracks at once (peers idle for a burst's worth of
     /// intervals are forgotten first). Default 65,536.
     pub max_scrape_peers: usize,
+    /// Run a circuit relay v2 and an AutoNAT v2 server with these limits, so nodes behind
+    /// NAT can be reached through the tracker and hole-punch direct connections (docs/node.md
+    /// "Reachability"). Default [`RelayLimits::tracker`]; `None` runs neither.
+    pub relay: Option<RelayLimits>,
 }
 
 impl Default for Config {
@@ -158,6 +163,7 @@ impl Default for Config {
             scrape_burst: 10,
             scrape_interval: Duration::from_secs(1),
             max_scrape_peers: 65_536,
+            relay: Some(RelayLimits::tracker()),
         }
     }
 }
@@ -342,6 +348,8 @@ struct Behaviour {
     tracker: request_response::Behaviour<CountingCodec>,
     identify: identify::Behaviour,
     ping: ping::Behaviour,
+    relay: Toggle<relay::Behaviour>,
+    autonat: Toggle<autonat::v2::server::Behaviour>,
 }
 
 /// The tracker codec, counting requests that do not decode: request-response drops such a
@@ -498,8 +506,21 @@ impl Tracker {
                 key.public(),
             )),
             ping: ping::Behaviour::default(),
+            relay: config
+                .relay
+                .map(|l| relay::Behaviour::new(key.public().to_peer_id(), l.relay_config()))
+                .into(),
+            autonat: config
+                .relay
+                .map(|_| autonat::v2::server::Behaviour::default())
+                .into(),
         })
         .map_err(StartError::Transport)?;
+        if let Some(relay) = swarm.behaviour_mut().relay.as_mut() {
+            // A tracker is a public server: it relays from the start instead of waiting for
+            // AutoNAT to confirm an external address (libp2p's default).
+            relay.set_status(Some(relay::Status::Enable));
+        }
         for addr in &config.listen {
             let listen_error = |source| StartError::Listen {
                 addr: addr.clone(),
@@ -556,6 +577,9 @@ impl Tracker {
                 config.max_scrape_peers,
             ),
             conns: HashMap::new(),
+            relaying: config
+                .relay
+                .map(|_| shoal_node::reach::names_loopback(&config.listen)),
             counters,
             decode_errors,
             stats: stats_tx,
@@ -618,6 +642,16 @@ impl Tracker {
     }
 }
 
+/// An open connection.
+#[derive(Clone, Copy, Debug)]
+struct Conn {
+    peer: PeerId,
+    /// The IP it comes from.
+    remote: Option<IpAddr>,
+    /// The tracker's IP it reached (inbound connections).
+    local: Option<IpAddr>,
+}
+
 /// The event loop's state: the single owner of the swarm and the table.
 struct Service {
     swarm: Swarm<Behaviour>,
@@ -627,8 +661,13 @@ struct Service {
     takedowns: TakedownStore,
     /// Scrapes and takedown-list requests: one bucket per peer for both.
     scrapes: RateLimiter<PeerId>,
-    /// Open connections and the IP each comes from (bounded by the connection limits).
-    conns: HashMap<ConnectionId, Option<IpAddr>>,
+    /// Open connections: the IP each comes from and the IP it reached (bounded by the
+    /// connection limits).
+    conns: HashMap<ConnectionId, Conn>,
+    /// Whether this tracker relays (then it vouches for circuits through itself, and its
+    /// listen addresses are external ones: loopback ones too if `Some(true)`, when told to
+    /// listen on loopback).
+    relaying: Option<bool>,
     counters: ServiceStats,
     /// Shared with the codec, which counts requests that do not decode.
     decode_errors: Arc<AtomicU64>,
@@ -686,6 +725,12 @@ impl Service {
             SwarmEvent::Behaviour(BehaviourEvent::Tracker(event)) => self.on_tracker(event),
             SwarmEvent::NewListenAddr { address, .. } => {
                 info!(%address, "listening");
+                if let Some(loopback_ok) = self.relaying
+                    && shoal_node::reach::advertise_listen_addr(&address, loopback_ok)
+                {
+                    // A relay's reservations carry its addresses; clients refuse one without.
+                    self.swarm.add_external_address(address.clone());
+                }
                 self.listen.send_modify(|a| a.push(address));
             }
             SwarmEvent::ExpiredListenAddr { address, .. } => {
@@ -704,7 +749,20 @@ impl Service {
             } => {
                 let ip = checks::remote_ip(endpoint.get_remote_address());
                 debug!(peer = %peer_id, ip = ?ip, "connected");
-                self.conns.insert(connection_id, ip);
+                let local = match &endpoint {
+                    libp2p::core::ConnectedPoint::Listener { local_addr, .. } => {
+                        checks::remote_ip(local_addr)
+                    }
+                    libp2p::core::ConnectedPoint::Dialer { .. } => None,
+                };
+                self.conns.insert(
+                    connection_id,
+                    Conn {
+                        peer: peer_id,
+                        remote: ip,
+                        local,
+                    },
+                );
                 self.counters.connections = self.conns.len() as u64;
                 if num_established.get() == 1 {
                     self.counters.connected_peers += 1;
@@ -815,6 +873,25 @@ impl Service {
         }
     }
 
+    /// The relays circuits may go through: this tracker at the IP connection `conn`
+    /// reached, and the allow-listed seed nodes connected now at the IPs they come from.
+    fn known_relays(&self, conn: ConnectionId) -> checks::KnownRelays {
+        let mut relays = checks::KnownRelays::default();
+        if self.relaying.is_some()
+            && let Some(local) = self.conns.get(&conn).and_then(|c| c.local)
+        {
+            relays.0.insert(*self.swarm.local_peer_id(), vec![local]);
+        }
+        for c in self.conns.values() {
+            if let Some(ip) = c.remote
+                && self.seed_node_allow.contains(&c.peer)
+            {
+                relays.0.entry(c.peer).or_default().push(ip);
+            }
+        }
+        relays
+    }
+
     fn announce(
         &mut self,
         now: Instant,
@@ -829,8 +906,9 @@ impl Service {
                 reason: RefusalReason::TakenDown,
             };
         }
-        let observed = self.conns.get(&conn).copied().flatten();
-        let (kept, dropped) = checks::filter_addrs(&req.addrs, &peer, observed);
+        let observed = self.conns.get(&conn).and_then(|c| c.remote);
+        let relays = self.known_relays(conn);
+        let (kept, dropped) = checks::filter_addrs(&req.addrs, &peer, observed, &relays);
         if !dropped.is_empty() {
             self.counters.addrs_dropped += dropped.len() as u64;
             debug!(peer = %peer, dropped = ?dropped, "announced addresses dropped");

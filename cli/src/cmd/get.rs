@@ -11,7 +11,10 @@ use shoal_node::{
 use shoal_protocol::{Link, format::SEGMENT_PLAINTEXT_LEN};
 use tokio::sync::watch;
 
-use crate::{cmd::DhtArgs, exit, ui};
+use crate::{
+    cmd::{DhtArgs, ReachArgs},
+    exit, ui,
+};
 
 /// Fetch a link's file.
 #[derive(clap::Args, Debug)]
@@ -42,6 +45,8 @@ pub(crate) struct Args {
     tracker: Vec<Multiaddr>,
     #[command(flatten)]
     dht: DhtArgs,
+    #[command(flatten)]
+    reach: ReachArgs,
     /// Replace the output file if it already exists.
     #[arg(long)]
     force: bool,
@@ -107,8 +112,9 @@ pub(crate) fn run(args: &Args, data_dir: Option<PathBuf>) -> anyhow::Result<Exit
     let rt = ui::runtime()?;
     rt.block_on(async {
         let stop = CancellationToken::new();
-        let mut config = args.dht.apply(
-            Config::default().with_upload_limit(Some(args.up_limit)),
+        let mut config = args.reach.apply(
+            args.dht
+                .apply(Config::default().with_upload_limit(Some(args.up_limit))),
         );
         if !args.listen.is_empty() {
             config = config.with_listen(args.listen.clone());
@@ -149,6 +155,11 @@ pub(crate) fn run(args: &Args, data_dir: Option<PathBuf>) -> anyhow::Result<Exit
                 "fetched_blocks": done.fetched_blocks,
                 "resumed_blocks": done.resumed_blocks,
                 "banned_peers": done.banned.iter().map(|(p, w)| serde_json::json!({"peer": p.to_string(), "why": w})).collect::<Vec<_>>(),
+                "sources": done.sources.iter().map(|c| serde_json::json!({"peer": c.peer.to_string(), "blocks": c.blocks, "relayed_blocks": c.relayed_blocks})).collect::<Vec<_>>(),
+                "direct_from": done.sources.iter().filter(|c| c.blocks > c.relayed_blocks).map(|c| c.peer.to_string()).collect::<Vec<_>>(),
+                "relayed_bytes": node.stats().relayed_bytes.load(std::sync::atomic::Ordering::Relaxed),
+                "punches": ui::punches_json(&node),
+                "reachability": node.reachability(),
             });
             ui::print_line(&v.to_string())?;
         } else {

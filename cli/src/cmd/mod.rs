@@ -53,6 +53,27 @@ impl DhtArgs {
     }
 }
 
+/// Reachability flags of home nodes (shared by `share`, `get` and `seed`); see docs/node.md
+/// "Reachability".
+#[derive(clap::Args, Debug)]
+pub(crate) struct ReachArgs {
+    /// Do not ask the router to forward a port (UPnP IGD). Without a mapping, peers behind
+    /// other NATs reach this node through a relay and hole punching.
+    #[arg(long)]
+    no_upnp: bool,
+    /// Do not listen through relays (the seed nodes' and trackers'), even when no address
+    /// of this node is reachable from outside: peers behind NAT then cannot reach it.
+    #[arg(long)]
+    no_relay: bool,
+}
+
+impl ReachArgs {
+    /// `config` with these settings.
+    pub(crate) fn apply(&self, config: Config) -> Config {
+        config.with_upnp(!self.no_upnp).with_relays(!self.no_relay)
+    }
+}
+
 /// Announces `ids` in the DHT in the background, a few at a time. A blob no DHT peer took
 /// now stays provided locally and goes out with the hourly republication; that is worth a
 /// warning only when bootstrap peers were given (without, nobody is expected to hear it).

@@ -15,7 +15,7 @@ use shoal_protocol::{Link, blob::block_count};
 use tokio::sync::watch;
 
 use crate::{
-    cmd::{DhtArgs, provide_all},
+    cmd::{DhtArgs, ReachArgs, provide_all},
     ui,
 };
 
@@ -43,6 +43,8 @@ pub(crate) struct Args {
     tracker: Vec<Multiaddr>,
     #[command(flatten)]
     dht: DhtArgs,
+    #[command(flatten)]
+    reach: ReachArgs,
     /// Address to listen on, repeatable [default: QUIC and TCP on all interfaces].
     #[arg(long, value_name = "MULTIADDR")]
     listen: Vec<Multiaddr>,
@@ -80,7 +82,9 @@ pub(crate) fn run(args: &Args, data_dir: Option<PathBuf>) -> anyhow::Result<Exit
     rt.block_on(async {
         let stop = CancellationToken::new();
         let limit = Some(args.up_limit); // 0 = no cap, as the node reads it
-        let mut config = args.dht.apply(Config::default().with_upload_limit(limit));
+        let mut config = args
+            .reach
+            .apply(args.dht.apply(Config::default().with_upload_limit(limit)));
         if !args.listen.is_empty() {
             config = config.with_listen(args.listen.clone());
         }

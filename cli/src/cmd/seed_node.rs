@@ -14,7 +14,9 @@ use std::{
 use axum::{Json, Router, extract::State, http::header, response::IntoResponse, routing::get};
 use libp2p::{Multiaddr, PeerId};
 use shoal_node::{
-    CancellationToken, Config, Node, Store, identity,
+    CancellationToken, Config, Node, Store,
+    config::RelayLimits,
+    identity,
     seednode::{Policy, SeedNode, SeedNodeConfig, SeedNodeStats},
 };
 
@@ -73,6 +75,13 @@ pub(crate) struct Args {
     /// Machine-readable output: one JSON object per line on stdout (the address first).
     #[arg(long)]
     json: bool,
+    /// Do not relay for nodes behind NAT. By default a seed node is a circuit relay v2
+    /// (256 reservations; 64 circuits of at most 30 min and 64 MiB each) and an AutoNAT
+    /// server: nodes that cannot be dialled listen through it, and peers behind other
+    /// NATs hole-punch direct connections to them through it. Relays carry ciphertext
+    /// only, and learn who talks to whom.
+    #[arg(long)]
+    no_relay_server: bool,
 }
 
 pub(crate) fn run(args: &Args, data_dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
@@ -108,10 +117,14 @@ pub(crate) fn run(args: &Args, data_dir: Option<PathBuf>) -> anyhow::Result<Exit
             args.listen.clone()
         };
         // Seed nodes are found through trackers and links, not the DHT.
+        // A server is reachable: no UPnP, no relays for itself; a relay for others.
         let config = Config::default()
             .with_upload_limit(limit)
             .with_listen(listen)
-            .with_dht(false);
+            .with_dht(false)
+            .with_upnp(false)
+            .with_relays(false)
+            .with_relay_server((!args.no_relay_server).then(RelayLimits::seed_node));
         let node = Node::start(config, keypair, Arc::new(Store::in_memory()), stop.clone())
             .map_err(|e| {
                 exit::coded(
@@ -338,6 +351,25 @@ pub(crate) fn prometheus_text(s: &SeedNodeStats) -> String {
             ("{state=\"repaired\"}".into(), s.corrupt_repaired as f64),
             ("{state=\"dropped\"}".into(), s.corrupt_dropped as f64),
         ],
+    );
+    metric(
+        "relayed_bytes_total",
+        "counter",
+        "Block bytes sent to peers reached only through a relay.",
+        &one(s.relayed_bytes),
+    );
+    metric(
+        "relay_reservations_total",
+        "counter",
+        "Relay reservations granted to nodes behind NAT (renewals included).",
+        &one(s.relay_reservations),
+    );
+    metric(
+        "relay_circuits_total",
+        "counter",
+        "Circuits relayed between other nodes (for hole punching, or data where no direct \
+         path exists).",
+        &one(s.relay_circuits),
     );
     out
 }

@@ -11,7 +11,7 @@ use shoal_node::{
 };
 
 use crate::{
-    cmd::{DhtArgs, KeyArgs, peer_hints, provide_all},
+    cmd::{DhtArgs, KeyArgs, ReachArgs, peer_hints, provide_all},
     ui,
 };
 
@@ -49,6 +49,8 @@ pub(crate) struct Args {
     tracker: Vec<Multiaddr>,
     #[command(flatten)]
     dht: DhtArgs,
+    #[command(flatten)]
+    reach: ReachArgs,
     /// Machine-readable output: one JSON object per line on stdout (the link first).
     #[arg(long)]
     json: bool,
@@ -72,9 +74,10 @@ pub(crate) fn run(args: &Args, data_dir: Option<PathBuf>) -> anyhow::Result<Exit
     let rt = ui::runtime()?;
     rt.block_on(async {
         let stop = CancellationToken::new();
-        let mut config = args
-            .dht
-            .apply(Config::default().with_upload_limit(args.up_limit));
+        let mut config = args.reach.apply(
+            args.dht
+                .apply(Config::default().with_upload_limit(args.up_limit)),
+        );
         if !args.listen.is_empty() {
             config = config.with_listen(args.listen.clone());
         }

@@ -68,6 +68,12 @@ pub(crate) struct Args {
     /// Machine-readable output: one JSON object per line on stdout (the address first).
     #[arg(long)]
     json: bool,
+    /// Do not relay for nodes behind NAT. By default the tracker is a circuit relay v2
+    /// (256 reservations; 64 circuits of at most 10 min and 16 MiB each) and an AutoNAT
+    /// server, and lists relayed addresses through itself and through its allow-listed
+    /// seed nodes.
+    #[arg(long)]
+    no_relay: bool,
 }
 
 /// `--http`: an address, or `off`.
@@ -95,6 +101,9 @@ pub(crate) fn run(args: &Args, data_dir: Option<PathBuf>) -> anyhow::Result<Exit
         .with_seed_node_allow(args.allow_seed_node.clone())
         .with_operators(args.operators.iter().copied())
         .with_takedown_store(Some(takedowns));
+    if args.no_relay {
+        config.relay = None;
+    }
     if !args.listen.is_empty() {
         config = config.with_listen(args.listen.clone());
     }

@@ -13,7 +13,7 @@ use std::{
 use libp2p::PeerId;
 use shoal_protocol::{
     BlobId,
-    blob::{BlockRange, block_count},
+    blob::{BlockIndex, BlockRange, block_count, block_len},
     have::BlockSet,
     schedule::{self, Action, Failure, Mode, RequestId, Scheduler},
     wire::{BlobRequest, ResponseHeader},
@@ -25,7 +25,7 @@ use tokio::{
 use tracing::{debug, warn};
 
 use super::{
-    options::{FetchOptions, Progress},
+    options::{FetchOptions, Progress, SourceCount},
     peers::{Arrival, Patience, Sources, sleep_until},
 };
 use crate::{
@@ -50,6 +50,8 @@ pub(super) struct Ended {
     pub(super) banned: Vec<(PeerId, String)>,
     /// Peers given up on, and why.
     pub(super) gave_up: Vec<String>,
+    /// Blocks each peer delivered.
+    pub(super) sources: HashMap<PeerId, SourceCount>,
 }
 
 /// What a request task or have-map watcher reports to the driver.
@@ -223,11 +225,31 @@ impl Download {
             ended: Ended {
                 banned: Vec::new(),
                 gave_up: Vec::new(),
+                sources: HashMap::new(),
             },
             last_error: HashMap::new(),
             writer_gone: false,
             last_block: tokio::time::Instant::now(),
             announced_at: 0,
+        }
+    }
+
+    /// Counts a block from `peer`, and whether it came through a relay (then it also counts
+    /// in the node's `relayed_bytes`).
+    fn count_source(&mut self, peer: PeerId, index: u32) {
+        let relayed = self.node.only_relayed(&peer);
+        let c = self.ended.sources.entry(peer).or_insert(SourceCount {
+            peer,
+            blocks: 0,
+            relayed_blocks: 0,
+        });
+        c.blocks += 1;
+        if relayed {
+            c.relayed_blocks += 1;
+            self.node.stats().relayed_bytes.fetch_add(
+                block_len(self.blob_len, BlockIndex(index)) as u64,
+                std::sync::atomic::Ordering::Relaxed,
+            );
         }
     }
 
@@ -362,6 +384,7 @@ impl Download {
             } => {
                 self.last_block = tokio::time::Instant::now();
                 self.sched.handle_block(now, peer, rid, index);
+                self.count_source(peer, index);
                 let held = self.total - self.sched.missing();
                 if let Some(a) = &sources.announcer
                     && held >= self.announced_at + ANNOUNCE_PROGRESS_EVERY

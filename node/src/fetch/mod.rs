@@ -42,7 +42,7 @@ use self::{
 };
 pub use self::{
     error::FetchError,
-    options::{DEFAULT_PATIENCE, FetchOptions, Fetched, Output, Progress},
+    options::{DEFAULT_PATIENCE, FetchOptions, Fetched, Output, Progress, SourceCount},
     peers::{REDIAL_FIRST, REDIAL_MAX, TRACKER_GRACE},
     writer::{CHECKPOINT_BLOCKS, CHECKPOINT_INTERVAL},
 };
@@ -209,6 +209,8 @@ async fn fetch_inner(
     })??;
     banned.extend(ended.banned);
     why.extend(ended.gave_up);
+    let mut counts: Vec<SourceCount> = ended.sources.into_values().collect();
+    counts.sort_by_key(|c| std::cmp::Reverse(c.blocks));
     let done = state.count();
     if done < total {
         why.extend(
@@ -250,6 +252,7 @@ async fn fetch_inner(
         resumed_blocks: resumed,
         elapsed: started.elapsed(),
         banned,
+        sources: counts,
         announcer: sources.announcer.take(),
     })
 }

@@ -90,6 +90,17 @@ pub struct Progress {
     pub waiting_since: Option<std::time::Instant>,
 }
 
+/// Blocks one peer delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SourceCount {
+    /// The peer.
+    pub peer: PeerId,
+    /// Verified blocks it sent.
+    pub blocks: u64,
+    /// Of those, the ones that came while every connection to it went through a relay.
+    pub relayed_blocks: u64,
+}
+
 /// What a finished fetch did.
 #[derive(Debug)]
 pub struct Fetched {
@@ -105,6 +116,9 @@ pub struct Fetched {
     pub elapsed: Duration,
     /// Peers dropped for sending bad data, with the reason.
     pub banned: Vec<(PeerId, String)>,
+    /// The peers blocks came from in the download loop (not the first and last blocks,
+    /// which the bootstrap fetches), most blocks first.
+    pub sources: Vec<SourceCount>,
     /// Still announcing this node to the link's trackers, now as a seeder: keep it while the
     /// node seeds the file; dropping it tells the trackers this node left.
     pub announcer: Option<Announcer>,

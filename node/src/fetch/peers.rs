@@ -543,7 +543,17 @@ impl Sources {
             let node = self.node.clone();
             let addrs = target.addrs.clone();
             self.dials.spawn(async move {
-                // One address at a time: one connection is enough.
+                // All addresses of one peer at once (a NATed peer's direct ones may never
+                // answer; its relayed one does): the first connection wins.
+                if let Some((peer, bare)) = same_peer(&addrs) {
+                    return (
+                        t,
+                        node.dial_peer(peer, bare, timeout)
+                            .await
+                            .map_err(|e| e.to_string()),
+                    );
+                }
+                // Otherwise one address at a time: one connection is enough.
                 let mut why = String::from("no address known");
                 for addr in addrs {
                     match node.dial(addr.clone(), timeout).await {
@@ -634,6 +644,25 @@ fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
         Some(Protocol::P2p(p)) => Some(p),
         _ => None,
     }
+}
+
+/// When every address in `addrs` ends in `/p2p/<id>` of one peer: that peer and the
+/// addresses without it (a bare `/p2p/<id>` gives none, which dials the addresses the node
+/// knows for the peer).
+fn same_peer(addrs: &[Multiaddr]) -> Option<(PeerId, Vec<Multiaddr>)> {
+    let peer = peer_of(addrs.first()?)?;
+    let mut bare = Vec::with_capacity(addrs.len());
+    for a in addrs {
+        if peer_of(a) != Some(peer) {
+            return None;
+        }
+        let mut a = a.clone();
+        a.pop();
+        if !a.is_empty() {
+            bare.push(a);
+        }
+    }
+    Some((peer, bare))
 }
 
 /// Sleeps until `t`; never returns without one (for `select!`).

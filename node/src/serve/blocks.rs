@@ -149,7 +149,12 @@ async fn serve(
     source.note_requester(peer);
     debug!(blob = %req.id, blocks = req.block_count(), "serving");
     let ranges = req.ranges.clone();
-    let served = stream_range(inner, source.clone(), req, limiter, stream).await?;
+    let relayed = inner
+        .reach
+        .lock()
+        .expect("reach lock poisoned")
+        .only_relayed(&peer);
+    let served = stream_range(inner, source.clone(), req, limiter, relayed, stream).await?;
     if served && let Some(mut ss) = source.super_seed() {
         ss.handle_served(std::time::Instant::now(), &peer, &ranges);
         drop(ss);
@@ -169,6 +174,7 @@ async fn stream_range(
     source: Arc<Source>,
     req: BlobRequest,
     limiter: Option<&RateLimiter>,
+    relayed: bool,
     stream: &mut Stream,
 ) -> std::io::Result<bool> {
     let (tx, mut rx) = mpsc::channel::<std::io::Result<Vec<u8>>>(SERVE_PIPELINE);
@@ -221,6 +227,12 @@ async fn stream_range(
             .stats
             .uploaded_bytes
             .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        if relayed {
+            inner
+                .stats
+                .relayed_bytes
+                .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        }
         counted.add_uploaded(chunk.len() as u64);
         buffers::put(chunk);
     }

@@ -26,6 +26,8 @@ pub(crate) struct Service {
     /// Frugal sources read their subscribers' have-maps with it.
     pub(crate) client: Client,
     pub(crate) shutdown: CancellationToken,
+    /// Which peers are reached only through a relay (their bytes count as relayed).
+    pub(crate) reach: Arc<std::sync::Mutex<crate::reach::Reach>>,
 }
 
 /// The next inbound stream, or `None` once the node stops (or the protocol is closed).

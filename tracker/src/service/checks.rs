@@ -18,27 +18,47 @@ pub(crate) enum AddrDrop {
     Unparsable,
     /// A `/p2p/` component names another peer.
     ForeignPeer,
-    /// Its IP is not the connection's observed IP, it has no IP (`/dns/`, `/memory/`), or
-    /// it is a relay circuit (whose first hop could be any host).
+    /// Its IP is not the connection's observed IP, or it has no IP (`/dns/`, `/memory/`).
     ForeignIp,
+    /// A relay circuit through a relay the tracker cannot name (not itself, not an
+    /// allow-listed seed node connected now), or at an IP that relay is not at.
+    UnknownRelay,
+}
+
+/// The relays a tracker vouches for in announced circuit addresses, each with the IPs it
+/// is known at: the tracker itself (at the IP the announcer reached it on) and the
+/// allow-listed seed nodes connected to it (at the IPs they connect from).
+#[derive(Debug, Default)]
+pub(crate) struct KnownRelays(pub(crate) HashMap<PeerId, Vec<IpAddr>>);
+
+impl KnownRelays {
+    fn vouches(&self, relay: &PeerId, ip: IpAddr) -> bool {
+        self.0
+            .get(relay)
+            .is_some_and(|ips| ips.iter().any(|k| k.to_canonical() == ip.to_canonical()))
+    }
 }
 
 /// The announced addresses the tracker passes on: those that parse, name no other peer than
 /// `announcer`, and start with the connection's observed IP `observed`. With no observed IP
 /// nothing is kept. Returns the kept addresses (as sent) and what was dropped.
 ///
+/// A relay circuit (`<relay addr>/p2p/<relay>/p2p-circuit[/p2p/<announcer>]`) is kept when
+/// `relays` vouches for the relay at the circuit's first IP, whatever the observed IP.
+///
 /// Why: otherwise a peer could list a victim's address and have every downloader of a
-/// popular swarm dial it. Relay circuits are dropped too for now: their first hop is a
-/// dial to whatever relay address the peer names.
+/// popular swarm dial it. A circuit's first hop is a dial to the relay address it names,
+/// so the same holds for circuits: only relays the tracker knows, where it knows them.
 pub(crate) fn filter_addrs(
     addrs: &[Vec<u8>],
     announcer: &PeerId,
     observed: Option<IpAddr>,
+    relays: &KnownRelays,
 ) -> (Vec<Vec<u8>>, Vec<AddrDrop>) {
     let mut kept = Vec::with_capacity(addrs.len());
     let mut dropped = Vec::new();
     for bytes in addrs {
-        match check_addr(bytes, announcer, observed) {
+        match check_addr(bytes, announcer, observed, relays) {
             Ok(()) => kept.push(bytes.clone()),
             Err(why) => dropped.push(why),
         }
@@ -46,17 +66,47 @@ pub(crate) fn filter_addrs(
     (kept, dropped)
 }
 
-fn check_addr(bytes: &[u8], announcer: &PeerId, observed: Option<IpAddr>) -> Result<(), AddrDrop> {
+fn check_addr(
+    bytes: &[u8],
+    announcer: &PeerId,
+    observed: Option<IpAddr>,
+    relays: &KnownRelays,
+) -> Result<(), AddrDrop> {
     let addr = Multiaddr::try_from(bytes.to_vec()).map_err(|_| AddrDrop::Unparsable)?;
-    let mut first_ip = None;
-    for (i, p) in addr.iter().enumerate() {
-        match p {
-            Protocol::P2p(id) if id != *announcer => return Err(AddrDrop::ForeignPeer),
-            Protocol::P2pCircuit => return Err(AddrDrop::ForeignIp),
-            Protocol::Ip4(ip) if i == 0 => first_ip = Some(IpAddr::V4(ip)),
-            Protocol::Ip6(ip) if i == 0 => first_ip = Some(IpAddr::V6(ip)),
-            _ => {}
+    let parts: Vec<Protocol<'_>> = addr.iter().collect();
+    let first_ip = match parts.first() {
+        Some(Protocol::Ip4(ip)) => Some(IpAddr::V4(*ip)),
+        Some(Protocol::Ip6(ip)) => Some(IpAddr::V6(*ip)),
+        _ => None,
+    };
+    if let Some(at) = parts.iter().position(|p| *p == Protocol::P2pCircuit) {
+        // `<ip>/…/p2p/<relay>/p2p-circuit` then at most `/p2p/<announcer>`.
+        let relay = match at.checked_sub(1).map(|i| &parts[i]) {
+            Some(Protocol::P2p(relay)) => *relay,
+            _ => return Err(AddrDrop::UnknownRelay),
+        };
+        match &parts[at + 1..] {
+            [] => {}
+            [Protocol::P2p(id)] if id == announcer => {}
+            [Protocol::P2p(_)] => return Err(AddrDrop::ForeignPeer),
+            _ => return Err(AddrDrop::UnknownRelay),
         }
+        if parts[..at - 1]
+            .iter()
+            .any(|p| matches!(p, Protocol::P2p(_) | Protocol::P2pCircuit))
+        {
+            return Err(AddrDrop::UnknownRelay);
+        }
+        return match first_ip {
+            Some(ip) if relays.vouches(&relay, ip) => Ok(()),
+            _ => Err(AddrDrop::UnknownRelay),
+        };
+    }
+    if parts
+        .iter()
+        .any(|p| matches!(p, Protocol::P2p(id) if id != announcer))
+    {
+        return Err(AddrDrop::ForeignPeer);
     }
     match (first_ip, observed) {
         (Some(ip), Some(seen)) if ip.to_canonical() == seen.to_canonical() => Ok(()),
@@ -183,31 +233,97 @@ mod tests {
             bytes("/ip6/2001:db8::1/tcp/4001"),
             vec![0xff, 0x01, 0x02],
         ];
-        let (kept, dropped) = filter_addrs(&addrs, &me, Some(seen));
+        let none = KnownRelays::default();
+        let (kept, dropped) = filter_addrs(&addrs, &me, Some(seen), &none);
         assert_eq!(kept, addrs[..2].to_vec());
         assert_eq!(
             dropped,
             [
                 AddrDrop::ForeignIp,
                 AddrDrop::ForeignPeer,
-                AddrDrop::ForeignPeer,
-                AddrDrop::ForeignIp,
+                AddrDrop::UnknownRelay,
+                AddrDrop::UnknownRelay,
                 AddrDrop::ForeignIp,
                 AddrDrop::ForeignIp,
                 AddrDrop::Unparsable
             ]
         );
         // Without an observed IP nothing is vouched for; no address is made up either.
-        let (kept, dropped) = filter_addrs(&addrs, &me, None);
+        let (kept, dropped) = filter_addrs(&addrs, &me, None, &none);
         assert!(kept.is_empty());
         assert_eq!(dropped.len(), addrs.len());
+    }
+
+    /// Issue 13: a node behind NAT announces its address through a relay. Kept only through
+    /// relays the tracker names, at the IP it knows them by, ending in nothing or the
+    /// announcer; the observed IP does not matter (the node's own addresses are private).
+    #[test]
+    fn circuits_are_kept_only_through_known_relays_at_known_ips() {
+        let me = PeerId::random();
+        let relay = PeerId::random();
+        let other = PeerId::random();
+        let seen: IpAddr = "198.51.100.9".parse().unwrap();
+        let relays = KnownRelays(HashMap::from([(
+            relay,
+            vec!["203.0.113.5".parse().unwrap()],
+        )]));
+        let check = |a: &str| {
+            let (kept, dropped) = filter_addrs(&[bytes(a)], &me, Some(seen), &relays);
+            if kept.is_empty() {
+                Err(dropped[0])
+            } else {
+                Ok(())
+            }
+        };
+        assert_eq!(
+            check(&format!("/ip4/203.0.113.5/tcp/1/p2p/{relay}/p2p-circuit")),
+            Ok(())
+        );
+        assert_eq!(
+            check(&format!(
+                "/ip4/203.0.113.5/udp/1/quic-v1/p2p/{relay}/p2p-circuit/p2p/{me}"
+            )),
+            Ok(())
+        );
+        // Another IP for the relay: a reflection onto a victim.
+        assert_eq!(
+            check(&format!("/ip4/192.0.2.7/tcp/1/p2p/{relay}/p2p-circuit")),
+            Err(AddrDrop::UnknownRelay)
+        );
+        // A relay nobody vouches for.
+        assert_eq!(
+            check(&format!("/ip4/203.0.113.5/tcp/1/p2p/{other}/p2p-circuit")),
+            Err(AddrDrop::UnknownRelay)
+        );
+        // Ending in another peer, nested circuits, or a circuit without a relay id.
+        assert_eq!(
+            check(&format!(
+                "/ip4/203.0.113.5/tcp/1/p2p/{relay}/p2p-circuit/p2p/{other}"
+            )),
+            Err(AddrDrop::ForeignPeer)
+        );
+        assert_eq!(
+            check(&format!(
+                "/ip4/203.0.113.5/tcp/1/p2p/{relay}/p2p-circuit/p2p/{relay}/p2p-circuit/p2p/{me}"
+            )),
+            Err(AddrDrop::UnknownRelay)
+        );
+        assert_eq!(
+            check("/ip4/203.0.113.5/tcp/1/p2p-circuit"),
+            Err(AddrDrop::UnknownRelay)
+        );
     }
 
     #[test]
     fn ipv4_mapped_ipv6_matches_ipv4_and_loopback_is_an_ip_like_any_other() {
         let me = PeerId::random();
         let mapped: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
-        let (kept, _) = filter_addrs(&[bytes("/ip4/127.0.0.1/tcp/9")], &me, Some(mapped));
+        let (kept, _) = filter_addrs(
+            &[bytes("/ip4/127.0.0.1/tcp/9")],
+            &me,
+            Some(mapped),
+            &KnownRelays::default(),
+        );
         assert_eq!(kept.len(), 1);
         let remote: Multiaddr = "/ip6/::ffff:127.0.0.1/tcp/5".parse().unwrap();
         assert_eq!(remote_ip(&remote), Some("127.0.0.1".parse().unwrap()));
