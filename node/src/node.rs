@@ -19,7 +19,11 @@ use libp2p::{
     Multiaddr, PeerId, Swarm, autonat, dcutr, identify,
     identity::Keypair,
     ping, relay, request_response,
-    swarm::{ConnectionId, SwarmEvent, behaviour::toggle::Toggle, dial_opts::DialOpts},
+    swarm::{
+        ConnectionId, SwarmEvent,
+        behaviour::toggle::Toggle,
+        dial_opts::{DialOpts, PeerCondition},
+    },
     upnp,
 };
 use shoal_protocol::{
@@ -149,10 +153,16 @@ struct Inner {
     seed_nodes: Mutex<std::collections::HashSet<PeerId>>,
     /// Reachability, relays and connection kinds; written by the event loop.
     reach: Arc<Mutex<Reach>>,
+    /// Woken when a connection comes or goes, or a hole punch ends.
+    conn_change: Arc<tokio::sync::Notify>,
 }
 
 /// Most seed nodes remembered (a tracker lists at most 16 per swarm).
 const MAX_SEED_NODES_KNOWN: usize = 1024;
+/// How long a dial that ends on a relayed connection waits for the hole punch that follows
+/// (DCUtR takes a round trip or two and a dial) before the caller uses the peer: streams opened
+/// meanwhile would go through the relay, or die when the relayed connection is closed.
+const PUNCH_WAIT: Duration = Duration::from_secs(3);
 
 impl std::fmt::Debug for Node {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -248,6 +258,7 @@ impl Node {
         let stats = Arc::new(Stats::default());
         let interests = Arc::new(Interests::default());
         let reach = Arc::new(Mutex::new(Reach::new(config.use_relays)));
+        let conn_change = Arc::new(tokio::sync::Notify::new());
         serve::spawn(
             Service {
                 config: config.clone(),
@@ -273,6 +284,7 @@ impl Node {
             interests,
             seed_nodes: Mutex::default(),
             reach: reach.clone(),
+            conn_change: conn_change.clone(),
         });
         tokio::spawn(event_loop(
             EventLoop {
@@ -282,6 +294,7 @@ impl Node {
                 stats,
                 interests: inner.interests.clone(),
                 reach,
+                conn_change,
                 dials: HashMap::new(),
                 tracker_calls: HashMap::new(),
                 dial_errors: HashMap::new(),
@@ -460,10 +473,34 @@ impl Node {
             })
             .await
             .map_err(|_| err("node is shut down".into()))?;
-        match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(result)) => result.map_err(err),
-            Ok(Err(_)) => Err(err("node is shut down".into())),
-            Err(_) => Err(err(format!("no connection within {timeout:?}"))),
+        let peer = match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(result)) => result.map_err(err)?,
+            Ok(Err(_)) => return Err(err("node is shut down".into())),
+            Err(_) => return Err(err(format!("no connection within {timeout:?}"))),
+        };
+        self.await_punch(peer).await;
+        Ok(peer)
+    }
+
+    /// When every connection to `peer` is relayed: waits (at most [`PUNCH_WAIT`]) for the
+    /// hole punch DCUtR runs over it to end, so the caller's streams go direct when it works.
+    async fn await_punch(&self, peer: PeerId) {
+        let started = std::time::Instant::now();
+        let deadline = tokio::time::Instant::now() + PUNCH_WAIT;
+        loop {
+            let changed = self.inner.conn_change.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            {
+                let reach = self.reach();
+                if !reach.only_relayed(&peer) || reach.punch_ended_since(&peer, started) {
+                    return;
+                }
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                debug!(%peer, "no hole punch yet; using the relayed connection");
+                return;
+            }
         }
     }
 
@@ -494,16 +531,22 @@ impl Node {
             .send(Command::Dial {
                 addr: shown.clone(),
                 peer: Some(peer),
-                opts: DialOpts::peer_id(peer).addresses(addrs).build(),
+                // Beside another dial of the same peer (at other addresses): allowed.
+                opts: DialOpts::peer_id(peer)
+                    .condition(PeerCondition::Disconnected)
+                    .addresses(addrs)
+                    .build(),
                 reply,
             })
             .await
             .map_err(|_| err("node is shut down".into()))?;
-        match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(result)) => result.map_err(err),
-            Ok(Err(_)) => Err(err("node is shut down".into())),
-            Err(_) => Err(err(format!("no connection within {timeout:?}"))),
-        }
+        let peer = match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(result)) => result.map_err(err)?,
+            Ok(Err(_)) => return Err(err("node is shut down".into())),
+            Err(_) => return Err(err(format!("no connection within {timeout:?}"))),
+        };
+        self.await_punch(peer).await;
+        Ok(peer)
     }
 
     /// Sends one request to the tracker at `addr` (a multiaddr ending in `/p2p/<peer id>`)
@@ -685,6 +728,8 @@ struct EventLoop {
     dial_errors: HashMap<PeerId, String>,
     /// Reachability, relays and connection kinds (shared with the [`Node`] handles).
     reach: Arc<Mutex<Reach>>,
+    /// See [`Inner::conn_change`].
+    conn_change: Arc<tokio::sync::Notify>,
     /// The address each outbound connection dialled (a relay is listened through there).
     dialled_addrs: HashMap<ConnectionId, Multiaddr>,
     /// Connected peers identify has told about: whether each is a relay.
@@ -851,6 +896,7 @@ impl EventLoop {
                     endpoint.get_remote_address(),
                 );
                 self.carry_out(close);
+                self.conn_change.notify_waiters();
                 if num_established.get() == 1 {
                     self.stats.connected_peers.fetch_add(1, Ordering::Relaxed);
                     if endpoint.is_listener() {
@@ -873,6 +919,7 @@ impl EventLoop {
                 debug!(peer = %peer_id, "disconnected");
                 self.dialled_addrs.remove(&connection_id);
                 self.lock_reach().on_disconnected(peer_id, connection_id);
+                self.conn_change.notify_waiters();
                 if num_established == 0 {
                     self.identified.remove(&peer_id);
                     self.stats.connected_peers.fetch_sub(1, Ordering::Relaxed);
@@ -937,6 +984,7 @@ impl EventLoop {
                     remote_peer_id,
                     result.is_ok(),
                 );
+                self.conn_change.notify_waiters();
             }
             SwarmEvent::Behaviour(BehaviourEvent::Upnp(event)) => match event {
                 upnp::Event::NewExternalAddr { external_addr, .. } => {

@@ -62,6 +62,8 @@ pub struct Punch {
     pub ok: bool,
     /// From the first relayed connection to the peer to the result.
     pub after: Duration,
+    /// When the result came.
+    pub at: Instant,
 }
 
 /// A relay this node asked for a reservation.
@@ -305,7 +307,17 @@ impl Reach {
             peer,
             ok,
             after: now.saturating_duration_since(since),
+            at: now,
         });
+    }
+
+    /// Whether a hole punch with `peer` ended (either way) at or after `since`.
+    pub fn punch_ended_since(&self, peer: &PeerId, since: Instant) -> bool {
+        self.punches
+            .iter()
+            .rev()
+            .take_while(|p| p.at >= since)
+            .any(|p| p.peer == *peer)
     }
 
     /// The hole punches this node took part in, oldest first (at most [`MAX_PUNCHES`]).
@@ -408,6 +420,9 @@ mod tests {
         let p = r.punches().next().expect("recorded");
         assert!(p.ok);
         assert_eq!(p.after, Duration::from_millis(1500));
+        assert!(r.punch_ended_since(&peer, t0));
+        assert!(!r.punch_ended_since(&peer, t1 + Duration::from_millis(1)));
+        assert!(!r.punch_ended_since(&PeerId::random(), t0));
         // A relayed connection arriving while a direct one exists is closed at once.
         assert_eq!(
             r.on_connected(t1, peer, c3, &relayed),

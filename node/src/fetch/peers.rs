@@ -470,10 +470,19 @@ impl Sources {
         }
         if let Some(&t) = peer.as_ref().and_then(|p| self.by_peer.get(p)) {
             let target = &mut self.targets[t];
+            let mut new = Vec::new();
             for a in addrs {
                 if !target.addrs.contains(&a) {
-                    target.addrs.push(a);
+                    target.addrs.push(a.clone());
+                    new.push(a);
                 }
+            }
+            // A dial of the addresses known before may take its whole timeout (a NATed
+            // peer's private address in a link hint): dial the new ones (a tracker's relayed
+            // address) beside it now.
+            if target.dialling && !target.connected && !new.is_empty() {
+                self.spawn_dial(t, new);
+                return Some(t);
             }
             // A peer listed again that we could not reach: try it again now.
             if !target.connected
@@ -524,8 +533,8 @@ impl Sources {
         if self.next_wake.is_none_or(|w| w > now) {
             return self.next_wake;
         }
-        let timeout = self.node.config().dial_timeout;
         let mut next_wake = None::<Instant>;
+        let mut due = Vec::new();
         for (t, target) in self.targets.iter_mut().enumerate() {
             if target.connected || target.dialling {
                 continue;
@@ -540,32 +549,40 @@ impl Sources {
             }
             target.dialling = true;
             target.next_dial = None;
-            let node = self.node.clone();
-            let addrs = target.addrs.clone();
-            self.dials.spawn(async move {
-                // All addresses of one peer at once (a NATed peer's direct ones may never
-                // answer; its relayed one does): the first connection wins.
-                if let Some((peer, bare)) = same_peer(&addrs) {
-                    return (
-                        t,
-                        node.dial_peer(peer, bare, timeout)
-                            .await
-                            .map_err(|e| e.to_string()),
-                    );
-                }
-                // Otherwise one address at a time: one connection is enough.
-                let mut why = String::from("no address known");
-                for addr in addrs {
-                    match node.dial(addr.clone(), timeout).await {
-                        Ok(peer) => return (t, Ok(peer)),
-                        Err(e) => why = e.to_string(),
-                    }
-                }
-                (t, Err(why))
-            });
+            due.push((t, target.addrs.clone()));
+        }
+        for (t, addrs) in due {
+            self.spawn_dial(t, addrs);
         }
         self.next_wake = next_wake;
         next_wake
+    }
+
+    /// Dials target `t` at `addrs` in the background; [`Sources::dialled`] takes the result.
+    fn spawn_dial(&mut self, t: usize, addrs: Vec<Multiaddr>) {
+        let timeout = self.node.config().dial_timeout;
+        let node = self.node.clone();
+        self.dials.spawn(async move {
+            // All addresses of one peer at once (a NATed peer's direct ones may never
+            // answer; its relayed one does): the first connection wins.
+            if let Some((peer, bare)) = same_peer(&addrs) {
+                return (
+                    t,
+                    node.dial_peer(peer, bare, timeout)
+                        .await
+                        .map_err(|e| e.to_string()),
+                );
+            }
+            // Otherwise one address at a time: one connection is enough.
+            let mut why = String::from("no address known");
+            for addr in addrs {
+                match node.dial(addr.clone(), timeout).await {
+                    Ok(peer) => return (t, Ok(peer)),
+                    Err(e) => why = e.to_string(),
+                }
+            }
+            (t, Err(why))
+        });
     }
 
     /// A dial of target `t` ended.
@@ -586,6 +603,8 @@ impl Sources {
                     self.ready.push_back(Arrival::Connected(peer));
                 }
             }
+            // A dial that ended after another one of the same target connected.
+            Err(_) if target.connected => {}
             Err(why) => {
                 debug!(blob = %self.id, target = t, %why, "dial failed; trying again later");
                 let at = Instant::now() + target.backoff;
