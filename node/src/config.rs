@@ -229,9 +229,14 @@ impl RelayLimits {
         }
     }
 
-    /// The libp2p relay configuration with these limits (and libp2p's per-peer and per-IP
-    /// rate limits on reservations and circuits).
+    /// The libp2p relay configuration with these limits, and token buckets on how often
+    /// reservations and circuits may be asked for: per peer, 8 reservations then one per
+    /// 30 s, 32 circuits then one per 5 s; per IP address, 64 reservations then one per 5 s,
+    /// 256 circuits then one per second. libp2p's defaults (60 circuits per IP, then one a
+    /// minute) starve the many nodes behind one carrier-grade NAT: the NAT lab, whose
+    /// downloaders share one router address, ran out of them after 30 trials.
     pub fn relay_config(&self) -> libp2p::relay::Config {
+        let n = |v: u32| std::num::NonZeroU32::new(v).expect("a positive constant");
         libp2p::relay::Config {
             max_reservations: self.max_reservations,
             max_reservations_per_peer: self.max_reservations_per_peer,
@@ -240,8 +245,13 @@ impl RelayLimits {
             max_circuits_per_peer: self.max_circuits_per_peer,
             max_circuit_duration: self.max_circuit_duration,
             max_circuit_bytes: self.max_circuit_bytes,
-            ..libp2p::relay::Config::default()
+            reservation_rate_limiters: Vec::new(),
+            circuit_src_rate_limiters: Vec::new(),
         }
+        .reservation_rate_per_peer(n(8), Duration::from_secs(30))
+        .reservation_rate_per_ip(n(64), Duration::from_secs(5))
+        .circuit_src_per_peer(n(32), Duration::from_secs(5))
+        .circuit_src_per_ip(n(256), Duration::from_secs(1))
     }
 }
 
