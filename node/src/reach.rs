@@ -2,7 +2,7 @@
 //! are confirmed reachable (AutoNAT, UPnP), which relays it listens through while none is,
 //! and which connections are relayed.
 //!
-//! Sans-IO: the event loop ([`crate::node`]) feeds it swarm events and carries out what it
+//! Sans-IO: the event loop (`node.rs`, behind [`crate::Node`]) feeds it swarm events and carries out what it
 //! answers (listen on a relay, stop listening, close a relayed connection).
 //!
 //! The policy (docs/node.md "Reachability"):
