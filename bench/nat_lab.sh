@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # NAT lab: Shoal between home peers behind NAT routers, on one machine (root; network namespaces).
 #
-#   sudo bench/nat_lab.sh                              # everything: pair, symmetric, flash (about 50 min today)
-#   sudo TRIALS=40 bench/nat_lab.sh
+#   sudo TRIALS=40 bench/nat_lab.sh                    # everything: pair, symmetric, flash (12 min here when
+#                                                      # the punches work; a failing trial waits out PATIENCE)
 #   sudo QUICK=1 bench/nat_lab.sh                      # CI-sized: 3 trials, 8 MiB flash crowd, ~3 min
 #   sudo SCENARIOS=flash RTT_MS=80 LOSS=0.01 KEEP=1 bench/nat_lab.sh
 #
