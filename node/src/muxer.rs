@@ -10,10 +10,14 @@
 //! Modelled on libp2p-yamux's `Muxer` (MIT), which keeps its constructor private.
 
 use std::{
-    collections::VecDeque,
+    collections::{HashMap, VecDeque},
     io::{self, IoSlice, IoSliceMut},
     iter,
     pin::Pin,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
     task::{Context, Poll, Waker},
 };
 
@@ -94,6 +98,64 @@ pub(crate) struct Muxer<C> {
     connection: yamux::Connection<C>,
     inbound: VecDeque<Stream>,
     inbound_waker: Option<Waker>,
+    closed: Arc<Closed>,
+}
+
+/// Whether the connection is closing, and the streams waiting on it.
+///
+/// yamux's `poll_close` moves the connection to closing without waking its streams: a
+/// stream waiting to read (a have-map subscription, which has no timeout between frames)
+/// then waits forever. So the muxer says so itself: closing sets the flag and wakes every
+/// stream that is waiting, and a waiting stream that finds the flag set ends with
+/// `ConnectionAborted`.
+#[derive(Debug, Default)]
+struct Closed {
+    closed: AtomicBool,
+    next_id: AtomicU64,
+    /// The waker of each stream waiting now, by stream (bounded by the open streams: a
+    /// stream takes its entry out when dropped).
+    waiting: Mutex<HashMap<u64, Waker>>,
+}
+
+impl Closed {
+    fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        let waiting = std::mem::take(&mut *self.waiting.lock().expect("waker lock poisoned"));
+        for w in waiting.into_values() {
+            w.wake();
+        }
+    }
+
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
+    }
+
+    /// A stream's `Pending`: remember its waker, unless the connection closed meanwhile
+    /// (then the stream ends).
+    fn pending<T>(&self, stream: u64, cx: &Context<'_>) -> Poll<io::Result<T>> {
+        {
+            let mut waiting = self.waiting.lock().expect("waker lock poisoned");
+            match waiting.get_mut(&stream) {
+                Some(w) if w.will_wake(cx.waker()) => {}
+                Some(w) => w.clone_from(cx.waker()),
+                None => {
+                    waiting.insert(stream, cx.waker().clone());
+                }
+            }
+        }
+        if self.is_closed() {
+            self.forget(stream);
+            return Poll::Ready(Err(io::ErrorKind::ConnectionAborted.into()));
+        }
+        Poll::Pending
+    }
+
+    fn forget(&self, stream: u64) {
+        self.waiting
+            .lock()
+            .expect("waker lock poisoned")
+            .remove(&stream);
+    }
 }
 
 impl<C> Muxer<C>
@@ -105,6 +167,16 @@ where
             connection,
             inbound: VecDeque::new(),
             inbound_waker: None,
+            closed: Arc::default(),
+        }
+    }
+
+    /// Wraps a new yamux stream so that closing this connection ends it.
+    fn stream(&self, inner: yamux::Stream) -> Stream {
+        Stream {
+            inner,
+            id: self.closed.next_id.fetch_add(1, Ordering::Relaxed),
+            closed: self.closed.clone(),
         }
     }
 
@@ -112,7 +184,7 @@ where
         let stream = ready!(self.connection.poll_next_inbound(cx))
             .ok_or(Error(yamux::ConnectionError::Closed))?
             .map_err(Error)?;
-        Poll::Ready(Ok(Stream(stream)))
+        Poll::Ready(Ok(self.stream(stream)))
     }
 }
 
@@ -142,10 +214,11 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Result<Self::Substream, Self::Error>> {
         let stream = ready!(self.connection.poll_new_outbound(cx)).map_err(Error)?;
-        Poll::Ready(Ok(Stream(stream)))
+        Poll::Ready(Ok(self.stream(stream)))
     }
 
     fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.closed.close();
         self.connection.poll_close(cx).map_err(Error)
     }
 
@@ -281,9 +354,42 @@ impl<C: AsyncWrite + Unpin> AsyncWrite for Coalesce<C> {
     }
 }
 
-/// A yamux substream.
+impl<C> Drop for Muxer<C> {
+    fn drop(&mut self) {
+        // Dropped without a graceful close (an error): yamux wakes its streams itself then,
+        // but a stream polled after that must not wait either.
+        self.closed.close();
+    }
+}
+
+/// A yamux substream that ends when its connection closes (see [`Closed`]).
 #[derive(Debug)]
-pub(crate) struct Stream(yamux::Stream);
+pub(crate) struct Stream {
+    inner: yamux::Stream,
+    id: u64,
+    closed: Arc<Closed>,
+}
+
+impl Stream {
+    /// `poll` on the inner stream; a `Pending` is registered with the connection's
+    /// [`Closed`], so closing the connection ends it.
+    fn poll_with<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        poll: impl FnOnce(Pin<&mut yamux::Stream>, &mut Context<'_>) -> Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        match poll(Pin::new(&mut self.inner), cx) {
+            Poll::Pending => self.closed.pending(self.id, cx),
+            ready => ready,
+        }
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        self.closed.forget(self.id);
+    }
+}
 
 impl AsyncRead for Stream {
     fn poll_read(
@@ -291,7 +397,7 @@ impl AsyncRead for Stream {
         cx: &mut Context<'_>,
         buf: &mut [u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
+        self.poll_with(cx, |s, cx| s.poll_read(cx, buf))
     }
 
     fn poll_read_vectored(
@@ -299,7 +405,7 @@ impl AsyncRead for Stream {
         cx: &mut Context<'_>,
         bufs: &mut [IoSliceMut<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_read_vectored(cx, bufs)
+        self.poll_with(cx, |s, cx| s.poll_read_vectored(cx, bufs))
     }
 }
 
@@ -309,7 +415,7 @@ impl AsyncWrite for Stream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
+        self.poll_with(cx, |s, cx| s.poll_write(cx, buf))
     }
 
     fn poll_write_vectored(
@@ -317,15 +423,15 @@ impl AsyncWrite for Stream {
         cx: &mut Context<'_>,
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+        self.poll_with(cx, |s, cx| s.poll_write_vectored(cx, bufs))
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
+        self.poll_with(cx, |s, cx| s.poll_flush(cx))
     }
 
     fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_close(cx)
+        self.poll_with(cx, |s, cx| s.poll_close(cx))
     }
 }
 
