@@ -458,17 +458,31 @@ impl Node {
     /// # Errors
     /// If the connection fails or does not complete within `timeout`.
     pub async fn dial(&self, addr: Multiaddr, timeout: Duration) -> Result<PeerId, DialError> {
-        let (reply, rx) = oneshot::channel();
+        let peer = dht::split_p2p(&addr).map(|(p, _)| p);
+        let opts = dial_opts(&addr);
+        self.dial_with(addr, peer, opts, timeout).await
+    }
+
+    /// Runs the dial `opts` (`addr` names it in errors; `peer`, when known, lets an existing
+    /// connection answer at once), then waits for a hole punch if it ended relayed.
+    async fn dial_with(
+        &self,
+        addr: Multiaddr,
+        peer: Option<PeerId>,
+        opts: DialOpts,
+        timeout: Duration,
+    ) -> Result<PeerId, DialError> {
         let err = |why: String| DialError {
             addr: addr.clone(),
             why,
         };
+        let (reply, rx) = oneshot::channel();
         self.inner
             .commands
             .send(Command::Dial {
                 addr: addr.clone(),
-                peer: dht::split_p2p(&addr).map(|(p, _)| p),
-                opts: dial_opts(&addr),
+                peer,
+                opts,
                 reply,
             })
             .await
@@ -521,32 +535,12 @@ impl Node {
             .cloned()
             .unwrap_or_else(Multiaddr::empty)
             .with(libp2p::multiaddr::Protocol::P2p(peer));
-        let err = |why: String| DialError {
-            addr: shown.clone(),
-            why,
-        };
-        let (reply, rx) = oneshot::channel();
-        self.inner
-            .commands
-            .send(Command::Dial {
-                addr: shown.clone(),
-                peer: Some(peer),
-                // Beside another dial of the same peer (at other addresses): allowed.
-                opts: DialOpts::peer_id(peer)
-                    .condition(PeerCondition::Disconnected)
-                    .addresses(addrs)
-                    .build(),
-                reply,
-            })
-            .await
-            .map_err(|_| err("node is shut down".into()))?;
-        let peer = match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(result)) => result.map_err(err)?,
-            Ok(Err(_)) => return Err(err("node is shut down".into())),
-            Err(_) => return Err(err(format!("no connection within {timeout:?}"))),
-        };
-        self.await_punch(peer).await;
-        Ok(peer)
+        // Beside another dial of the same peer (at other addresses): allowed.
+        let opts = DialOpts::peer_id(peer)
+            .condition(PeerCondition::Disconnected)
+            .addresses(addrs)
+            .build();
+        self.dial_with(shown, Some(peer), opts, timeout).await
     }
 
     /// Sends one request to the tracker at `addr` (a multiaddr ending in `/p2p/<peer id>`)
@@ -942,70 +936,13 @@ impl EventLoop {
                 }
                 self.wake_settled();
             }
-            SwarmEvent::Behaviour(BehaviourEvent::RelayClient(
-                relay::client::Event::ReservationReqAccepted {
-                    relay_peer_id,
-                    renewal,
-                    ..
-                },
-            )) => {
-                if !renewal {
-                    info!(relay = %relay_peer_id, "reachable through relay");
-                }
-                self.lock_reach().on_reservation(relay_peer_id);
-                self.wake_settled();
-            }
-            SwarmEvent::Behaviour(BehaviourEvent::RelayServer(event)) => match event {
-                relay::Event::ReservationReqAccepted { src_peer_id, .. } => {
-                    debug!(peer = %src_peer_id, "relay: reservation granted");
-                    self.stats
-                        .relay_reservations
-                        .fetch_add(1, Ordering::Relaxed);
-                }
-                relay::Event::CircuitReqAccepted {
-                    src_peer_id,
-                    dst_peer_id,
-                } => {
-                    debug!(src = %src_peer_id, dst = %dst_peer_id, "relay: circuit opened");
-                    self.stats.relay_circuits.fetch_add(1, Ordering::Relaxed);
-                }
-                _ => {}
-            },
-            SwarmEvent::Behaviour(BehaviourEvent::Dcutr(dcutr::Event {
-                remote_peer_id,
-                result,
-            })) => {
-                match &result {
-                    Ok(_) => info!(peer = %remote_peer_id, "hole punched: direct connection"),
-                    Err(e) => info!(peer = %remote_peer_id, error = %e, "hole punch failed"),
-                }
-                self.lock_reach().on_punch(
-                    std::time::Instant::now(),
-                    remote_peer_id,
-                    result.is_ok(),
-                );
-                self.conn_change.notify_waiters();
-            }
-            SwarmEvent::Behaviour(BehaviourEvent::Upnp(event)) => match event {
-                upnp::Event::NewExternalAddr { external_addr, .. } => {
-                    info!(address = %external_addr, "UPnP mapped");
-                    let stop = self.lock_reach().on_confirmed(external_addr, true);
-                    self.carry_out(stop);
-                }
-                upnp::Event::ExpiredExternalAddr { external_addr, .. } => {
-                    self.lock_reach().on_expired(&external_addr);
-                }
-                upnp::Event::GatewayNotFound => debug!("no UPnP gateway"),
-                upnp::Event::NonRoutableGateway => debug!("the UPnP gateway is behind another NAT"),
-            },
-            SwarmEvent::Behaviour(BehaviourEvent::Autonat(autonat::v2::client::Event {
-                tested_addr,
-                server,
-                result,
-                ..
-            })) => {
-                debug!(address = %tested_addr, %server, ok = result.is_ok(), "AutoNAT test");
-            }
+            SwarmEvent::Behaviour(
+                event @ (BehaviourEvent::RelayClient(_)
+                | BehaviourEvent::RelayServer(_)
+                | BehaviourEvent::Dcutr(_)
+                | BehaviourEvent::Upnp(_)
+                | BehaviourEvent::Autonat(_)),
+            ) => self.on_reach_event(event),
             SwarmEvent::Behaviour(BehaviourEvent::Kad(event)) => {
                 self.dht.on_event(&mut self.swarm, event);
                 count_dht_peers(&mut self.swarm, &self.stats);
@@ -1028,6 +965,76 @@ impl EventLoop {
                     }
                     self.dial_errors.insert(peer, error.to_string());
                 }
+            }
+            _ => {}
+        }
+    }
+
+    /// The reachability behaviours' events: relay reservations (ours and, on a relay
+    /// server, others'), hole punches, UPnP mappings, AutoNAT tests.
+    fn on_reach_event(&mut self, event: BehaviourEvent) {
+        match event {
+            BehaviourEvent::RelayClient(relay::client::Event::ReservationReqAccepted {
+                relay_peer_id,
+                renewal,
+                ..
+            }) => {
+                if !renewal {
+                    info!(relay = %relay_peer_id, "reachable through relay");
+                }
+                self.lock_reach().on_reservation(relay_peer_id);
+                self.wake_settled();
+            }
+            BehaviourEvent::RelayServer(event) => match event {
+                relay::Event::ReservationReqAccepted { src_peer_id, .. } => {
+                    debug!(peer = %src_peer_id, "relay: reservation granted");
+                    self.stats
+                        .relay_reservations
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                relay::Event::CircuitReqAccepted {
+                    src_peer_id,
+                    dst_peer_id,
+                } => {
+                    debug!(src = %src_peer_id, dst = %dst_peer_id, "relay: circuit opened");
+                    self.stats.relay_circuits.fetch_add(1, Ordering::Relaxed);
+                }
+                _ => {}
+            },
+            BehaviourEvent::Dcutr(dcutr::Event {
+                remote_peer_id,
+                result,
+            }) => {
+                match &result {
+                    Ok(_) => info!(peer = %remote_peer_id, "hole punched: direct connection"),
+                    Err(e) => info!(peer = %remote_peer_id, error = %e, "hole punch failed"),
+                }
+                self.lock_reach().on_punch(
+                    std::time::Instant::now(),
+                    remote_peer_id,
+                    result.is_ok(),
+                );
+                self.conn_change.notify_waiters();
+            }
+            BehaviourEvent::Upnp(event) => match event {
+                upnp::Event::NewExternalAddr { external_addr, .. } => {
+                    info!(address = %external_addr, "UPnP mapped");
+                    let stop = self.lock_reach().on_confirmed(external_addr, true);
+                    self.carry_out(stop);
+                }
+                upnp::Event::ExpiredExternalAddr { external_addr, .. } => {
+                    self.lock_reach().on_expired(&external_addr);
+                }
+                upnp::Event::GatewayNotFound => debug!("no UPnP gateway"),
+                upnp::Event::NonRoutableGateway => debug!("the UPnP gateway is behind another NAT"),
+            },
+            BehaviourEvent::Autonat(autonat::v2::client::Event {
+                tested_addr,
+                server,
+                result,
+                ..
+            }) => {
+                debug!(address = %tested_addr, %server, ok = result.is_ok(), "AutoNAT test");
             }
             _ => {}
         }
