@@ -72,6 +72,11 @@ pub struct Config {
     /// Test only: close this many have-map subscriptions without answering, likewise.
     #[cfg(feature = "test-utils")]
     pub unanswered_subscriptions: std::sync::Arc<std::sync::atomic::AtomicU32>,
+    /// Test only: while set, every inbound block request and have-map subscription is held
+    /// open without a word (a frozen process: stopped, swapping, a hung disk). Shared by
+    /// the config's clones.
+    #[cfg(feature = "test-utils")]
+    pub frozen: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Default for Config {
@@ -103,6 +108,8 @@ impl Default for Config {
             unanswered_requests: std::sync::Arc::default(),
             #[cfg(feature = "test-utils")]
             unanswered_subscriptions: std::sync::Arc::default(),
+            #[cfg(feature = "test-utils")]
+            frozen: std::sync::Arc::default(),
         }
     }
 }

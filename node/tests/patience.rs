@@ -5,7 +5,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{Arc, atomic::Ordering},
+    time::Duration,
+};
 
 use libp2p::{Multiaddr, identity::Keypair};
 use shoal_node::{
@@ -184,4 +187,98 @@ async fn a_sharer_that_stays_away_ends_the_download_after_its_patience() {
     let state = dir.path().join(format!(".shoal-{}.state", link.id));
     assert!(state.exists(), "verified blocks are kept for a resume");
     stop.cancel();
+}
+
+/// Two seeders of one file, the first `frozen` from the start (it takes connections and
+/// streams and never answers, like a stopped process); a downloader whose request timeout
+/// is far beyond the test's limit fetches from both, the frozen one named first. Returns
+/// the outcome, the file, and the seeders' ids (frozen, live).
+async fn fetch_beside_a_frozen_peer(
+    dir: &std::path::Path,
+    freeze_after_blocks: Option<u64>,
+) -> (
+    shoal_node::fetch::Fetched,
+    Vec<u8>,
+    libp2p::PeerId,
+    libp2p::PeerId,
+) {
+    let shared = testing::shared_file(dir, 4 << 20, 11);
+    let stop = CancellationToken::new();
+    // Capped, so that a freeze mid-download finds requests still to make.
+    let frozen_config = Config::loopback().with_upload_limit(Some(4 << 20));
+    let freeze = frozen_config.frozen.clone();
+    freeze.store(freeze_after_blocks.is_none(), Ordering::Relaxed);
+    let frozen = testing::node(frozen_config, shared.store.clone(), &stop);
+    let live = testing::node(
+        Config::loopback().with_upload_limit(Some(4 << 20)),
+        shared.store.clone(),
+        &stop,
+    );
+    let mut config = Config::loopback();
+    config.request_timeout = Duration::from_secs(600);
+    let getter = testing::node(config, Arc::new(Store::in_memory()), &stop);
+    let mut link = shared.shared.link.clone();
+    link.peers = vec![
+        testing::addr(&frozen, "tcp").await.to_string(),
+        testing::addr(&live, "tcp").await.to_string(),
+    ];
+    let out = dir.join("got.bin");
+    let (tx, mut rx) = watch::channel(Progress::default());
+    let download = tokio::spawn({
+        let opts = FetchOptions::new(Output::File(out.clone()));
+        async move { fetch(&getter, &link, opts, tx).await }
+    });
+    if let Some(blocks) = freeze_after_blocks {
+        timeout(LIMIT, rx.wait_for(|p| p.done_blocks >= blocks))
+            .await
+            .expect("the download starts")
+            .unwrap();
+        freeze.store(true, Ordering::Relaxed);
+    }
+    let fetched = timeout(LIMIT, download)
+        .await
+        .expect("a frozen peer held the download up")
+        .unwrap()
+        .expect("the download completes from the live peer");
+    let got = std::fs::read(&out).unwrap();
+    assert_eq!(got, shared.data, "the file arrived intact");
+    stop.cancel();
+    (fetched, got, frozen.peer_id(), live.peer_id())
+}
+
+/// A peer frozen from the start (the first named in the link) holds nobody up: the
+/// download asks the next one for the first blocks beside it (not after its request
+/// timeout, here 10 minutes) and gets every block from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_peer_does_not_hold_up_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let (fetched, _, frozen, live) = fetch_beside_a_frozen_peer(dir.path(), None).await;
+    assert!(
+        fetched
+            .sources
+            .iter()
+            .all(|s| s.peer != frozen || s.blocks == 0),
+        "{:?}",
+        fetched.sources
+    );
+    assert!(
+        fetched
+            .sources
+            .iter()
+            .any(|s| s.peer == live && s.blocks > 0)
+    );
+}
+
+/// A peer that freezes mid-download, with requests of ours outstanding, holds nobody up
+/// either: its blocks come from the other peer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_frozen_mid_download_does_not_hold_it_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let (fetched, _, _, live) = fetch_beside_a_frozen_peer(dir.path(), Some(8)).await;
+    assert!(
+        fetched
+            .sources
+            .iter()
+            .any(|s| s.peer == live && s.blocks > 0)
+    );
 }

@@ -3,7 +3,12 @@
 //! verifying the last block at that size) and open segment 0, which proves the key and holds
 //! the header. A resumed download rebuilds the opener from the saved header instead.
 
-use std::time::{Duration, Instant};
+use std::{
+    collections::{HashMap, HashSet, VecDeque},
+    time::{Duration, Instant},
+};
+
+use futures::{StreamExt, stream::FuturesUnordered};
 
 use libp2p::PeerId;
 use shoal_protocol::{
@@ -137,6 +142,12 @@ impl From<RequestError> for BootError {
 
 /// First wait before asking busy peers again for the first blocks; doubles up to 2 s.
 const BOOTSTRAP_BACKOFF: Duration = Duration::from_millis(100);
+/// A peer that has not delivered the first blocks this long after it was asked does not
+/// hold the others up: the next peer is asked beside it (a hedged request). A peer that
+/// answers at all does so well within this, even on a slow uplink (two blocks, 128 KiB).
+const BOOTSTRAP_HEDGE: Duration = Duration::from_secs(1);
+/// Most peers asked for the first blocks at once.
+const BOOTSTRAP_PARALLEL: usize = 4;
 
 /// What bootstrapping learnt: the authenticated blob size, sealed block 0, and the parent
 /// pairs verified on the way.
@@ -148,14 +159,87 @@ struct Boot {
     parents: Vec<Pair>,
 }
 
+/// The peers bootstrapping asks, in order, and those it asks again after a back-off.
+struct Queue {
+    /// To ask as soon as there is room.
+    now: VecDeque<PeerId>,
+    /// To ask again once `again_at` has passed.
+    again: Vec<PeerId>,
+    again_at: Option<tokio::time::Instant>,
+    backoff: Duration,
+    /// Answered "not found": asked again once another peer showed it has the blob.
+    not_found: Vec<PeerId>,
+    /// Being asked now.
+    asking: HashSet<PeerId>,
+}
+
+impl Queue {
+    fn new(peers: &[PeerId]) -> Self {
+        Self {
+            now: peers.iter().copied().collect(),
+            again: Vec::new(),
+            again_at: None,
+            backoff: BOOTSTRAP_BACKOFF,
+            not_found: Vec::new(),
+            asking: HashSet::new(),
+        }
+    }
+
+    /// Whether `peer` is asked now or waits its turn.
+    fn holds(&self, peer: PeerId) -> bool {
+        self.asking.contains(&peer) || self.now.contains(&peer) || self.again.contains(&peer)
+    }
+
+    /// A peer from the sources joins the queue (or, gone, leaves the list).
+    fn take(&mut self, a: Arrival, peers: &mut Vec<PeerId>, banned: &[(PeerId, String)]) {
+        let p = a.peer();
+        if matches!(a, Arrival::Gone(_)) {
+            peers.retain(|q| *q != p);
+        } else if !self.holds(p) && !banned.iter().any(|(b, _)| *b == p) {
+            self.now.push_back(p);
+            if !peers.contains(&p) {
+                peers.push(p);
+            }
+        }
+    }
+
+    /// `peer` is asked again after the back-off, which doubles (up to 2 s) each time.
+    fn later(&mut self, peer: PeerId) {
+        if !self.again.contains(&peer) {
+            self.again.push(peer);
+        }
+        if self.again_at.is_none() {
+            self.again_at = Some(tokio::time::Instant::now() + self.backoff);
+            self.backoff = (self.backoff * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    /// The back-off is over: the peers waiting it out are asked again.
+    fn wake(&mut self) {
+        self.again_at = None;
+        for p in std::mem::take(&mut self.again) {
+            if !self.now.contains(&p) && !self.asking.contains(&p) {
+                self.now.push_back(p);
+            }
+        }
+    }
+
+    /// Whether nobody is asked, nor waits to be.
+    fn is_empty(&self) -> bool {
+        self.asking.is_empty() && self.now.is_empty() && self.again.is_empty()
+    }
+}
+
 /// Asks `peers` (and those the sources give meanwhile) for the first blocks until one
-/// delivers them; the size is `trusted_len` if known. Peers that are busy (upload slots full
-/// in a flash crowd), lack the first blocks (partial) or fail in transit are asked again with
-/// back-off; a peer whose connection broke is handed back to the sources, which dial it
-/// again; liars go on `banned` and are not asked again. With trackers, a peer that does not
-/// have the blob yet is asked again too (a tracker lists downloaders that are just
-/// starting). Gives up (`None`) when nobody delivered within `patience`; `why` then says
-/// what each peer of the last round answered.
+/// delivers them; the size is `trusted_len` if known. One peer at a time, but a peer that
+/// has not delivered within [`BOOTSTRAP_HEDGE`] (frozen, or overloaded) does not hold the
+/// others up: the next is asked beside it, up to [`BOOTSTRAP_PARALLEL`]. Peers that are
+/// busy (upload slots full in a flash crowd), lack the first blocks (partial) or fail in
+/// transit are asked again with back-off; a peer whose connection broke is handed back to
+/// the sources, which dial it again; liars go on `banned` and are not asked again. With
+/// trackers, a peer that does not have the blob yet is asked again too (a tracker lists
+/// downloaders that are just starting). Gives up (`None`) when nobody delivered within
+/// `patience`; `why` then says what each peer last answered.
 ///
 /// # Errors
 /// [`FetchError::LinkSizeMismatch`] as soon as a peer proves the link's size wrong.
@@ -173,110 +257,105 @@ async fn first_blocks(
 ) -> Result<Option<Boot>, FetchError> {
     let started = Instant::now();
     let tracked = sources.announcer.is_some();
-    let mut retry = peers.clone();
-    let mut not_found: Vec<PeerId> = Vec::new();
-    let mut backoff = BOOTSTRAP_BACKOFF;
+    let mut queue = Queue::new(peers);
+    let mut asking = FuturesUnordered::new();
+    let mut hedge_at: Option<tokio::time::Instant> = None;
+    let mut answers: HashMap<PeerId, String> = HashMap::new();
     patience.wait(tokio::time::Instant::now());
     loop {
         while let Some(a) = sources.try_next() {
-            take(a, &mut retry, peers, banned);
+            queue.take(a, peers, banned);
         }
-        if retry.is_empty() {
+        let now = tokio::time::Instant::now();
+        // Ask the next peer when nobody is being asked, or the last one asked is slow.
+        if asking.len() < BOOTSTRAP_PARALLEL
+            && (asking.is_empty() || hedge_at.is_some_and(|t| t <= now))
+            && let Some(peer) = queue.now.pop_front()
+        {
+            queue.asking.insert(peer);
+            hedge_at = Some(now + BOOTSTRAP_HEDGE);
+            asking.push(async move { (peer, bootstrap(node, peer, id, size).await) });
+            continue;
+        }
+        if queue.is_empty() {
             // Nobody left to ask: the sources re-dial, trackers may list more peers, and the
             // DHT may know some.
             patience.show(progress);
             sources.want_peers();
-            tokio::select! {
-                a = sources.next() => take(a, &mut retry, peers, banned),
-                () = sleep_until(patience.deadline()) => return Ok(None),
-            }
-            continue;
         }
-        let round = std::mem::take(&mut retry);
-        why.clear();
-        for peer in round {
-            let e = match bootstrap(node, peer, id, size).await {
-                Ok(boot) => {
-                    debug!(blob = %id, peer = %peer, after = ?started.elapsed(), "bootstrapped");
-                    patience.stop();
-                    patience.show(progress);
-                    return Ok(Some(boot));
-                }
-                Err(BootError::LinkSize { link, blob }) => {
-                    return Err(FetchError::LinkSizeMismatch { link, blob });
-                }
-                Err(BootError::Request(e)) => e,
-            };
-            match e {
-                RequestError::Lied(w) => {
-                    warn!(peer = %peer, blob = %id, why = %w, "peer sent bad data; disconnected");
-                    node.disconnect(peer).await;
-                    sources.ban(peer);
-                    banned.push((peer, w));
-                }
-                e => {
-                    debug!(blob = %id, peer = %peer, error = %e, "bootstrap attempt failed");
-                    let again = match &e {
-                        RequestError::Status(ResponseHeader::NotFound) => {
-                            not_found.push(peer);
-                            tracked
-                        }
-                        RequestError::Status(ResponseHeader::Busy | ResponseHeader::Missing)
-                        | RequestError::Unanswered
-                        | RequestError::Timeout => true,
-                        // The connection broke: the sources dial it again and hand it back.
-                        RequestError::Io(_) => {
-                            sources.lost(peer);
-                            false
-                        }
-                        _ => false,
-                    };
-                    if again {
-                        retry.push(peer);
+        let hedge = hedge_at.filter(|_| !queue.now.is_empty() && asking.len() < BOOTSTRAP_PARALLEL);
+        let idle = asking.is_empty();
+        tokio::select! {
+            Some((peer, result)) = asking.next() => {
+                queue.asking.remove(&peer);
+                let e = match result {
+                    Ok(boot) => {
+                        debug!(blob = %id, peer = %peer, after = ?started.elapsed(), "bootstrapped");
+                        patience.stop();
+                        patience.show(progress);
+                        return Ok(Some(boot));
                     }
-                    why.push(format!("{peer}: {e}"));
-                }
+                    Err(BootError::LinkSize { link, blob }) => {
+                        return Err(FetchError::LinkSizeMismatch { link, blob });
+                    }
+                    Err(BootError::Request(e)) => e,
+                };
+                on_failure(node, peer, id, e, tracked, &mut queue, sources, banned, &mut answers)
+                    .await;
             }
-        }
-        // Someone has the blob (busy or partial): the peers that did not have it yet are
-        // likely downloaders just starting, worth asking again.
-        if !retry.is_empty() {
-            for p in not_found.drain(..) {
-                if !retry.contains(&p) {
-                    retry.push(p);
-                }
-            }
-        }
-        not_found.clear();
-        if !retry.is_empty() {
-            let now = tokio::time::Instant::now();
-            if patience.deadline().is_some_and(|d| now + backoff > d) {
+            a = sources.next() => queue.take(a, peers, banned),
+            () = sleep_until(queue.again_at) => queue.wake(),
+            () = sleep_until(hedge) => {}
+            () = sleep_until(patience.deadline()), if idle => {
+                *why = answers.into_values().collect();
                 return Ok(None);
             }
-            // Back off, taking in the peers the sources give meanwhile.
-            let until = now + backoff;
-            while let Some(a) = tokio::select! {
-                a = sources.next() => Some(a),
-                () = tokio::time::sleep_until(until) => None,
-            } {
-                take(a, &mut retry, peers, banned);
-            }
-            backoff = (backoff * 2).min(Duration::from_secs(2));
         }
     }
 }
 
-/// A peer from the sources joins the next round (or, gone, leaves the list).
-fn take(a: Arrival, retry: &mut Vec<PeerId>, peers: &mut Vec<PeerId>, banned: &[(PeerId, String)]) {
-    let p = a.peer();
-    if matches!(a, Arrival::Gone(_)) {
-        peers.retain(|q| *q != p);
-    } else if !retry.contains(&p) && !banned.iter().any(|(b, _)| *b == p) {
-        retry.push(p);
-        if !peers.contains(&p) {
-            peers.push(p);
-        }
+/// Bootstrapping from `peer` failed with `e`: a liar is banned and disconnected, a peer
+/// that may deliver later is queued again, a broken connection goes back to the sources;
+/// `answers` keeps what each peer last said.
+#[allow(clippy::too_many_arguments)] // one call site: the state of `first_blocks`
+async fn on_failure(
+    node: &Node,
+    peer: PeerId,
+    id: BlobId,
+    e: RequestError,
+    tracked: bool,
+    queue: &mut Queue,
+    sources: &mut Sources,
+    banned: &mut Vec<(PeerId, String)>,
+    answers: &mut HashMap<PeerId, String>,
+) {
+    if let RequestError::Lied(w) = e {
+        warn!(peer = %peer, blob = %id, why = %w, "peer sent bad data; disconnected");
+        answers.remove(&peer);
+        node.disconnect(peer).await;
+        sources.ban(peer);
+        banned.push((peer, w));
+        return;
     }
+    debug!(blob = %id, peer = %peer, error = %e, "bootstrap attempt failed");
+    match &e {
+        RequestError::Status(ResponseHeader::NotFound) if tracked => queue.later(peer),
+        RequestError::Status(ResponseHeader::NotFound) => queue.not_found.push(peer),
+        RequestError::Status(ResponseHeader::Busy | ResponseHeader::Missing)
+        | RequestError::Unanswered
+        | RequestError::Timeout => {
+            // Someone has the blob (busy or partial): the peers that did not have it yet
+            // are likely downloaders just starting, worth asking again.
+            queue.later(peer);
+            for p in std::mem::take(&mut queue.not_found) {
+                queue.later(p);
+            }
+        }
+        // The connection broke: the sources dial it again and hand it back.
+        RequestError::Io(_) => sources.lost(peer),
+        _ => {}
+    }
+    answers.insert(peer, format!("{peer}: {e}"));
 }
 
 /// Fetches block 0 and the last block from `peer`, which proves the blob's size: the one

@@ -35,9 +35,24 @@ async fn next_stream(
     service: &Service,
     incoming: &mut libp2p_stream::IncomingStreams,
 ) -> Option<(libp2p::PeerId, libp2p::Stream)> {
-    tokio::select! {
-        () = service.shutdown.cancelled() => None,
-        next = futures::StreamExt::next(incoming) => next,
+    loop {
+        let next = tokio::select! {
+            () = service.shutdown.cancelled() => None,
+            next = futures::StreamExt::next(incoming) => next,
+        };
+        #[cfg(feature = "test-utils")]
+        if service.config.frozen.load(Ordering::Relaxed)
+            && let Some((_, stream)) = next
+        {
+            // Frozen: hold the stream open, say nothing, until the node stops.
+            let stop = service.shutdown.clone();
+            tokio::spawn(async move {
+                stop.cancelled().await;
+                drop(stream);
+            });
+            continue;
+        }
+        return next;
     }
 }
 
