@@ -21,6 +21,9 @@
 //!   average of what the peer delivers.
 //! - **Fair share**: no peer has more than `missing / peers` blocks in flight, so several peers
 //!   split even a small blob instead of one peer taking it all.
+//! - **Last resort**: seed nodes ([`Scheduler::set_last_resort`]) are asked only for blocks
+//!   no other peer has while some other peer keeps up: it has room in its pipeline and
+//!   drains what it has in flight within `pipeline_target`.
 //! - **Endgame**: once every missing block that any usable peer has is requested, an *idle*
 //!   peer may ask for already-requested blocks too, `endgame_request_blocks` at a time (up to
 //!   `endgame_copies` requests per block); when a block arrives, requests that have nothing
@@ -246,7 +249,7 @@ pub struct Scheduler<P: PeerHandle> {
     requested: Vec<u8>,
     peers: BTreeMap<P, PeerState>,
     /// Seed nodes: asked for blocks no other peer has, or when the other peers cannot keep
-    /// up (their pipelines are full).
+    /// up (their pipelines are full, or slow to drain).
     last_resort: BTreeSet<P>,
     banned: BTreeSet<P>,
     dropped: BTreeSet<P>,
@@ -285,7 +288,10 @@ impl<P: PeerHandle> Scheduler<P> {
     }
 
     /// Marks `peer` as a last resort (a seed node): it is asked only for blocks no other
-    /// usable peer has, unless every other peer's pipeline is full (they cannot keep up).
+    /// usable peer has, unless no other peer keeps up: each is resting, has a full
+    /// pipeline, or would take longer than `pipeline_target` to deliver what it has in
+    /// flight at its measured rate (a home uplink shared by many downloaders, in the tail
+    /// of a flash crowd, where the seed node would otherwise idle).
     /// Servers pay for their egress; peers' uplinks are what swarms are for.
     pub fn set_last_resort(&mut self, peer: P) {
         self.last_resort.insert(peer);
@@ -667,7 +673,8 @@ impl<P: PeerHandle> Scheduler<P> {
     }
 
     /// For a last-resort peer: the blocks some other usable peer has, as a bitmap, unless
-    /// every such peer's pipeline is full (then `None`: anything goes).
+    /// no such peer keeps up (then `None`: anything goes); see
+    /// [`Scheduler::set_last_resort`].
     fn held_by_others(&self, now: Option<Instant>) -> Option<Vec<u64>> {
         let n_peers = u32::try_from(self.peers.len()).unwrap_or(u32::MAX).max(1);
         let mut union = vec![0u64; self.have.len()];
@@ -677,7 +684,12 @@ impl<P: PeerHandle> Scheduler<P> {
                 continue;
             }
             let resting = now.is_some_and(|now| state.backoff_until.is_some_and(|t| t > now));
-            if !resting && self.room(state, n_peers) > 0 {
+            // A peer keeps up when it has room and drains what it has in flight within the
+            // pipeline target (a home uplink shared by many downloaders does not).
+            let draining = state.rate == 0.0
+                || f64::from(state.in_flight) * SEGMENT_LEN as f64 / state.rate
+                    <= self.config.pipeline_target.as_secs_f64();
+            if !resting && draining && self.room(state, n_peers) > 0 {
                 can_keep_up = true;
             }
             for (u, w) in union.iter_mut().zip(&state.has) {
@@ -1019,6 +1031,61 @@ mod tests {
             from_seed.iter().all(|&b| b >= 50),
             "the seed node was asked for blocks a peer with room has: {from_seed:?}"
         );
+    }
+
+    /// A regular peer with room in its pipeline keeps a last-resort peer (a seed node) to
+    /// the blocks nobody else has only while it drains what it has in flight within the
+    /// pipeline target: a home uplink shared by many downloaders does not, and then the seed
+    /// node's spare capacity is used (the tail of a flash crowd, where it would idle).
+    #[test]
+    fn a_last_resort_peer_is_asked_when_the_others_are_slow() {
+        let new_seed_blocks = |delay: Duration| -> usize {
+            let now = t0();
+            let config = Config {
+                min_in_flight_blocks: 16,
+                max_in_flight_blocks: 16,
+                max_blocks_per_request: 4,
+                ..Config::default()
+            };
+            let mut s = Scheduler::new(config, 1000, []);
+            s.set_last_resort(9);
+            s.handle_have(now, 1, 0..1000);
+            s.handle_have(now, 9, 0..1000);
+            let acts = drain(&mut s);
+            let sent = |acts: &[Action<u32>], who: u32| -> Vec<(RequestId, Vec<u32>)> {
+                acts.iter()
+                    .filter_map(|a| match a {
+                        Action::Request { peer, id, blocks } if *peer == who => {
+                            Some((*id, blocks_of(blocks)))
+                        }
+                        _ => None,
+                    })
+                    .collect()
+            };
+            // Both pipelines full: peer 1 cannot keep up, so the seed node was asked too.
+            let (id1, b1) = sent(&acts, 1).remove(0);
+            assert_eq!(
+                sent(&acts, 9).iter().map(|(_, b)| b.len()).sum::<usize>(),
+                16
+            );
+            // Peer 1 delivers one block after `delay` (its rate: 64 KiB per `delay`), which
+            // leaves it room for one more; then the seed node delivers all it was asked.
+            let t = now + delay;
+            assert!(s.handle_block(t, 1, id1, b1[0]));
+            assert!(drain(&mut s).is_empty(), "a whole request does not fit yet");
+            for (id, blocks) in sent(&acts, 9) {
+                for b in blocks {
+                    s.handle_block(t + Duration::from_millis(1), 9, id, b);
+                }
+            }
+            let more = sent(&drain(&mut s), 9);
+            s.check_invariants();
+            more.iter().map(|(_, b)| b.len()).sum()
+        };
+        // Fast: 15 blocks in flight at 64 KiB per 10 ms drain in 0.15 s: it keeps up.
+        assert_eq!(new_seed_blocks(Duration::from_millis(10)), 0);
+        // Slow: 15 s to drain them: the seed node is asked again.
+        assert!(new_seed_blocks(Duration::from_secs(1)) > 0);
     }
 
     #[test]
