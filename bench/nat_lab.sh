@@ -36,19 +36,24 @@
 #              PEER_UP, clock from start to the last peer's completion. Then the same with the 8 public peers
 #              (no NAT, same RTT and loss). Reports each over Kumar-Ross T_min = max(F/u_s, N*F/(u_s+N*u))
 #              (downloads uncapped) and the seed node's egress with NAT over without.
+#   libtorrent the public half of `flash` with libtorrent-rasterbar (python3-libtorrent, its defaults: uTP
+#              on) instead of Shoal: a seeder in pub at SEED_UP, the 8 public peers at PEER_UP, same file,
+#              RTT and loss. Not in the default set; SCENARIOS="flash libtorrent" runs both side by side.
 #
 # Env: RTT_MS=40 LOSS=0.005 TRIALS=40 SCENARIOS="pair symmetric flash" PAIR_MIB=4 FLASH_MIB=64
 #      SEED_UP=4MiB PEER_UP=1MiB TRIAL_TIMEOUT=60 PATIENCE=30s (get --patience in pair/symmetric)
 #      FLASH_TIMEOUT=600 PAIR_PUSH=0 SYM_PUSH=1 QUICK=0 (1: TRIALS=3, FLASH_MIB=8, PATIENCE=10s,
 #      TRIAL_TIMEOUT=30, FLASH_TIMEOUT=120; explicit settings win)
 #      SHOAL=target/release/shoal NETEM=target/release/shoal-netem (built with cargo when missing)
+#      LT_PY=/usr/bin/python3 (a python that imports libtorrent, for the libtorrent scenario)
 #      WORK=dir for logs (default: a new temporary dir, removed at exit unless KEEP=1 or a run failed;
 #      a WORK you give is never removed)
 # Needs: root, ip (iproute2), iptables (nf_tables or legacy) with the statistic, conntrack and NFQUEUE
 #      matches/targets, python3, sha256sum.
 # Output: progress on stderr; per-scenario summaries and, as the LAST line of stdout, one JSON object:
 #      direct_tcp, direct_quic, median_direct_s, symmetric_completed, flash_crowd_over_tmin,
-#      flash_crowd_no_nat_over_tmin, seed_egress_vs_no_nat, rtt_ms_measured, loss, trials, and more.
+#      flash_crowd_no_nat_over_tmin, seed_egress_vs_no_nat, rtt_ms_measured, loss, trials,
+#      flash_libtorrent_over_tmin (with the libtorrent scenario), and more.
 #      Per-trial records: $WORK/trials.jsonl; flash results: $WORK/flash_*/result.json.
 # Everything started here is stopped by pid and every namespace is deleted on exit (also on errors and
 # Ctrl-C). Every wait is bounded.
@@ -189,7 +194,7 @@ case "$RTT_MS" in '' | *[!0-9]*) echo "RTT_MS must be a whole number of ms" >&2;
 HALF_MS=$((RTT_MS / 2))
 [ $((HALF_MS * 2)) = "$RTT_MS" ] || log "RTT_MS=$RTT_MS is odd: each direction gets $HALF_MS ms (RTT $((HALF_MS * 2)) ms)"
 for s in $SCENARIOS; do
-  case "$s" in pair | symmetric | flash) ;; *) echo "unknown scenario '$s' (pair, symmetric, flash)" >&2; exit 2 ;; esac
+  case "$s" in pair | symmetric | flash | libtorrent) ;; *) echo "unknown scenario '$s' (pair, symmetric, flash, libtorrent)" >&2; exit 2 ;; esac
 done
 if [ -z "${WORK:-}" ]; then WORK=$(mktemp -d "${TMPDIR:-/tmp}/shoal-nat-lab.XXXXXX"); MADE_WORK=1; fi
 mkdir -p "$WORK"
@@ -475,6 +480,7 @@ def cmd_summary(work, rtt_json, loss, trials, quick):
         v = json_lines(os.path.join(work, "flash_%s" % label, "result.json"))
         flash[label] = v[-1] if v else {}
     nat, pub = flash["nat"], flash["no_nat"]
+    lt = (json_lines(os.path.join(work, "flash_libtorrent", "result.json")) or [{}])[-1]
     eg_nat, eg_pub = nat.get("seed_egress_bytes"), pub.get("seed_egress_bytes")
     rtt = json.loads(rtt_json) if rtt_json else {}
     nat_check = rtt.pop("nat", {})
@@ -496,7 +502,10 @@ def cmd_summary(work, rtt_json, loss, trials, quick):
         "flash_seed_egress_copies": nat.get("seed_egress_copies"),
         "flash_no_nat_seed_egress_copies": pub.get("seed_egress_copies"),
         "flash_completed": nat.get("completed"), "flash_no_nat_completed": pub.get("completed"),
-        "flash_tmin_s": nat.get("tmin_s") or pub.get("tmin_s"),
+        "flash_tmin_s": nat.get("tmin_s") or pub.get("tmin_s") or lt.get("tmin_s"),
+        "flash_libtorrent_over_tmin": lt.get("over_tmin"),
+        "flash_libtorrent_seed_egress_copies": lt.get("seed_egress_copies"),
+        "flash_libtorrent_completed": lt.get("completed"),
         "rtt_ms_measured": rtt.get("home_to_home", {}).get("median_ms"),
         "rtt_ms": {k: v.get("median_ms") for k, v in rtt.items()},
         "nat": nat_check,
@@ -801,6 +810,139 @@ scenario_flash() {
   flash_run no_nat "${pubs[@]}"
 }
 
+# ------------------------------------------------------------------ libtorrent, same lab
+# The WAN flash crowd of `flash no_nat` again with libtorrent-rasterbar (python3-libtorrent; its
+# defaults, uTP on, as ../shared/bench/flash_crowd.sh runs it): a seeder in pub capped at SEED_UP and
+# the 8 public peers capped at PEER_UP, same file, RTT and loss. No tracker: every peer is told every
+# address at once (what a tracker's first answer gives). Writes $WORK/flash_libtorrent/result.json.
+LT_PY=${LT_PY:-/usr/bin/python3} # Debian's python3-libtorrent is built for the system python
+LT_PORT=6881
+lt_write() {
+  cat >"$1" <<'PY'
+import hashlib, json, os, sys, time
+import libtorrent as lt
+
+def size(text):
+    units = {"": 1, "B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30}
+    num = text.rstrip("KMGiB")
+    return int(float(num) * units[text[len(num):]])
+
+def cmd_make(path, out):
+    fs = lt.file_storage()
+    lt.add_files(fs, path)
+    t = lt.create_torrent(fs, 1 << 20)  # 1 MiB pieces, as the shared flash-crowd bench
+    lt.set_piece_hashes(t, os.path.dirname(path))
+    open(out, "wb").write(lt.bencode(t.generate()))
+
+def cmd_peer(torrent, save, ip, up, seed, gof, peers):
+    ses = lt.session({
+        "listen_interfaces": "%s:%d" % (ip, int(os.environ["LT_PORT"])),
+        "enable_dht": False, "enable_lsd": False, "enable_upnp": False, "enable_natpmp": False,
+        # the lab's private addresses are "local network" to libtorrent, which would exempt them
+        "ignore_limits_on_local_network": False,
+        "upload_rate_limit": size(up), "download_rate_limit": 0,
+        "alert_mask": lt.alert.category_t.error_notification,
+    })
+    f = lt.ip_filter()  # every address in the global (rate-limited) peer class
+    f.add_rule("0.0.0.0", "255.255.255.255", 1 << lt.session.global_peer_class_id)
+    ses.set_peer_class_filter(f)
+    atp = lt.add_torrent_params()
+    atp.ti = lt.torrent_info(torrent)
+    atp.save_path = save
+    atp.flags &= ~lt.torrent_flags.auto_managed
+    atp.flags &= ~lt.torrent_flags.paused
+    h = ses.add_torrent(atp)
+    if seed == "1":
+        while not h.status().is_seeding:
+            time.sleep(0.05)  # the seeder hash-checks its copy first
+    open(os.path.join(save, "ready"), "w").close()
+    while gof and not os.path.exists(gof):
+        time.sleep(0.005)
+    if seed != "1":
+        for p in peers.split(","):
+            a, port = p.rsplit(":", 1)
+            if a != ip:
+                h.connect_peer((a, int(port)))
+    done = False
+    while True:
+        st = h.status()
+        if not done and st.is_seeding and seed != "1":
+            open(os.path.join(save, "done"), "w").write("%.6f\n" % time.time())
+            done = True
+        tmp = os.path.join(save, "stats.tmp")
+        json.dump({"up": st.total_payload_upload, "wire_up": st.total_upload, "peers": st.num_peers}, open(tmp, "w"))
+        os.replace(tmp, os.path.join(save, "stats.json"))
+        ses.pop_alerts()
+        time.sleep(0.05)
+
+def cmd_result(d, n, file_len, seed_up, peer_up, t0, sha_ok, timeout):
+    n, F, us, u, t0 = int(n), int(file_len), size(seed_up), size(peer_up), float(t0)
+    tmin = max(F / us, n * F / (us + n * u))
+    times = []
+    for k in range(1, n + 1):
+        try:
+            times.append(round(float(open(os.path.join(d, "peer%d" % k, "done")).read()) - t0, 2))
+        except (OSError, ValueError):
+            times.append(None)
+    done = [t for t in times if t is not None]
+    all_done = max(done) if len(done) == n else None
+    st = json.load(open(os.path.join(d, "seed", "stats.json")))
+    print(json.dumps({
+        "label": "libtorrent", "impl": "libtorrent-rasterbar %s" % lt.__version__, "n": n, "file_bytes": F,
+        "tmin_s": round(tmin, 2), "peer_done_s": times, "completed": len(done), "all_done_s": all_done,
+        "over_tmin": round(all_done / tmin, 3) if all_done else None,
+        "seed_egress_bytes": st["up"], "seed_egress_copies": round(st["up"] / F, 3),
+        "seed_wire_copies": round(st["wire_up"] / F, 3), "sha_ok": int(sha_ok), "timeout_s": int(timeout),
+    }))
+
+globals()["cmd_" + sys.argv[1]](*sys.argv[2:])
+PY
+}
+
+scenario_libtorrent() {
+  local d=$WORK/flash_libtorrent k t0 all i ok=0 peers pids=() name
+  "$LT_PY" -c 'import libtorrent' 2>/dev/null ||
+    die "the libtorrent scenario needs python3-libtorrent for $LT_PY (apt-get install python3-libtorrent)"
+  mkdir -p "$d/seed"
+  lt_write "$d/lt.py"
+  name=$(basename "$FLASH_FILE")
+  "$LT_PY" "$d/lt.py" make "$FLASH_FILE" "$d/flash.torrent"
+  cp "$FLASH_FILE" "$d/seed/$name"
+  peers="$PUB_IP:$LT_PORT"
+  for k in $(seq 1 "$FLASH_N"); do peers+=",10.101.$k.2:$LT_PORT"; done
+  export LT_PORT
+  spawn pub "$d/seed/out.txt" "$d/seed/err.txt" "$LT_PY" "$d/lt.py" peer "$d/flash.torrent" "$d/seed" "$PUB_IP" \
+    "$SEED_UP" 1 "" "$peers"
+  pids+=("$LAST_PID")
+  wait_for 120 "the libtorrent seeder to check its copy ($d/seed/err.txt)" test -e "$d/seed/ready"
+  for k in $(seq 1 "$FLASH_N"); do
+    mkdir -p "$d/peer$k"
+    spawn "pp$k" "$d/peer$k/out.txt" "$d/peer$k/err.txt" "$LT_PY" "$d/lt.py" peer "$d/flash.torrent" "$d/peer$k" \
+      "10.101.$k.2" "$PEER_UP" 0 "$d/go" "$peers"
+    pids+=("$LAST_PID")
+  done
+  # python + libtorrent take a moment to start: start all idle, then release them together
+  for k in $(seq 1 "$FLASH_N"); do wait_for 30 "libtorrent peer $k to start" test -e "$d/peer$k/ready"; done
+  log "flash libtorrent: $FLASH_N public peers get $FLASH_MIB MiB, seeder $SEED_UP, peers $PEER_UP up ($("$LT_PY" -c 'import libtorrent as lt; print(lt.__version__)'))"
+  t0=$(now)
+  touch "$d/go"
+  for i in $(seq 1 $((FLASH_TIMEOUT * 5))); do
+    all=1
+    for k in $(seq 1 "$FLASH_N"); do [ -s "$d/peer$k/done" ] || all=0; done
+    [ "$all" = 1 ] && break
+    sleep 0.2
+  done
+  [ "$all" = 1 ] || log "flash libtorrent: not all peers done after ${FLASH_TIMEOUT} s"
+  sleep 0.2 # one more stats line from the seeder
+  for k in $(seq 1 "$FLASH_N"); do
+    [ -f "$d/peer$k/$name" ] && [ "$(sha256sum <"$d/peer$k/$name" | cut -d' ' -f1)" = "$FLASH_SHA" ] && ok=$((ok + 1))
+  done
+  "$LT_PY" "$d/lt.py" result "$d" "$FLASH_N" "$FLASH_BYTES" "$SEED_UP" "$PEER_UP" "$t0" "$ok" "$FLASH_TIMEOUT" >"$d/result.json"
+  for k in "${pids[@]}"; do stop_pid "$k"; done
+  for k in $(seq 1 "$FLASH_N"); do rm -f "$d/peer$k/$name"; done
+  "$PY" -c 'import json,sys; r=json.load(open(sys.argv[1])); print("  flash libtorrent: all done %s s = %s x T_min (%s s), %d/%d done, seeder sent %s copies, peers done at %s, sha ok %d" % (r["all_done_s"], r["over_tmin"], r["tmin_s"], r["completed"], r["n"], r["seed_egress_copies"], r["peer_done_s"], r["sha_ok"]))' "$d/result.json" >&2
+}
+
 # ------------------------------------------------------------------ main
 SYM_TRIALS=$((TRIALS / 4))
 [ "$SYM_TRIALS" -ge 3 ] || SYM_TRIALS=3
@@ -814,7 +956,7 @@ FLASH_BYTES=$((FLASH_MIB << 20))
 head -c "$PAIR_BYTES" /dev/urandom >"$PAIR_FILE"
 PAIR_SHA=$(sha256sum <"$PAIR_FILE" | cut -d' ' -f1)
 FLASH_SHA=""
-if [[ " $SCENARIOS " == *" flash "* ]]; then
+if [[ " $SCENARIOS " == *" flash "* || " $SCENARIOS " == *" libtorrent "* ]]; then
   head -c "$FLASH_BYTES" /dev/urandom >"$FLASH_FILE"
   FLASH_SHA=$(sha256sum <"$FLASH_FILE" | cut -d' ' -f1)
 fi
@@ -841,8 +983,11 @@ if any(s["errors"].values()):
 print("flash crowd: behind NAT %s x T_min, public %s x T_min (T_min %s s); seed node egress NAT/public = %s (%s vs %s copies)"
       % (s["flash_crowd_over_tmin"], s["flash_crowd_no_nat_over_tmin"], s["flash_tmin_s"], s["seed_egress_vs_no_nat"],
          s["flash_seed_egress_copies"], s["flash_no_nat_seed_egress_copies"]))
+if s["flash_libtorrent_over_tmin"] is not None or s["flash_libtorrent_completed"] is not None:
+    print("flash crowd, public peers, libtorrent: %s x T_min; seeder sent %s copies"
+          % (s["flash_libtorrent_over_tmin"], s["flash_libtorrent_seed_egress_copies"]))
 missing = {"direct_from", "punches", "relayed_bytes"} - set(s["node_fields_seen"])
-if missing:
+if missing and (s["direct_tcp"] is not None or s["direct_quic"] is not None or s["symmetric_trials"]):
     print("note: no get --json result line had %s (a failed get prints only an error object): "
           "counted as no direct connection" % ", ".join(sorted(missing)))
 PY
