@@ -736,11 +736,17 @@ trial() {
   rm -f "$d/b/file"
 }
 
+# udp_drops NS: datagrams the namespace's UDP sockets dropped for a full receive buffer, so far
+udp_drops() { in_ns "$1" nstat -asz UdpRcvbufErrors 2>/dev/null | awk '/UdpRcvbufErrors/{print $2}'; }
+
 scenario_pair() {
   local kind i
   for kind in tcp quic; do
     log "pair/$kind: $TRIALS trials, home1 -> home2 (home-router NAT both), $PAIR_MIB MiB, push to seed node: $PAIR_PUSH"
     for i in $(seq 1 "$TRIALS"); do trial "$kind" "$i" home1 home2 "$PAIR_PUSH"; done
+    # QUIC's losses beyond LOSS: datagrams dropped because a socket's receive buffer was full
+    log "pair/$kind: UDP datagrams dropped for a full socket receive buffer since the lab started:" \
+      "home1 $(udp_drops home1), home2 $(udp_drops home2)"
   done
 }
 
