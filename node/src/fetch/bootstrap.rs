@@ -4,7 +4,7 @@
 //! the header. A resumed download rebuilds the opener from the saved header instead.
 
 use std::{
-    collections::{HashMap, HashSet, VecDeque},
+    collections::{HashSet, VecDeque},
     time::{Duration, Instant},
 };
 
@@ -260,7 +260,8 @@ async fn first_blocks(
     let mut queue = Queue::new(peers);
     let mut asking = FuturesUnordered::new();
     let mut hedge_at: Option<tokio::time::Instant> = None;
-    let mut answers: HashMap<PeerId, String> = HashMap::new();
+    // What each peer last answered, in the order they were first asked.
+    let mut answers: Vec<(PeerId, String)> = Vec::new();
     patience.wait(tokio::time::Instant::now());
     loop {
         while let Some(a) = sources.try_next() {
@@ -307,7 +308,7 @@ async fn first_blocks(
             () = sleep_until(queue.again_at) => queue.wake(),
             () = sleep_until(hedge) => {}
             () = sleep_until(patience.deadline()), if idle => {
-                *why = answers.into_values().collect();
+                *why = answers.into_iter().map(|(_, w)| w).collect();
                 return Ok(None);
             }
         }
@@ -327,11 +328,11 @@ async fn on_failure(
     queue: &mut Queue,
     sources: &mut Sources,
     banned: &mut Vec<(PeerId, String)>,
-    answers: &mut HashMap<PeerId, String>,
+    answers: &mut Vec<(PeerId, String)>,
 ) {
     if let RequestError::Lied(w) = e {
         warn!(peer = %peer, blob = %id, why = %w, "peer sent bad data; disconnected");
-        answers.remove(&peer);
+        answers.retain(|(p, _)| *p != peer);
         node.disconnect(peer).await;
         sources.ban(peer);
         banned.push((peer, w));
@@ -355,7 +356,11 @@ async fn on_failure(
         RequestError::Io(_) => sources.lost(peer),
         _ => {}
     }
-    answers.insert(peer, format!("{peer}: {e}"));
+    let answer = format!("{peer}: {e}");
+    match answers.iter_mut().find(|(p, _)| *p == peer) {
+        Some((_, w)) => *w = answer,
+        None => answers.push((peer, answer)),
+    }
 }
 
 /// Fetches block 0 and the last block from `peer`, which proves the blob's size: the one
