@@ -10,8 +10,7 @@ mod common;
 
 use std::{sync::Arc, sync::atomic::Ordering, time::Duration};
 
-use common::tracker_addr;
-use libp2p::identity::Keypair;
+use common::{start_tracker, tracker_only};
 use shoal_node::{
     CancellationToken, Config, Reachability, Store,
     announce::{Announcer, Status},
@@ -19,7 +18,7 @@ use shoal_node::{
     testing,
 };
 use shoal_protocol::blob::block_count;
-use shoal_tracker::{ServiceConfig, Tracker};
+use shoal_tracker::ServiceConfig;
 use tokio::{sync::watch, time::timeout};
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -43,8 +42,7 @@ async fn through_the_tracker(
     if !relay {
         config.relay = None;
     }
-    let tracker = Tracker::start(config, Keypair::generate_ed25519(), stop.clone()).unwrap();
-    let tr = tracker_addr(&tracker).await;
+    let (tracker, tr) = start_tracker(config, &stop).await;
     let testing::SharedFile {
         store,
         shared,
@@ -70,9 +68,7 @@ async fn through_the_tracker(
         .await
         .expect("the seeder announces")
         .unwrap();
-    let mut link = shared.link.clone();
-    link.peers.clear();
-    link.trackers = vec![tr.to_string()];
+    let link = tracker_only(&shared.link, &tr);
     let leecher = testing::node(
         Config::loopback().with_dht(false),
         Arc::new(Store::in_memory()),

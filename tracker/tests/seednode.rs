@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::tracker_addr;
+use common::{start_tracker, tracker_only};
 
 use std::{sync::Arc, time::Duration};
 
@@ -47,15 +47,13 @@ async fn setup(
 ) -> Setup {
     let seed_key = Keypair::generate_ed25519();
     let operator = Keypair::generate_ed25519();
-    let tracker = Tracker::start(
+    let (tracker, tr) = start_tracker(
         ServiceConfig::loopback()
             .with_seed_node_allow(vec![seed_key.public().to_peer_id()])
             .with_operators([operator.public().to_peer_id()]),
-        Keypair::generate_ed25519(),
-        stop.clone(),
+        stop,
     )
-    .unwrap();
-    let tr = tracker_addr(&tracker).await;
+    .await;
     let seed_node = Node::start(
         Config::loopback()
             .with_dht(false)
@@ -102,9 +100,7 @@ async fn setup(
         .await
         .expect("the seed node announces")
         .unwrap();
-    let mut link = f.shared.link;
-    link.peers.clear();
-    link.trackers = vec![tr.to_string()];
+    let link = tracker_only(&f.shared.link, &tr);
     Setup {
         tracker,
         tr,

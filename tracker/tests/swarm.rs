@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::tracker_addr;
+use common::{start_tracker, tracker_only};
 
 use std::{
     sync::{Arc, atomic::Ordering},
@@ -15,7 +15,7 @@ use std::{
 };
 
 use futures::future::join_all;
-use libp2p::{Multiaddr, identity::Keypair};
+use libp2p::Multiaddr;
 use shoal_node::{
     CancellationToken, Config, Node, Store,
     announce::{Announcer, Status},
@@ -38,13 +38,7 @@ async fn leechers_find_each_other_through_the_tracker_and_finish_after_it_dies()
     let dir = tempfile::tempdir().unwrap();
     let stop = CancellationToken::new();
     let tracker_stop = CancellationToken::new();
-    let tracker = Tracker::start(
-        ServiceConfig::loopback(),
-        Keypair::generate_ed25519(),
-        tracker_stop.clone(),
-    )
-    .unwrap();
-    let tr = tracker_addr(&tracker).await;
+    let (tracker, tr) = start_tracker(ServiceConfig::loopback(), &tracker_stop).await;
 
     let len = 6 << 20;
     let testing::SharedFile {
@@ -73,9 +67,7 @@ async fn leechers_find_each_other_through_the_tracker_and_finish_after_it_dies()
         .expect("the seeder announces")
         .unwrap();
     // The link names only the tracker.
-    let mut link = shared.link.clone();
-    link.peers.clear();
-    link.trackers = vec![tr.to_string()];
+    let link = tracker_only(&shared.link, &tr);
 
     let leechers: Vec<Node> = (0..LEECHERS)
         .map(|_| testing::node(cap(1_500_000), Arc::new(Store::in_memory()), &stop))
@@ -148,17 +140,9 @@ async fn tracker_only_link(
     testing::SharedFile,
     shoal_protocol::Link,
 ) {
-    let tracker = Tracker::start(
-        ServiceConfig::loopback(),
-        Keypair::generate_ed25519(),
-        stop.clone(),
-    )
-    .unwrap();
-    let tr = tracker_addr(&tracker).await;
+    let (tracker, tr) = start_tracker(ServiceConfig::loopback(), stop).await;
     let shared = testing::shared_file(dir, len, seed);
-    let mut link = shared.shared.link.clone();
-    link.peers.clear();
-    link.trackers = vec![tr.to_string()];
+    let link = tracker_only(&shared.shared.link, &tr);
     (tracker, tr, shared, link)
 }
 
