@@ -928,6 +928,18 @@ mod tests {
         ranges.iter().flat_map(|r| r.start..r.end).collect()
     }
 
+    /// The requests `acts` send to `who`, with their blocks.
+    fn requests_to(acts: &[Action<u32>], who: u32) -> Vec<(RequestId, Vec<u32>)> {
+        acts.iter()
+            .filter_map(|a| match a {
+                Action::Request { peer, id, blocks } if *peer == who => {
+                    Some((*id, blocks_of(blocks)))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
     #[test]
     fn no_dribble_of_small_requests() {
         // As blocks arrive one by one, the peer's pipeline refills in whole requests, not
@@ -993,13 +1005,9 @@ mod tests {
         s.handle_have(now, 1, 0..50);
         s.handle_have(now, 9, 0..100);
         let requested = |acts: &[Action<u32>], who: u32| -> Vec<u32> {
-            acts.iter()
-                .filter_map(|a| match a {
-                    Action::Request { peer, blocks, .. } if *peer == who => Some(blocks.clone()),
-                    _ => None,
-                })
-                .flatten()
-                .flat_map(|r| r.start..r.end)
+            requests_to(acts, who)
+                .into_iter()
+                .flat_map(|(_, b)| b)
                 .collect()
         };
         let acts = drain(&mut s);
@@ -1052,20 +1060,13 @@ mod tests {
             s.handle_have(now, 1, 0..1000);
             s.handle_have(now, 9, 0..1000);
             let acts = drain(&mut s);
-            let sent = |acts: &[Action<u32>], who: u32| -> Vec<(RequestId, Vec<u32>)> {
-                acts.iter()
-                    .filter_map(|a| match a {
-                        Action::Request { peer, id, blocks } if *peer == who => {
-                            Some((*id, blocks_of(blocks)))
-                        }
-                        _ => None,
-                    })
-                    .collect()
-            };
             // Both pipelines full: peer 1 cannot keep up, so the seed node was asked too.
-            let (id1, b1) = sent(&acts, 1).remove(0);
+            let (id1, b1) = requests_to(&acts, 1).remove(0);
             assert_eq!(
-                sent(&acts, 9).iter().map(|(_, b)| b.len()).sum::<usize>(),
+                requests_to(&acts, 9)
+                    .iter()
+                    .map(|(_, b)| b.len())
+                    .sum::<usize>(),
                 16
             );
             // Peer 1 delivers one block after `delay` (its rate: 64 KiB per `delay`), which
@@ -1073,12 +1074,12 @@ mod tests {
             let t = now + delay;
             assert!(s.handle_block(t, 1, id1, b1[0]));
             assert!(drain(&mut s).is_empty(), "a whole request does not fit yet");
-            for (id, blocks) in sent(&acts, 9) {
+            for (id, blocks) in requests_to(&acts, 9) {
                 for b in blocks {
                     s.handle_block(t + Duration::from_millis(1), 9, id, b);
                 }
             }
-            let more = sent(&drain(&mut s), 9);
+            let more = requests_to(&drain(&mut s), 9);
             s.check_invariants();
             more.iter().map(|(_, b)| b.len()).sum()
         };
