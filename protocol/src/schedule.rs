@@ -166,8 +166,11 @@ struct PeerState {
     has: Vec<u64>,
     in_flight: u32,
     requests: BTreeSet<RequestId>,
-    /// Bytes per second, exponentially weighted; 0 until measured.
+    /// Bytes per second, exponentially weighted over [`RATE_WINDOW`]s; 0 until measured.
     rate: f64,
+    /// The open measuring window: since when, and the bytes delivered in it.
+    window_start: Instant,
+    window_bytes: f64,
     last_progress: Instant,
     strikes: u32,
     /// Strikes ever given (never reset): a request remembers it when sent, and a failure of
@@ -184,6 +187,8 @@ impl PeerState {
             in_flight: 0,
             requests: BTreeSet::new(),
             rate: 0.0,
+            window_start: now,
+            window_bytes: 0.0,
             last_progress: now,
             strikes: 0,
             incidents: 0,
@@ -192,6 +197,41 @@ impl PeerState {
         }
     }
 }
+
+impl PeerState {
+    /// A block arrived at `now`: counts it in the open window and, once the window spans
+    /// [`RATE_WINDOW`], folds the window's rate into `rate`. Measuring over a window rather
+    /// than block by block keeps a burst (blocks held up by a lost packet, then released
+    /// together) from reading as a link a hundred times faster, which would let one peer's
+    /// pipeline swallow the blocks every other peer could deliver sooner.
+    fn measure(&mut self, now: Instant) {
+        self.window_bytes += SEGMENT_LEN as f64;
+        let span = now.saturating_duration_since(self.window_start);
+        if span < RATE_WINDOW {
+            return;
+        }
+        let sample = self.window_bytes / span.as_secs_f64();
+        self.rate = if self.rate == 0.0 {
+            sample
+        } else {
+            (1.0 - RATE_WEIGHT).mul_add(self.rate, RATE_WEIGHT * sample)
+        };
+        self.window_start = now;
+        self.window_bytes = 0.0;
+    }
+
+    /// The peer goes from idle to busy at `now`: the time it sat idle is not its rate.
+    fn wake(&mut self, now: Instant) {
+        self.last_progress = now;
+        self.window_start = now;
+        self.window_bytes = 0.0;
+    }
+}
+
+/// Shortest span a rate sample covers.
+const RATE_WINDOW: Duration = Duration::from_millis(250);
+/// Weight of a new sample in the rate average (about a second of memory).
+const RATE_WEIGHT: f64 = 0.3;
 
 #[derive(Debug)]
 struct Request<P> {
@@ -432,16 +472,7 @@ impl<P: PeerHandle> Scheduler<P> {
         self.requested[block as usize] -= 1;
         if let Some(p) = self.peers.get_mut(&peer) {
             p.in_flight -= 1;
-            let dt = now
-                .saturating_duration_since(p.last_progress)
-                .as_secs_f64()
-                .max(1e-4);
-            let sample = SEGMENT_LEN as f64 / dt;
-            p.rate = if p.rate == 0.0 {
-                sample
-            } else {
-                0.8 * p.rate + 0.2 * sample
-            };
+            p.measure(now);
             p.last_progress = now;
             p.strikes = 0;
             p.busy_streak = 0;
@@ -840,7 +871,7 @@ impl<P: PeerHandle> Scheduler<P> {
         }
         let p = self.peers.get_mut(&peer).expect("scheduling a known peer");
         if p.in_flight == 0 {
-            p.last_progress = now;
+            p.wake(now);
         }
         p.in_flight += u32::try_from(blocks.len()).expect("at most max_blocks_per_request");
         p.requests.insert(id);
@@ -913,6 +944,8 @@ impl<P: PeerHandle> Scheduler<P> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    const MIB: f64 = (1 << 20) as f64;
 
     // Tests need a base instant; protocol code never reads the clock itself.
     #[allow(clippy::disallowed_methods)] // test scaffolding only
@@ -1087,6 +1120,47 @@ mod tests {
         assert_eq!(new_seed_blocks(Duration::from_millis(10)), 0);
         // Slow: 15 s to drain them: the seed node is asked again.
         assert!(new_seed_blocks(Duration::from_secs(1)) > 0);
+    }
+
+    #[test]
+    fn a_burst_of_blocks_does_not_read_as_a_fast_link() {
+        let now = t0();
+        let config = Config {
+            min_in_flight_blocks: 32,
+            max_in_flight_blocks: 32,
+            max_blocks_per_request: 32,
+            ..Config::default()
+        };
+        let mut s = Scheduler::new(config, 1000, []);
+        s.handle_have(now, 1, 0..1000);
+        let blocks: Vec<(RequestId, u32)> = requests_to(&drain(&mut s), 1)
+            .into_iter()
+            .flat_map(|(id, bs)| bs.into_iter().map(move |b| (id, b)))
+            .collect();
+        assert_eq!(blocks.len(), 32);
+        // 16 blocks at 1 MiB/s (one per 62.5 ms), then 16 more at once: a lost packet held
+        // them up and its retransmission released them together.
+        let step = Duration::from_micros(62_500);
+        let mut t = now;
+        for &(id, b) in &blocks[..16] {
+            t += step;
+            assert!(s.handle_block(t, 1, id, b));
+        }
+        let steady = s.rate(1);
+        assert!((0.8..1.2).contains(&(steady / MIB)), "steady rate {steady}");
+        t += step;
+        for &(id, b) in &blocks[16..] {
+            assert!(s.handle_block(t, 1, id, b));
+        }
+        // 32 blocks in 1.06 s is 1.9 MiB/s on average; a per-block estimate read the burst
+        // as hundreds of MiB/s, and the pipeline followed.
+        let after = s.rate(1);
+        assert!(
+            after / MIB < 3.0,
+            "rate after the burst {} MiB/s",
+            after / MIB
+        );
+        s.check_invariants();
     }
 
     #[test]

@@ -41,6 +41,8 @@ const HAVE_RETRIES: u32 = 3;
 const HAVE_RETRY: Duration = Duration::from_millis(300);
 /// The tracker hears about progress every this many blocks (at the next re-announce).
 const ANNOUNCE_PROGRESS_EVERY: u32 = 64;
+/// How often [`Download::trace`] logs the pipelines (debug level).
+const TRACE_EVERY: Duration = Duration::from_secs(1);
 /// Bound of the event queue from request tasks to the driver.
 const EVENT_QUEUE: usize = 256;
 
@@ -128,6 +130,7 @@ pub(super) async fn run(
             break;
         }
         while d.set.try_join_next().is_some() {} // reap finished tasks
+        d.trace(now);
         let wake = d.sched.poll_timeout().map(tokio::time::Instant::from_std);
         tokio::select! {
             event = d.events.recv() => {
@@ -173,6 +176,8 @@ struct Download {
     writer_gone: bool,
     last_block: tokio::time::Instant,
     announced_at: u32,
+    /// When [`Download::trace`] last logged the pipelines.
+    traced: tokio::time::Instant,
 }
 
 impl Download {
@@ -231,7 +236,38 @@ impl Download {
             writer_gone: false,
             last_block: tokio::time::Instant::now(),
             announced_at: 0,
+            traced: tokio::time::Instant::now(),
         }
+    }
+
+    /// Logs, at most once a [`TRACE_EVERY`] and at debug level, what is missing and each
+    /// peer's pipeline (blocks in flight, measured rate): where a download's time goes.
+    fn trace(&mut self, now: tokio::time::Instant) {
+        if now < self.traced + TRACE_EVERY || !tracing::enabled!(tracing::Level::DEBUG) {
+            return;
+        }
+        self.traced = now;
+        let mut pipes: Vec<String> = self
+            .sched
+            .peers()
+            .map(|p| {
+                let s = p.to_string();
+                let short = &s[s.len().saturating_sub(4)..];
+                format!(
+                    "{short}:{}@{:.0}K",
+                    self.sched.in_flight(p),
+                    self.sched.rate(p) / 1024.0
+                )
+            })
+            .collect();
+        pipes.sort();
+        debug!(
+            blob = %self.id,
+            missing = self.sched.missing(),
+            endgame = self.sched.in_endgame(),
+            pipelines = %pipes.join(" "),
+            "pipelines"
+        );
     }
 
     /// Counts a block from `peer`, and whether it came through a relay (then it also counts
