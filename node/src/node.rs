@@ -538,7 +538,7 @@ impl Node {
         // Beside another dial of the same peer (at other addresses): allowed.
         let opts = DialOpts::peer_id(peer)
             .condition(PeerCondition::Disconnected)
-            .addresses(addrs)
+            .addresses(crate::reach::one_circuit_per_relay(addrs))
             .build();
         self.dial_with(shown, Some(peer), opts, timeout).await
     }

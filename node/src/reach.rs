@@ -134,6 +134,33 @@ pub fn is_relayed(addr: &Multiaddr) -> bool {
     addr.iter().any(|p| p == Protocol::P2pCircuit)
 }
 
+/// The relay `addr` goes through (the `/p2p/` part before `/p2p-circuit`), if it is relayed.
+fn relay_of(addr: &Multiaddr) -> Option<PeerId> {
+    let mut relay = None;
+    for p in addr.iter() {
+        match p {
+            Protocol::P2p(peer) => relay = Some(peer),
+            Protocol::P2pCircuit => return relay,
+            _ => {}
+        }
+    }
+    None
+}
+
+/// `addrs` with at most one relayed address per relay (the first), direct ones all kept, in
+/// order. The relay client opens every circuit through a relay over the one connection it
+/// has to that relay, and that connection takes at most 10 circuit requests at once
+/// (libp2p-relay 0.22 drops the rest, and their dials fail): a relay's TCP and QUIC
+/// addresses would be two requests for the same circuit, so a node dialling seven NATed
+/// peers at once would ask for fourteen.
+pub fn one_circuit_per_relay(addrs: Vec<Multiaddr>) -> Vec<Multiaddr> {
+    let mut seen = BTreeSet::new();
+    addrs
+        .into_iter()
+        .filter(|a| relay_of(a).is_none_or(|relay| seen.insert(relay)))
+        .collect()
+}
+
 impl Reach {
     /// A node that reserves at relays when unreachable if `use_relays`.
     pub fn new(use_relays: bool) -> Self {
@@ -432,6 +459,35 @@ mod tests {
         r.on_disconnected(peer, c2);
         r.on_disconnected(peer, c3);
         assert!(!r.only_relayed(&peer));
+    }
+
+    #[test]
+    fn one_circuit_per_relay_keeps_direct_addresses_and_the_first_circuit_of_each_relay() {
+        let (r1, r2, target) = (PeerId::random(), PeerId::random(), PeerId::random());
+        let circuit = |relay_addr: &str, relay: PeerId| {
+            addr(relay_addr)
+                .with(Protocol::P2p(relay))
+                .with(Protocol::P2pCircuit)
+                .with(Protocol::P2p(target))
+        };
+        let addrs = vec![
+            addr("/ip4/203.0.113.7/tcp/4001"),
+            circuit("/ip4/198.51.100.1/udp/7000/quic-v1", r1),
+            circuit("/ip4/198.51.100.1/tcp/7000", r1),
+            addr("/ip4/203.0.113.7/udp/4001/quic-v1"),
+            circuit("/ip4/198.51.100.2/tcp/7010", r2),
+            circuit("/ip4/198.51.100.2/udp/7010/quic-v1", r2),
+        ];
+        let kept = one_circuit_per_relay(addrs.clone());
+        assert_eq!(
+            kept,
+            vec![
+                addrs[0].clone(),
+                addrs[1].clone(),
+                addrs[3].clone(),
+                addrs[4].clone()
+            ]
+        );
     }
 
     #[test]
