@@ -212,15 +212,18 @@ pub struct RelayLimits {
 }
 
 impl RelayLimits {
-    /// A seed node's relay: 256 reservations (2 per peer) for an hour, 64 circuits (4 per
-    /// peer), each for up to 30 minutes and 64 MiB.
+    /// A seed node's relay: 256 reservations (2 per peer) for an hour, 64 circuits (16 per
+    /// peer), each for up to 30 minutes and 64 MiB. A peer behind a symmetric NAT reaches
+    /// every other NATed peer of a swarm only through circuits, one per peer: with libp2p's
+    /// 4 per peer it reached four, and the circuits it asked for beyond them were refused
+    /// for the whole download.
     pub const fn seed_node() -> Self {
         Self {
             max_reservations: 256,
             max_reservations_per_peer: 2,
             reservation_duration: Duration::from_secs(60 * 60),
             max_circuits: 64,
-            max_circuits_per_peer: 4,
+            max_circuits_per_peer: 16,
             max_circuit_duration: Duration::from_secs(30 * 60),
             max_circuit_bytes: 64 << 20,
         }
