@@ -68,6 +68,7 @@ pub mod dht;
 pub mod fetch;
 pub mod identity;
 mod interest;
+pub mod metrics;
 mod muxer;
 mod node;
 mod partial;

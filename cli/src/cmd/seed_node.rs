@@ -3,7 +3,6 @@
 //! seed node, and exports per-blob egress over HTTP.
 
 use std::{
-    fmt::Write as _,
     net::SocketAddr,
     path::PathBuf,
     process::ExitCode,
@@ -17,6 +16,7 @@ use shoal_node::{
     CancellationToken, Config, Node, Store,
     config::RelayLimits,
     identity,
+    metrics::{Exposition, Kind},
     seednode::{Policy, SeedNode, SeedNodeConfig, SeedNodeStats},
 };
 
@@ -223,45 +223,32 @@ async fn metrics(State(seed): State<SeedNode>) -> impl IntoResponse {
 
 /// The stats in the Prometheus text format.
 pub(crate) fn prometheus_text(s: &SeedNodeStats) -> String {
-    let mut out = String::new();
-    let mut metric = |name: &str, kind: &str, help: &str, rows: &[(String, f64)]| {
-        let _ = writeln!(out, "# HELP shoal_seed_node_{name} {help}");
-        let _ = writeln!(out, "# TYPE shoal_seed_node_{name} {kind}");
-        for (labels, v) in rows {
-            let _ = writeln!(out, "shoal_seed_node_{name}{labels} {v}");
-        }
-    };
-    let one = |v: u64| vec![(String::new(), v as f64)];
-    metric("quota_bytes", "gauge", "Storage quota.", &one(s.quota));
-    metric(
+    let mut m = Exposition::new("shoal_seed_node");
+    m.one("quota_bytes", Kind::Gauge, "Storage quota.", s.quota);
+    m.one(
         "used_bytes",
-        "gauge",
+        Kind::Gauge,
         "Storage used (blobs, outboards, interrupted pushes).",
-        &one(s.used),
+        s.used,
     );
-    metric(
-        "blobs",
-        "gauge",
-        "Blobs stored.",
-        &one(s.blobs.len() as u64),
-    );
+    m.one("blobs", Kind::Gauge, "Blobs stored.", s.blobs.len());
     let per_blob = |f: &dyn Fn(&shoal_node::seednode::BlobStats) -> f64| {
         s.blobs
             .iter()
             .map(|b| (format!("{{blob=\"{}\"}}", b.id), f(b)))
             .collect::<Vec<_>>()
     };
-    metric(
+    m.metric(
         "egress_bytes_total",
-        "counter",
+        Kind::Counter,
         "Blob bytes sent to peers, per blob.",
-        &per_blob(&|b| b.egress_bytes as f64),
+        per_blob(&|b| b.egress_bytes as f64),
     );
-    metric(
+    m.metric(
         "egress_copies",
-        "gauge",
+        Kind::Gauge,
         "Copies of each blob sent (egress / blob size).",
-        &per_blob(&|b| b.egress_copies),
+        per_blob(&|b| b.egress_copies),
     );
     let frugal: Vec<_> = s
         .blobs
@@ -272,106 +259,100 @@ pub(crate) fn prometheus_text(s: &SeedNodeStats) -> String {
         let rows = |f: &dyn Fn(&shoal_protocol::superseed::Stats) -> u64| {
             frugal
                 .iter()
-                .map(|(b, st)| (format!("{{blob=\"{}\"}}", b.id), f(st) as f64))
+                .map(|(b, st)| (format!("{{blob=\"{}\"}}", b.id), f(st)))
                 .collect::<Vec<_>>()
         };
-        metric(
+        m.metric(
             "frugal_revealed_blocks_total",
-            "counter",
+            Kind::Counter,
             "Blocks revealed to one peer (frugal policy).",
-            &rows(&|st| st.revealed),
+            rows(&|st| st.revealed),
         );
-        metric(
+        m.metric(
             "frugal_resent_blocks_total",
-            "counter",
+            Kind::Counter,
             "Blocks sent more than once: the first and last block to each newcomer that \
              bootstraps here, and copies lost with a peer that left.",
-            &rows(&|st| st.blocks_resent),
+            rows(&|st| st.blocks_resent),
         );
-        metric(
+        m.metric(
             "frugal_stalled_reveals_total",
-            "counter",
+            Kind::Counter,
             "Blocks revealed to a peer that got nothing from other peers for 10 s though \
              others held them.",
-            &rows(&|st| st.revealed_to_stalled),
+            rows(&|st| st.revealed_to_stalled),
         );
-        metric(
+        m.metric(
             "frugal_refused_requests_total",
-            "counter",
+            Kind::Counter,
             "Requests for blocks not revealed to the asker (answered missing).",
-            &rows(&|st| st.refused),
+            rows(&|st| st.refused),
         );
     }
     let r = &s.pushes_refused;
-    metric(
+    m.metric(
         "pushes_total",
-        "counter",
+        Kind::Counter,
         "Pushes by outcome.",
-        &[
-            ("{outcome=\"stored\"}".into(), s.pushes_stored as f64),
-            ("{outcome=\"corrupt\"}".into(), s.pushes_corrupt as f64),
-            ("{outcome=\"failed\"}".into(), s.pushes_failed as f64),
-            ("{outcome=\"abandoned\"}".into(), s.pushes_abandoned as f64),
-            (
-                "{outcome=\"refused_not_allowed\"}".into(),
-                r.not_allowed as f64,
-            ),
-            ("{outcome=\"refused_quota\"}".into(), r.quota as f64),
-            (
-                "{outcome=\"refused_taken_down\"}".into(),
-                r.taken_down as f64,
-            ),
-            ("{outcome=\"refused_busy\"}".into(), r.busy as f64),
-            ("{outcome=\"refused_bad_offer\"}".into(), r.bad_offer as f64),
+        [
+            ("{outcome=\"stored\"}", s.pushes_stored),
+            ("{outcome=\"corrupt\"}", s.pushes_corrupt),
+            ("{outcome=\"failed\"}", s.pushes_failed),
+            ("{outcome=\"abandoned\"}", s.pushes_abandoned),
+            ("{outcome=\"refused_not_allowed\"}", r.not_allowed),
+            ("{outcome=\"refused_quota\"}", r.quota),
+            ("{outcome=\"refused_taken_down\"}", r.taken_down),
+            ("{outcome=\"refused_busy\"}", r.busy),
+            ("{outcome=\"refused_bad_offer\"}", r.bad_offer),
         ],
     );
-    metric(
+    m.one(
         "pushed_bytes_total",
-        "counter",
+        Kind::Counter,
         "Verified bytes received by pushes.",
-        &one(s.pushed_bytes),
+        s.pushed_bytes,
     );
-    metric(
+    m.one(
         "takedowns_total",
-        "counter",
+        Kind::Counter,
         "Blobs taken down here.",
-        &one(s.takedowns),
+        s.takedowns,
     );
-    metric(
+    m.metric(
         "corrupt_blobs_total",
-        "counter",
+        Kind::Counter,
         "Stored blobs found with blocks that fail their check against the blob id, by what \
          became of them (repairing: not announced while the bad blocks are fetched back).",
-        &[
+        [
             (
-                "{state=\"repairing\"}".into(),
+                "{state=\"repairing\"}",
                 s.corrupt_blobs
-                    .saturating_sub(s.corrupt_repaired + s.corrupt_dropped) as f64,
+                    .saturating_sub(s.corrupt_repaired + s.corrupt_dropped),
             ),
-            ("{state=\"repaired\"}".into(), s.corrupt_repaired as f64),
-            ("{state=\"dropped\"}".into(), s.corrupt_dropped as f64),
+            ("{state=\"repaired\"}", s.corrupt_repaired),
+            ("{state=\"dropped\"}", s.corrupt_dropped),
         ],
     );
-    metric(
+    m.one(
         "relayed_bytes_total",
-        "counter",
+        Kind::Counter,
         "Block bytes sent to peers reached only through a relay.",
-        &one(s.relayed_bytes),
+        s.relayed_bytes,
     );
-    metric(
+    m.one(
         "relay_reservations_total",
-        "counter",
+        Kind::Counter,
         "Relay reservations granted to nodes behind NAT (renewals included).",
-        &one(s.relay_reservations),
+        s.relay_reservations,
     );
-    metric(
+    m.one(
         "relay_circuits_total",
-        "counter",
+        Kind::Counter,
         "Circuits relayed between other nodes (for hole punching, or data where no direct \
          path exists).",
-        &one(s.relay_circuits),
+        s.relay_circuits,
     );
-    out
+    m.finish()
 }
 
 async fn run_until_ctrl_c(seed: &SeedNode, json: bool) {
@@ -405,4 +386,75 @@ async fn run_until_ctrl_c(seed: &SeedNode, json: bool) {
         }
     }
     status.finish_and_clear();
+}
+
+#[cfg(test)]
+mod tests {
+    use shoal_node::seednode::{BlobStats, Policy, RefusedCounts, SeedNodeStats};
+
+    use super::prometheus_text;
+
+    #[test]
+    fn metrics_carry_help_type_and_labelled_samples() {
+        let stats = SeedNodeStats {
+            peer_id: "12D3KooWexample".into(),
+            policy: Policy::Frugal,
+            quota: 1 << 30,
+            used: 3 << 20,
+            blobs: vec![BlobStats {
+                id: "abc".into(),
+                blob_len: 1 << 20,
+                egress_bytes: 3 << 19,
+                egress_copies: 1.5,
+                frugal: Some(shoal_protocol::superseed::Stats {
+                    revealed: 16,
+                    ..Default::default()
+                }),
+                bad_blocks: Vec::new(),
+            }],
+            pushes_accepted: 2,
+            pushes_stored: 1,
+            pushed_bytes: 1 << 20,
+            pushes_refused: RefusedCounts {
+                quota: 4,
+                ..Default::default()
+            },
+            pushes_corrupt: 0,
+            pushes_failed: 1,
+            takedowns: 0,
+            pushes_abandoned: 0,
+            corrupt_blobs: 3,
+            corrupt_repaired: 1,
+            corrupt_dropped: 1,
+            relayed_bytes: 7,
+            relay_reservations: 0,
+            relay_circuits: 0,
+        };
+        let text = prometheus_text(&stats);
+        for line in [
+            "# HELP shoal_seed_node_quota_bytes Storage quota.",
+            "# TYPE shoal_seed_node_quota_bytes gauge",
+            "shoal_seed_node_quota_bytes 1073741824",
+            "shoal_seed_node_blobs 1",
+            "# TYPE shoal_seed_node_egress_bytes_total counter",
+            "shoal_seed_node_egress_bytes_total{blob=\"abc\"} 1572864",
+            "shoal_seed_node_egress_copies{blob=\"abc\"} 1.5",
+            "shoal_seed_node_frugal_revealed_blocks_total{blob=\"abc\"} 16",
+            "shoal_seed_node_pushes_total{outcome=\"stored\"} 1",
+            "shoal_seed_node_pushes_total{outcome=\"refused_quota\"} 4",
+            "shoal_seed_node_corrupt_blobs_total{state=\"repairing\"} 1",
+            "shoal_seed_node_relayed_bytes_total 7",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line:?} missing from:\n{text}");
+        }
+        // Every sample belongs to a metric announced just before it.
+        let mut announced = "";
+        for l in text.lines() {
+            if let Some(rest) = l.strip_prefix("# TYPE ") {
+                announced = rest.split(' ').next().unwrap();
+            } else if !l.starts_with('#') {
+                assert!(l.starts_with(announced), "{l:?} after TYPE {announced}");
+            }
+        }
+    }
 }

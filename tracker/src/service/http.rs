@@ -10,7 +10,6 @@
 //! a monitoring network or loopback, not the open internet.
 
 use std::{
-    fmt::Write as _,
     io,
     net::SocketAddr,
     pin::Pin,
@@ -26,6 +25,7 @@ use axum::{
     response::IntoResponse,
     routing::get,
 };
+use shoal_node::metrics::{Exposition, Kind};
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::{TcpListener, TcpStream},
@@ -155,84 +155,76 @@ async fn metrics(State(stats): State<watch::Receiver<Stats>>) -> impl IntoRespon
     )
 }
 
-// Long on purpose: a flat table, one `metric(...)` call per metric, in the order they print.
+// Long on purpose: a flat table, one call per metric, in the order they print.
 /// The Prometheus text exposition of `s`: every metric with `# HELP` and `# TYPE`, names
 /// prefixed `shoal_tracker_`, counters suffixed `_total`.
 pub(crate) fn render_metrics(s: &Stats) -> String {
     let t = &s.table;
     let v = &s.service;
-    let mut out = String::with_capacity(4096);
-    let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, u64)]| {
-        let _ = writeln!(out, "# HELP shoal_tracker_{name} {help}");
-        let _ = writeln!(out, "# TYPE shoal_tracker_{name} {kind}");
-        for (labels, value) in samples {
-            let _ = writeln!(out, "shoal_tracker_{name}{labels} {value}");
-        }
-    };
-    let one = |x: u64| [("", x)];
-    metric(
+    let mut m = Exposition::new("shoal_tracker");
+    m.one(
         "entries",
-        "gauge",
+        Kind::Gauge,
         "Entries (peer x swarm) in the peer table.",
-        &one(t.entries),
+        t.entries,
     );
-    metric(
+    m.one(
         "established_entries",
-        "gauge",
+        Kind::Gauge,
         "Entries that re-announced on schedule at least once (never evicted by newcomers).",
-        &one(t.established),
+        t.established,
     );
-    metric(
+    m.one(
         "swarms",
-        "gauge",
+        Kind::Gauge,
         "Swarms with at least one entry.",
-        &one(t.swarms),
+        t.swarms,
     );
-    metric(
+    m.one(
         "peers",
-        "gauge",
+        Kind::Gauge,
         "Distinct peers with at least one entry.",
-        &one(t.peers),
+        t.peers,
     );
-    metric(
+    m.metric(
         "role_entries",
-        "gauge",
+        Kind::Gauge,
         "Entries by role.",
-        &[
+        [
             ("{role=\"seeder\"}", t.seeders),
             ("{role=\"leecher\"}", t.leechers),
             ("{role=\"seed_node\"}", t.seed_nodes),
         ],
     );
-    metric(
+    m.one(
         "connected_peers",
-        "gauge",
+        Kind::Gauge,
         "Peers with at least one open connection.",
-        &one(v.connected_peers),
+        v.connected_peers,
     );
-    metric(
+    m.one(
         "connections",
-        "gauge",
+        Kind::Gauge,
         "Open connections.",
-        &one(v.connections),
+        v.connections,
     );
-    metric(
+    m.one(
         "announce_requests_total",
-        "counter",
+        Kind::Counter,
         "Announce requests received and decoded.",
-        &one(v.announce_requests),
+        v.announce_requests,
     );
-    metric(
+    m.one(
         "announces_accepted_total",
-        "counter",
+        Kind::Counter,
         "Announces the peer table accepted (stopped included).",
-        &one(t.announces),
+        t.announces,
     );
-    metric(
+    m.metric(
         "announce_refusals_total",
-        "counter",
+        Kind::Counter,
         "Announces refused, by reason.",
-        &[
+        [
             ("{reason=\"rate_limited\"}", t.refused_rate_limited),
             ("{reason=\"swarm_full\"}", t.refused_swarm_full),
             ("{reason=\"tracker_full\"}", t.refused_tracker_full),
@@ -240,121 +232,121 @@ pub(crate) fn render_metrics(s: &Stats) -> String {
             ("{reason=\"taken_down\"}", v.refused_taken_down),
         ],
     );
-    metric(
+    m.one(
         "scrape_requests_total",
-        "counter",
+        Kind::Counter,
         "Scrape requests received and decoded.",
-        &one(v.scrape_requests),
+        v.scrape_requests,
     );
-    metric(
+    m.one(
         "scraped_swarms_total",
-        "counter",
+        Kind::Counter,
         "Swarms looked up by answered scrapes.",
-        &one(t.scrapes),
+        t.scrapes,
     );
-    metric(
+    m.one(
         "scrapes_rate_limited_total",
-        "counter",
+        Kind::Counter,
         "Scrape requests dropped by the per-peer scrape rate limit.",
-        &one(v.scrapes_rate_limited),
+        v.scrapes_rate_limited,
     );
-    metric(
+    m.one(
         "stopped_total",
-        "counter",
+        Kind::Counter,
         "Entries removed by a stopped announce.",
-        &one(t.stopped),
+        t.stopped,
     );
-    metric(
+    m.one(
         "expired_total",
-        "counter",
+        Kind::Counter,
         "Entries removed because they were not refreshed in time.",
-        &one(t.expired),
+        t.expired,
     );
-    metric(
+    m.one(
         "evicted_total",
-        "counter",
+        Kind::Counter,
         "Fresh entries evicted to make room for newcomers.",
-        &one(t.evicted),
+        t.evicted,
     );
-    metric(
+    m.one(
         "decode_errors_total",
-        "counter",
+        Kind::Counter,
         "Request streams dropped because the bytes were not a valid request.",
-        &one(v.decode_errors),
+        v.decode_errors,
     );
-    metric(
+    m.one(
         "stream_failures_total",
-        "counter",
+        Kind::Counter,
         "Request streams that failed otherwise (timeouts, closed connections).",
-        &one(v.stream_failures),
+        v.stream_failures,
     );
-    metric(
+    m.one(
         "addrs_dropped_total",
-        "counter",
+        Kind::Counter,
         "Announced addresses dropped: unparsable, naming another peer, or not the connection's IP.",
-        &one(v.addrs_dropped),
+        v.addrs_dropped,
     );
-    metric(
+    m.one(
         "seed_node_downgrades_total",
-        "counter",
+        Kind::Counter,
         "Seed-node claims from peers not on the allow-list, listed as seeder or leecher.",
-        &one(v.seed_node_downgrades),
+        v.seed_node_downgrades,
     );
-    metric(
+    m.one(
         "connections_denied_total",
-        "counter",
+        Kind::Counter,
         "Inbound connections denied by the connection limits.",
-        &one(v.connections_denied),
+        v.connections_denied,
     );
-    metric(
+    m.one(
         "taken_down_blobs",
-        "gauge",
+        Kind::Gauge,
         "Blobs on the takedown list.",
-        &one(v.taken_down_blobs),
+        v.taken_down_blobs,
     );
-    metric(
+    m.one(
         "takedown_requests_total",
-        "counter",
+        Kind::Counter,
         "Takedown requests received and decoded, from anyone.",
-        &one(v.takedown_requests),
+        v.takedown_requests,
     );
-    metric(
+    m.one(
         "takedowns_total",
-        "counter",
+        Kind::Counter,
         "Blobs newly taken down by operators.",
-        &one(v.takedowns),
+        v.takedowns,
     );
-    metric(
+    m.one(
         "takedowns_denied_total",
-        "counter",
+        Kind::Counter,
         "Takedown requests denied because the peer is not an operator.",
-        &one(v.takedowns_denied),
+        v.takedowns_denied,
     );
-    metric(
+    m.one(
         "takedown_store_errors_total",
-        "counter",
+        Kind::Counter,
         "Takedowns not recorded because the takedown store failed.",
-        &one(v.takedown_store_errors),
+        v.takedown_store_errors,
     );
-    metric(
+    m.one(
         "takedown_list_requests_total",
-        "counter",
+        Kind::Counter,
         "Takedown-list requests received and decoded.",
-        &one(v.takedown_list_requests),
+        v.takedown_list_requests,
     );
-    metric(
+    m.one(
         "takedown_lists_rate_limited_total",
-        "counter",
+        Kind::Counter,
         "Takedown-list requests dropped by the per-peer rate limit (shared with scrapes).",
-        &one(v.takedown_lists_rate_limited),
+        v.takedown_lists_rate_limited,
     );
-    metric(
+    m.one(
         "internal_errors_total",
-        "counter",
+        Kind::Counter,
         "Answers not sent because the tracker built an invalid message (a bug).",
-        &one(v.internal_errors),
+        v.internal_errors,
     );
-    out
+    m.finish()
 }
 
 /// A TCP listener that keeps at most [`MAX_HTTP_CONNECTIONS`] connections open, each for at
