@@ -18,7 +18,8 @@
 //!   first (streaming playback).
 //! - **Pipelining**: each peer may have `rate × pipeline_target` bytes in flight, clamped to
 //!   `[min_in_flight_blocks, max_in_flight_blocks]`; the rate is an exponentially weighted
-//!   average of what the peer delivers.
+//!   average of what the peer delivers over windows of at least 250 ms (a burst of blocks
+//!   released by one retransmission is not a fast link).
 //! - **Fair share**: no peer has more than `missing / peers` blocks in flight, so several peers
 //!   split even a small blob instead of one peer taking it all.
 //! - **Last resort**: seed nodes ([`Scheduler::set_last_resort`]) are asked only for blocks
@@ -200,14 +201,16 @@ impl PeerState {
 
 impl PeerState {
     /// A block arrived at `now`: counts it in the open window and, once the window spans
-    /// [`RATE_WINDOW`], folds the window's rate into `rate`. Measuring over a window rather
+    /// [`RATE_WINDOW`] (or holds [`RATE_WINDOW_BYTES`]), folds the window's rate into `rate`. Measuring over a window rather
     /// than block by block keeps a burst (blocks held up by a lost packet, then released
     /// together) from reading as a link a hundred times faster, which would let one peer's
     /// pipeline swallow the blocks every other peer could deliver sooner.
     fn measure(&mut self, now: Instant) {
         self.window_bytes += SEGMENT_LEN as f64;
         let span = now.saturating_duration_since(self.window_start);
-        if span < RATE_WINDOW {
+        // A window closes after RATE_WINDOW, or sooner on a fast link once it holds more
+        // than a burst can (a lost packet holds up at most a congestion window).
+        if span < RATE_WINDOW && (self.window_bytes < RATE_WINDOW_BYTES || span < RATE_SPAN_MIN) {
             return;
         }
         let sample = self.window_bytes / span.as_secs_f64();
@@ -228,8 +231,13 @@ impl PeerState {
     }
 }
 
-/// Shortest span a rate sample covers.
+/// Span of a rate sample...
 const RATE_WINDOW: Duration = Duration::from_millis(250);
+/// ...or less, once this many bytes arrived (a fast link is measured within milliseconds,
+/// so its pipeline opens at once)...
+const RATE_WINDOW_BYTES: f64 = (2 << 20) as f64;
+/// ...but never less than this.
+const RATE_SPAN_MIN: Duration = Duration::from_millis(1);
 /// Weight of a new sample in the rate average (about a second of memory).
 const RATE_WEIGHT: f64 = 0.3;
 
@@ -1160,6 +1168,39 @@ mod tests {
             "rate after the burst {} MiB/s",
             after / MIB
         );
+        s.check_invariants();
+    }
+
+    #[test]
+    fn a_fast_link_is_measured_within_milliseconds() {
+        let now = t0();
+        let mut s = Scheduler::new(Config::default(), 4000, []);
+        s.handle_have(now, 1, 0..4000);
+        let blocks: Vec<(RequestId, u32)> = requests_to(&drain(&mut s), 1)
+            .into_iter()
+            .flat_map(|(id, bs)| bs.into_iter().map(move |b| (id, b)))
+            .collect();
+        assert_eq!(blocks.len(), 16, "the floor before any rate is known");
+        // 16 blocks (1 MiB) 125 µs apart: 500 MiB/s, loopback.
+        let mut t = now;
+        for &(id, b) in &blocks {
+            t += Duration::from_micros(125);
+            s.handle_block(t, 1, id, b);
+        }
+        let more = requests_to(&drain(&mut s), 1);
+        // Pipelines wait for a quarter of a second at a slow rate, not at this one: 2 MiB
+        // measured close the window, and the pipeline opens towards its ceiling (256).
+        let second: Vec<(RequestId, u32)> = more
+            .into_iter()
+            .flat_map(|(id, bs)| bs.into_iter().map(move |b| (id, b)))
+            .collect();
+        for &(id, b) in second.iter().take(16) {
+            t += Duration::from_micros(125);
+            s.handle_block(t, 1, id, b);
+        }
+        assert!(s.rate(1) / MIB > 100.0, "rate {} MiB/s", s.rate(1) / MIB);
+        drain(&mut s);
+        assert!(s.in_flight(1) > 128, "pipeline opened: {} blocks", s.in_flight(1));
         s.check_invariants();
     }
 
