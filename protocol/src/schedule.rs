@@ -1200,7 +1200,11 @@ mod tests {
         }
         assert!(s.rate(1) / MIB > 100.0, "rate {} MiB/s", s.rate(1) / MIB);
         drain(&mut s);
-        assert!(s.in_flight(1) > 128, "pipeline opened: {} blocks", s.in_flight(1));
+        assert!(
+            s.in_flight(1) > 128,
+            "pipeline opened: {} blocks",
+            s.in_flight(1)
+        );
         s.check_invariants();
     }
 

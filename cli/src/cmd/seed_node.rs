@@ -445,7 +445,10 @@ mod tests {
             "shoal_seed_node_corrupt_blobs_total{state=\"repairing\"} 1",
             "shoal_seed_node_relayed_bytes_total 7",
         ] {
-            assert!(text.lines().any(|l| l == line), "{line:?} missing from:\n{text}");
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line:?} missing from:\n{text}"
+            );
         }
         // Every sample belongs to a metric announced just before it.
         let mut announced = "";
