@@ -981,6 +981,14 @@ mod tests {
             .collect()
     }
 
+    /// The blocks requested from `who` in `acts`, each with its request's id.
+    fn blocks_to(acts: &[Action<u32>], who: u32) -> Vec<(RequestId, u32)> {
+        requests_to(acts, who)
+            .into_iter()
+            .flat_map(|(id, bs)| bs.into_iter().map(move |b| (id, b)))
+            .collect()
+    }
+
     #[test]
     fn no_dribble_of_small_requests() {
         // As blocks arrive one by one, the peer's pipeline refills in whole requests, not
@@ -1141,10 +1149,7 @@ mod tests {
         };
         let mut s = Scheduler::new(config, 1000, []);
         s.handle_have(now, 1, 0..1000);
-        let blocks: Vec<(RequestId, u32)> = requests_to(&drain(&mut s), 1)
-            .into_iter()
-            .flat_map(|(id, bs)| bs.into_iter().map(move |b| (id, b)))
-            .collect();
+        let blocks = blocks_to(&drain(&mut s), 1);
         assert_eq!(blocks.len(), 32);
         // 16 blocks at 1 MiB/s (one per 62.5 ms), then 16 more at once: a lost packet held
         // them up and its retransmission released them together.
@@ -1176,10 +1181,7 @@ mod tests {
         let now = t0();
         let mut s = Scheduler::new(Config::default(), 4000, []);
         s.handle_have(now, 1, 0..4000);
-        let blocks: Vec<(RequestId, u32)> = requests_to(&drain(&mut s), 1)
-            .into_iter()
-            .flat_map(|(id, bs)| bs.into_iter().map(move |b| (id, b)))
-            .collect();
+        let blocks = blocks_to(&drain(&mut s), 1);
         assert_eq!(blocks.len(), 16, "the floor before any rate is known");
         // 16 blocks (1 MiB) 125 µs apart: 500 MiB/s, loopback.
         let mut t = now;
@@ -1187,13 +1189,9 @@ mod tests {
             t += Duration::from_micros(125);
             s.handle_block(t, 1, id, b);
         }
-        let more = requests_to(&drain(&mut s), 1);
         // Pipelines wait for a quarter of a second at a slow rate, not at this one: 2 MiB
         // measured close the window, and the pipeline opens towards its ceiling (256).
-        let second: Vec<(RequestId, u32)> = more
-            .into_iter()
-            .flat_map(|(id, bs)| bs.into_iter().map(move |b| (id, b)))
-            .collect();
+        let second = blocks_to(&drain(&mut s), 1);
         for &(id, b) in second.iter().take(16) {
             t += Duration::from_micros(125);
             s.handle_block(t, 1, id, b);
