@@ -477,66 +477,8 @@ impl Tracker {
             None => None,
         };
 
-        let limits = connection_limits::ConnectionLimits::default()
-            .with_max_established_incoming(Some(config.max_connections))
-            .with_max_pending_incoming(Some(config.max_pending_connections))
-            .with_max_established_per_peer(Some(config.max_connections_per_peer));
-        let ip_limits = IpLimits::new(
-            config.max_connections_per_ip,
-            config.max_connections_per_subnet,
-        );
-        let idle = config.idle_timeout;
-        let request_timeout = config.request_timeout;
         let decode_errors = Arc::new(AtomicU64::new(0));
-        let codec = CountingCodec {
-            decode_errors: decode_errors.clone(),
-        };
-        let mut swarm = shoal_node::transport::build_swarm(keypair, idle, |key| Behaviour {
-            limits: connection_limits::Behaviour::new(limits),
-            ip_limits,
-            tracker: request_response::Behaviour::with_codec(
-                codec,
-                [(tracker_codec::tracker_protocol(), ProtocolSupport::Inbound)],
-                request_response::Config::default()
-                    .with_request_timeout(request_timeout)
-                    .with_max_concurrent_streams(tracker_codec::MAX_CONCURRENT_STREAMS),
-            ),
-            identify: identify::Behaviour::new(identify::Config::new(
-                IDENTIFY_PROTOCOL.into(),
-                key.public(),
-            )),
-            ping: ping::Behaviour::default(),
-            relay: config
-                .relay
-                .map(|l| relay::Behaviour::new(key.public().to_peer_id(), l.relay_config()))
-                .into(),
-            autonat: config
-                .relay
-                .map(|_| autonat::v2::server::Behaviour::default())
-                .into(),
-        })
-        .map_err(StartError::Transport)?;
-        if let Some(relay) = swarm.behaviour_mut().relay.as_mut() {
-            // A tracker is a public server: it relays from the start instead of waiting for
-            // AutoNAT to confirm an external address (libp2p's default).
-            relay.set_status(Some(relay::Status::Enable));
-        }
-        for addr in &config.listen {
-            let listen_error = |source| StartError::Listen {
-                addr: addr.clone(),
-                source,
-            };
-            shoal_node::transport::probe_listen(addr).map_err(|e| listen_error(e.into()))?;
-            swarm.listen_on(addr.clone()).map_err(|e| {
-                listen_error(match e {
-                    TransportError::Other(io) => io.into(),
-                    TransportError::MultiaddrNotSupported(a) => {
-                        format!("no transport for {a}: use /ip4|ip6/…/tcp/… or /udp/…/quic-v1")
-                            .into()
-                    }
-                })
-            })?;
-        }
+        let swarm = listening_swarm(&config, keypair, decode_errors.clone())?;
 
         let peer_id = *swarm.local_peer_id();
         let (listen_tx, listen) = watch::channel(Vec::new());
@@ -650,6 +592,73 @@ struct Conn {
     remote: Option<IpAddr>,
     /// The tracker's IP it reached (inbound connections).
     local: Option<IpAddr>,
+}
+
+/// The tracker's swarm: its behaviours with their limits (the relay and AutoNAT servers when
+/// `config.relay` is set), listening on `config.listen`. Request streams that fail to decode
+/// count in `decode_errors`.
+fn listening_swarm(
+    config: &Config,
+    keypair: Keypair,
+    decode_errors: Arc<AtomicU64>,
+) -> Result<Swarm<Behaviour>, StartError> {
+    let limits = connection_limits::ConnectionLimits::default()
+        .with_max_established_incoming(Some(config.max_connections))
+        .with_max_pending_incoming(Some(config.max_pending_connections))
+        .with_max_established_per_peer(Some(config.max_connections_per_peer));
+    let ip_limits = IpLimits::new(
+        config.max_connections_per_ip,
+        config.max_connections_per_subnet,
+    );
+    let idle = config.idle_timeout;
+    let request_timeout = config.request_timeout;
+    let codec = CountingCodec { decode_errors };
+    let mut swarm = shoal_node::transport::build_swarm(keypair, idle, |key| Behaviour {
+        limits: connection_limits::Behaviour::new(limits),
+        ip_limits,
+        tracker: request_response::Behaviour::with_codec(
+            codec,
+            [(tracker_codec::tracker_protocol(), ProtocolSupport::Inbound)],
+            request_response::Config::default()
+                .with_request_timeout(request_timeout)
+                .with_max_concurrent_streams(tracker_codec::MAX_CONCURRENT_STREAMS),
+        ),
+        identify: identify::Behaviour::new(identify::Config::new(
+            IDENTIFY_PROTOCOL.into(),
+            key.public(),
+        )),
+        ping: ping::Behaviour::default(),
+        relay: config
+            .relay
+            .map(|l| relay::Behaviour::new(key.public().to_peer_id(), l.relay_config()))
+            .into(),
+        autonat: config
+            .relay
+            .map(|_| autonat::v2::server::Behaviour::default())
+            .into(),
+    })
+    .map_err(StartError::Transport)?;
+    if let Some(relay) = swarm.behaviour_mut().relay.as_mut() {
+        // A tracker is a public server: it relays from the start instead of waiting for
+        // AutoNAT to confirm an external address (libp2p's default).
+        relay.set_status(Some(relay::Status::Enable));
+    }
+    for addr in &config.listen {
+        let listen_error = |source| StartError::Listen {
+            addr: addr.clone(),
+            source,
+        };
+        shoal_node::transport::probe_listen(addr).map_err(|e| listen_error(e.into()))?;
+        swarm.listen_on(addr.clone()).map_err(|e| {
+            listen_error(match e {
+                TransportError::Other(io) => io.into(),
+                TransportError::MultiaddrNotSupported(a) => {
+                    format!("no transport for {a}: use /ip4|ip6/…/tcp/… or /udp/…/quic-v1").into()
+                }
+            })
+        })?;
+    }
+    Ok(swarm)
 }
 
 /// The event loop's state: the single owner of the swarm and the table.
